@@ -1,0 +1,1 @@
+"""failberry.image"""

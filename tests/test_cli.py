@@ -1,0 +1,40 @@
+"""The command line: exit codes, one-line errors, no tracebacks for user errors."""
+
+from __future__ import annotations
+
+from conftest import run_cli
+from failberry import __version__
+
+
+def test_version() -> None:
+    proc = run_cli(["--version"])
+    assert proc.returncode == 0
+    assert __version__ in proc.stdout
+
+
+def test_bad_arguments_exit_2_in_one_line() -> None:
+    proc = run_cli(["frobnicate"])
+    assert proc.returncode == 2
+    assert "invalid choice" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_missing_subcommand_exit_2() -> None:
+    proc = run_cli(["config"])
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+
+
+def test_hostguard_does_not_import_router_libraries() -> None:
+    """`pip install failberry` on a server must work without pyroute2 and friends."""
+    code = ("import sys, failberry.cli as c; p = c.build_parser(); "
+            "import failberry.hostguard.commands, failberry.config; "
+            "bad = [m for m in ('pyroute2','iptc','serial','usb','pyudev','dns','requests') "
+            "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
