@@ -1,0 +1,37 @@
+"""What the supervisor runs. Each area (modem, network, dynamic DNS) adds its part here, in its
+own block; `failberry.supervisor` starts each part's `run()` as a task on the one loop and
+cancels it on shutdown.
+
+A part is any object with:
+  name: str                      the key it reports under in the status snapshot
+  deadline: float                seconds it may go without `status.report(name, ...)`;
+                                 past that the watchdog stops pinging systemd
+  async run() -> None            runs until cancelled; cleans up what it made on cancel
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from failberry.bus import Bus
+from failberry.config import Config
+from failberry.status import Status
+
+
+class Part(Protocol):
+    """A long-running piece of the supervisor."""
+
+    name: str
+    deadline: float
+
+    async def run(self) -> None:
+        """Run until cancelled."""
+
+
+def build_parts(cfg: Config, status: Status, bus: Bus) -> list[Part]:
+    """The real parts for this config, with real I/O seams."""
+    parts: list[Part] = []
+    # -- network: routes, NAT, firewall, link monitor, probes, failover (issue 6) --
+    # -- modem: AT layer, state machine, pppd, recovery ladder (issue 5) --
+    # -- dynamic DNS (issue 8) --
+    return parts
