@@ -13,8 +13,11 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_flash(args: argparse.Namespace) -> int:
-    """Flash an image."""
-    raise NotBuiltYet("`failberry flash` is not built yet (image builder issue)")
+    """Flash an image: checked, confirmed, written (bmap-aware) and verified."""
+    from failberry.image.flash import flash
+
+    flash(args.image, args.device, yes=args.yes, allow_large=args.allow_large)
+    return 0
 
 
 def cmd_boot_test(args: argparse.Namespace) -> int:
