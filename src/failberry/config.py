@@ -408,6 +408,11 @@ class DyndnsConfig:
     name: str = opt("", _optional_str(checks.fqdn))
     ttl: int = opt(60, _int_range(1, 86400))
     check_interval: float = opt(600.0, _duration(1, 86400))
+    ipv6: bool = opt(False, doc="also publish an AAAA record from the uplink's IPv6 address")
+    interface: str = opt("", _optional_str(checks.interface_name),
+                         doc="follow this interface's address; empty: the active uplink's")
+    retry_initial: float = opt(2.0, _duration(0.01, 3600))
+    retry_max: float = opt(300.0, _duration(0.01, 86400))
     rfc2136: Rfc2136Config = section(Rfc2136Config)
     dyndns2: Dyndns2Config = section(Dyndns2Config)
     route53_lambda: Route53LambdaConfig = section(Route53LambdaConfig)
@@ -654,6 +659,8 @@ def _dyndns_checks(d: DyndnsConfig, issue: Callable[[str, str], None]) -> None:
     for key in keys:
         if getattr(sub, key) in ("", None):
             issue(f"{prefix}.{key}", f"is required when dyndns.provider is {d.provider.value!r}")
+    if d.retry_max < d.retry_initial:
+        issue("dyndns.retry_max", "must not be shorter than dyndns.retry_initial")
     zone = d.rfc2136.zone
     inside = d.name == zone or d.name.endswith("." + zone)
     if d.provider is DnsProvider.RFC2136 and d.name and zone and not inside:

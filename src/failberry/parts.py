@@ -34,4 +34,9 @@ def build_parts(cfg: Config, status: Status, bus: Bus) -> list[Part]:
     # -- network: routes, NAT, firewall, link monitor, probes, failover (issue 6) --
     # -- modem: AT layer, state machine, pppd, recovery ladder (issue 5) --
     # -- dynamic DNS (issue 8) --
+    from failberry.config import DnsProvider
+    if cfg.dyndns.provider is not DnsProvider.NONE:
+        from failberry.dyndns.part import DyndnsPart
+        parts.append(DyndnsPart.from_config(cfg, status, bus))
+    # -- end dynamic DNS --
     return parts
