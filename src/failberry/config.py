@@ -636,7 +636,10 @@ def _cross_checks(cfg: Config, issue: Callable[[str, str], None]) -> None:
     if cfg.modem.password is not None and not cfg.modem.username:
         issue("modem.username", "is required when modem.password is set")
     _dyndns_checks(cfg.dyndns, issue)
-    hg = cfg.hostguard
+    _hostguard_checks(cfg.hostguard, issue)
+
+
+def _hostguard_checks(hg: HostguardConfig, issue: Callable[[str, str], None]) -> None:
     if hg.threshold <= hg.probe_interval:
         issue("hostguard.threshold", "must be longer than hostguard.probe_interval")
 
@@ -699,3 +702,45 @@ def load(path: Path | str) -> Config:
     except UnicodeDecodeError:
         raise ConfigError(str(path), [ConfigIssue("", "is not UTF-8 text")]) from None
     return parse(text, str(path), path.parent.resolve())
+
+
+def parse_hostguard(text: str, source: str = "hostguard.toml") -> HostguardConfig:
+    """Parse only `[hostguard]` from a server's file (which need not have `[modem]`).
+
+    Other top-level tables of the full config are accepted and ignored, so the router's own
+    file works too; a table the full config does not know is still an error (a typo such as
+    `[hostgaurd]` must not silently give the defaults)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(source, [ConfigIssue("", f"TOML syntax error: {e}")]) from None
+    loader = _Loader(Path.cwd())
+    known = {_toml_key(f.name) for f in dataclasses.fields(Config)}
+    for key in data:
+        if key not in known:
+            loader.issue(key, f"unknown key (known: {', '.join(sorted(known))})")
+    raw = data.get("hostguard", {})
+    if not isinstance(raw, dict):
+        loader.issue("hostguard", f"must be a table ([hostguard]), not {_type_name(raw)}")
+        raw = {}
+    hg = loader.build(HostguardConfig, raw, "hostguard")
+    if not loader.issues:
+        _hostguard_checks(hg, loader.issue)
+    if loader.issues:
+        raise ConfigError(source, loader.issues)
+    assert isinstance(hg, HostguardConfig)
+    return hg
+
+
+def load_hostguard(path: Path | str) -> HostguardConfig:
+    """Read a file and parse its `[hostguard]` table (see `parse_hostguard`)."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(path), [ConfigIssue("", "no such file")]) from None
+    except OSError as e:
+        raise ConfigError(str(path), [ConfigIssue("", f"cannot read: {e.strerror}")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), [ConfigIssue("", "is not UTF-8 text")]) from None
+    return parse_hostguard(text, str(path))

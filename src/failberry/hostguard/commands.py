@@ -1,31 +1,92 @@
-"""`failberry hostguard ...` (the host guard issue fills these in). Stdlib only."""
+"""`failberry hostguard install | uninstall | check | watch`. Standard library only: a server
+gets this with `pip install failberry` and none of the router's libraries."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+from pathlib import Path
 
-from failberry.errors import NotBuiltYet
+from failberry import config
+from failberry.config import HostguardConfig
+from failberry.hostguard import netconsole, nvme, sysctls, watcher
+
+LOG = logging.getLogger(__name__)
 
 
-def _todo(name: str) -> int:
-    raise NotBuiltYet(f"`failberry hostguard {name}` is not built yet (host guard issue)")
+def load_config(path: Path | None) -> HostguardConfig:
+    """`[hostguard]` from `-c FILE`, or the defaults without it."""
+    if path is None:
+        return HostguardConfig()
+    return config.load_hostguard(path)
+
+
+def _root(args: argparse.Namespace) -> Path:
+    root: Path | None = args.root
+    return root if root is not None else Path("/")
+
+
+def _proc(args: argparse.Namespace) -> sysctls.ProcSys | None:
+    proc = sysctls.live_procsys(args.root)
+    if args.root is not None and proc is None:
+        print(f"note: {args.root}/proc/sys is not a test tree; writing files only")
+    return proc
+
+
+def _print_changes(changes: list[sysctls.Change], dry_run: bool) -> None:
+    if not changes:
+        print("nothing to change")
+    for change in changes:
+        print(f"{'would ' if dry_run else ''}{change.what}")
+
+
+def _nvme_note(root: Path) -> None:
+    advice = nvme.check(root)
+    if advice is not None and advice.advice:
+        print(f"note: {advice.advice}")
+
+
+def _netconsole(cfg: HostguardConfig, root: Path, dry_run: bool, live: bool) -> None:
+    if not cfg.netconsole:
+        return
+    netconsole.setup(cfg.netconsole, root, dry_run=dry_run, live=live)
 
 
 def cmd_install(args: argparse.Namespace) -> int:
-    """Install the kernel settings."""
-    return _todo("install")
+    """Write the sysctl.d drop-in and apply the values live (not with --root/--dry-run)."""
+    cfg = load_config(args.config)
+    root = _root(args)
+    changes = sysctls.install(cfg, root, _proc(args), dry_run=args.dry_run)
+    _print_changes(changes, args.dry_run)
+    _nvme_note(root)
+    _netconsole(cfg, root, args.dry_run, live=args.root is None)
+    return 0
 
 
 def cmd_uninstall(args: argparse.Namespace) -> int:
-    """Remove them."""
-    return _todo("uninstall")
+    """Restore the recorded values and remove our own files."""
+    root = _root(args)
+    changes = sysctls.uninstall(root, _proc(args), dry_run=args.dry_run)
+    _print_changes(changes, args.dry_run)
+    return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """Compare them."""
-    return _todo("check")
+    """Print running and persisted values beside the config; 0 all match, 1 drift."""
+    cfg = load_config(args.config)
+    root = _root(args)
+    rows = sysctls.compare(cfg, root, _proc(args))
+    print(sysctls.format_table(rows))
+    _nvme_note(root)
+    drift = [r for r in rows if not r.ok]
+    if drift:
+        print(f"drift in {len(drift)} of {len(rows)} settings; `failberry hostguard install` "
+              "fixes it")
+        return 1
+    return 0
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    """Watch for hung storage."""
-    return _todo("watch")
+    """Run the watcher until stopped."""
+    cfg = load_config(args.config)
+    return watcher.main(cfg, dry_run=args.dry_run)

@@ -1,0 +1,331 @@
+"""The kernel's hung-task settings: a sysctl.d drop-in, the live values in /proc/sys, the
+previous live values kept for `uninstall`, and a comparison for `check`.
+
+Everything works against a root directory: `/` on a server, a temporary tree in tests. The live
+values are written through `ProcSys`, which only ever points at the real /proc/sys when the
+command runs without `--root` (see `live_procsys`); with `--root DIR` it is `DIR/proc/sys`, and
+only when that is a plain directory tree (never a mounted procfs). So no test can write the
+host's kernel settings by construction.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from failberry.config import HostguardConfig
+from failberry.errors import FailberryError
+
+LOG = logging.getLogger(__name__)
+
+DROPIN = Path("etc/sysctl.d/90-failberry-hostguard.conf")
+STATE = Path("var/lib/failberry/hostguard-previous.json")
+MARKER = "# Written by `failberry hostguard install`; `failberry hostguard uninstall` removes it."
+
+# The order they are applied in: the reboot delay and the timeout before the panic switch, so
+# that the kernel never panics with a half-applied configuration.
+KEYS = ("kernel.panic", "kernel.hung_task_timeout_secs", "kernel.hung_task_panic")
+
+# Where sysctl.d files live, lowest precedence first; a file name in a later directory masks the
+# same name in an earlier one, and files apply in lexical order of their names (sysctl.d(5)).
+SYSCTL_DIRS = ("usr/lib/sysctl.d", "lib/sysctl.d", "usr/local/lib/sysctl.d", "run/sysctl.d",
+               "etc/sysctl.d")
+
+
+class SysctlError(FailberryError):
+    """A sysctl could not be read or written; names the key and the path."""
+
+
+class ForeignFileError(FailberryError):
+    """A file at our path that we did not write; we never overwrite or remove it."""
+
+
+def wanted(cfg: HostguardConfig) -> dict[str, str]:
+    """The values the config asks for, as the strings /proc/sys shows."""
+    return {
+        "kernel.panic": str(cfg.panic),
+        "kernel.hung_task_timeout_secs": str(cfg.hung_task_timeout),
+        "kernel.hung_task_panic": str(cfg.hung_task_panic),
+    }
+
+
+def render_dropin(values: dict[str, str]) -> str:
+    """The drop-in file's text."""
+    lines = [MARKER,
+             "# A hung task (uninterruptible for hung_task_timeout_secs) panics the kernel, which",
+             "# reboots kernel.panic seconds later. hung_task_panic above 1 (newer kernels): panic",
+             "# when that many tasks hang in one scan.",
+             ""]
+    lines += [f"{key} = {values[key]}" for key in KEYS]
+    return "\n".join(lines) + "\n"
+
+
+class ProcSys:
+    """Reads and writes sysctls under a /proc/sys directory (real or a test tree)."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+
+    def path(self, key: str) -> Path:
+        """The file of a dotted key."""
+        return self.base.joinpath(*key.split("."))
+
+    def read(self, key: str) -> str | None:
+        """The value, whitespace-normalised; None when the kernel has no such sysctl."""
+        try:
+            return " ".join(self.path(key).read_text(encoding="ascii").split())
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise SysctlError(f"cannot read {key} at {self.path(key)}: {e.strerror}") from None
+
+    def write(self, key: str, value: str) -> None:
+        """Set a value; EINVAL means this kernel does not accept it."""
+        path = self.path(key)
+        try:
+            # O_WRONLY without O_CREAT: a sysctl the kernel lacks is an error, not a new file.
+            fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+            try:
+                os.write(fd, f"{value}\n".encode())
+            finally:
+                os.close(fd)
+        except OSError as e:
+            hint = ""
+            count = key == "kernel.hung_task_panic" and value not in ("0", "1")
+            if e.errno == errno.EINVAL and count:
+                hint = " (this kernel accepts only 0 or 1; a count needs a newer kernel)"
+            elif e.errno == errno.ENOENT:
+                hint = " (the kernel lacks it: is CONFIG_DETECT_HUNG_TASK off?)"
+            raise SysctlError(f"cannot set {key} = {value} at {path}: {e.strerror}{hint}"
+                              ) from None
+
+
+def _is_mounted_procfs(path: Path) -> bool:
+    """Whether a path is (inside) a mounted procfs: never a place for a test tree."""
+    try:
+        real = os.stat("/proc/sys")
+        here = os.stat(path)
+    except OSError:
+        return False
+    return here.st_dev == real.st_dev or os.path.ismount(path.parent)
+
+
+def live_procsys(root: Path | None) -> ProcSys | None:
+    """Where live values go: /proc/sys without --root; DIR/proc/sys with --root DIR only when
+    that is a plain directory tree (a test's fake procfs); otherwise None (files only)."""
+    if root is None:
+        return ProcSys(Path("/proc/sys"))
+    base = root / "proc" / "sys"
+    if not base.is_dir() or _is_mounted_procfs(base):
+        return None
+    return ProcSys(base)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of `check`: a setting, what we want, what runs, what boots, and the verdict."""
+
+    key: str
+    wanted: str
+    running: str  # "-" when there is no live kernel to ask
+    persisted: str  # the value the sysctl.d files give at boot, "-" if none
+    note: str
+
+    @property
+    def ok(self) -> bool:
+        """Whether this row matches."""
+        return not self.note
+
+
+def persisted_values(root: Path) -> dict[str, tuple[str, Path]]:
+    """What the sysctl.d files set at boot: key -> (value, file), the last file winning."""
+    by_name: dict[str, Path] = {}
+    for d in SYSCTL_DIRS:
+        directory = root / d
+        if directory.is_dir():
+            for f in directory.glob("*.conf"):
+                by_name[f.name] = f  # later directories mask earlier ones
+    files = [by_name[n] for n in sorted(by_name)]
+    # procps' `sysctl --system` reads /etc/sysctl.conf last (Debian links it as 99-sysctl.conf).
+    legacy = root / "etc/sysctl.conf"
+    if legacy.is_file() and not any(f.resolve() == legacy.resolve() for f in files):
+        files.append(legacy)
+    out: dict[str, tuple[str, Path]] = {}
+    for f in files:
+        try:
+            text = f.read_text(encoding="utf-8", errors="replace")
+        except OSError as e:
+            LOG.warning("cannot read %s: %s", f, e.strerror)
+            continue
+        for key, value in parse_sysctl_conf(text):
+            out[key] = (value, f)
+    return out
+
+
+def parse_sysctl_conf(text: str) -> Iterable[tuple[str, str]]:
+    """`key = value` lines of a sysctl.d file (`#`/`;` comments, `-` prefix, `/` separators)."""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line[0] in "#;" or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        key = key.strip().lstrip("-").replace("/", ".")
+        yield key, " ".join(value.split())
+
+
+def compare(cfg: HostguardConfig, root: Path, proc: ProcSys | None) -> list[Row]:
+    """The `check` table, one row per setting."""
+    want = wanted(cfg)
+    boot = persisted_values(root)
+    own = root / DROPIN
+    rows = []
+    for key in KEYS:
+        running = proc.read(key) if proc is not None else None
+        value, source = boot.get(key, ("-", own))
+        notes = []
+        if proc is not None and running is None:
+            notes.append("kernel lacks it")
+        elif running is not None and running != want[key]:
+            notes.append("running value differs")
+        if not own.is_file():
+            notes.append(f"{own} missing")
+        elif value != want[key]:
+            notes.append(f"boot value from {source}" if source != own else "drop-in differs")
+        rows.append(Row(key, want[key], running if running is not None else "-", value,
+                        "; ".join(notes)))
+    return rows
+
+
+def format_table(rows: list[Row]) -> str:
+    """Rows as an aligned text table."""
+    head = ("setting", "wanted", "running", "at boot", "status")
+    body = [(r.key, r.wanted, r.running, r.persisted, "ok" if r.ok else f"DRIFT: {r.note}")
+            for r in rows]
+    widths = [max(len(line[i]) for line in (head, *body)) for i in range(4)]
+    out = []
+    for line in (head, *body):
+        out.append("  ".join(c.ljust(w) for c, w in zip(line[:4], widths, strict=True))
+                   + "  " + line[4])
+    return "\n".join(out)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One thing install or uninstall did (or would do, in a dry run)."""
+
+    what: str
+
+
+def _own_file(path: Path) -> bool:
+    try:
+        return path.read_text(encoding="utf-8").startswith(MARKER)
+    except FileNotFoundError:
+        return False
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def install(cfg: HostguardConfig, root: Path, proc: ProcSys | None, *,
+            dry_run: bool = False) -> list[Change]:
+    """Record the previous live values (once), apply the wanted ones live, write the drop-in.
+    Running it again changes nothing."""
+    want = wanted(cfg)
+    dropin, state = root / DROPIN, root / STATE
+    if dropin.exists() and not _own_file(dropin):
+        raise ForeignFileError(f"{dropin} exists and was not written by failberry; "
+                               "move it away or merge it by hand")
+    changes: list[Change] = []
+    if proc is not None:
+        current = {key: proc.read(key) for key in KEYS}
+        missing = [k for k, v in current.items() if v is None]
+        if missing:
+            raise SysctlError(f"the kernel lacks {', '.join(missing)} under {proc.base} "
+                              "(is CONFIG_DETECT_HUNG_TASK off?)")
+        if not state.exists():
+            changes.append(Change(f"record previous values in {state}"))
+            if not dry_run:
+                _write_atomic(state, json.dumps(current, indent=1, sort_keys=True) + "\n",
+                              0o600)
+        applied: list[tuple[str, str]] = []
+        for key in KEYS:
+            old = current[key]
+            if old == want[key]:
+                continue
+            changes.append(Change(f"set {key}: {old} -> {want[key]} (live)"))
+            if dry_run:
+                continue
+            try:
+                proc.write(key, want[key])
+            except SysctlError:
+                # Leave the kernel as we found it: undo what this run already set.
+                for done_key, done_old in reversed(applied):
+                    proc.write(done_key, done_old)
+                raise
+            applied.append((key, old or ""))
+            LOG.info("set %s = %s (was %s)", key, want[key], old)
+    elif cfg.hung_task_panic > 1:
+        LOG.warning("kernel.hung_task_panic = %d is a count, which only newer kernels accept; "
+                    "an older kernel ignores the line at boot", cfg.hung_task_panic)
+    text = render_dropin(want)
+    if not (dropin.is_file() and dropin.read_text(encoding="utf-8") == text):
+        changes.append(Change(f"write {dropin}"))
+        if not dry_run:
+            _write_atomic(dropin, text)
+            LOG.info("wrote %s", dropin)
+    return changes
+
+
+def uninstall(root: Path, proc: ProcSys | None, *, dry_run: bool = False) -> list[Change]:
+    """Restore the recorded previous values and remove only our own files."""
+    dropin, state = root / DROPIN, root / STATE
+    changes: list[Change] = []
+    previous: dict[str, str] = {}
+    if state.is_file():
+        try:
+            raw = json.loads(state.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise SysctlError(f"cannot read the recorded values in {state}: {e}") from None
+        if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+            raise SysctlError(f"{state} is not what `install` writes; restore the values by hand")
+        previous = {k: v for k, v in raw.items() if k in KEYS}
+    if proc is not None:
+        # Restore in reverse order: switch the panic off before touching its timings.
+        for key in reversed(KEYS):
+            if key not in previous:
+                continue
+            now = proc.read(key)
+            if now == previous[key]:
+                continue
+            changes.append(Change(f"restore {key}: {now} -> {previous[key]} (live)"))
+            if not dry_run:
+                proc.write(key, previous[key])
+                LOG.info("restored %s = %s (was %s)", key, previous[key], now)
+    if dropin.exists():
+        if not _own_file(dropin):
+            raise ForeignFileError(f"{dropin} was not written by failberry; leaving it alone")
+        changes.append(Change(f"remove {dropin}"))
+        if not dry_run:
+            dropin.unlink()
+            LOG.info("removed %s", dropin)
+    if state.exists() and (proc is not None or not previous):
+        changes.append(Change(f"remove {state}"))
+        if not dry_run:
+            state.unlink()
+    return changes
