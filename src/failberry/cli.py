@@ -132,7 +132,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
     if args.port is not None and not 0 <= args.port <= 65535:
         raise UsageError(f"--port: {args.port} is not a port")
-    return supervisor.run(cfg, port=args.port, host=args.listen)
+    return supervisor.run(cfg, port=args.port, host=args.listen, config_path=args.config)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

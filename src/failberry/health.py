@@ -1,123 +1,223 @@
-"""The HTTP endpoint on port 9000: `/health` for DNS failover checkers, `/status` as JSON.
+"""The routes on port 9000: `/health` for DNS failover checkers, `/health/<uplink>`, `/status`
+(the whole snapshot as JSON) and `/metrics` (Prometheus text).
 
-A deliberately small asyncio HTTP/1.1 server: four routes do not need a framework, and
-owning the parser lets us bound every buffer and timeout."""
+The health decision is what a Route53-style checker acts on, so it is one pure function of the
+status snapshot and the topology (`decide`); the server around it is `failberry.httpserver`."""
 
 from __future__ import annotations
 
-import asyncio
+import ipaddress
 import json
 import logging
-import socket
-from collections.abc import Callable
+import os
+import platform
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import metadata
 from typing import Any
+
+from failberry import __version__, metrics
+from failberry.config import Config, FailoverMode
+from failberry.httpserver import HttpStats, Response, error
+from failberry.status import (
+    DYNDNS,
+    MODEM,
+    UPLINKS,
+    NetworkView,
+    Status,
+    jsonable,
+    network_view,
+)
 
 LOG = logging.getLogger(__name__)
 
-MAX_REQUEST_LINE = 2048
-MAX_HEADERS = 8192
-READ_TIMEOUT = 10.0
-MAX_CONNECTIONS = 256
-
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-            408: "Request Timeout", 431: "Request Header Fields Too Large", 503:
-            "Service Unavailable"}
-
-Route = Callable[[str], tuple[int, dict[str, Any]]]
+_LIBRARIES = ("pyroute2", "python-iptables", "pyserial", "pyusb", "pyudev", "dnspython",
+              "requests")
+_PEER_CACHE_MAX = 1024
+_HEALTH_CACHE_MAX = 64
 
 
-class HealthServer:
-    """Serves `GET`/`HEAD` on a few JSON routes given as callables returning (code, body)."""
+@dataclass(frozen=True)
+class Verdict:
+    """The answer `/health` gives, with the reason in a few words."""
 
-    def __init__(self, routes: dict[str, Route], host: str, port: int) -> None:
-        self.routes = routes
-        self.host = host
-        self.port = port
-        self._server: asyncio.Server | None = None
-        self._active = 0
+    ok: bool
+    reason: str
 
-    async def start(self) -> None:
-        """Bind and listen; raises OSError if the port is taken."""
-        self._server = await asyncio.start_server(
-            self._serve, self.host, self.port, reuse_address=True, limit=MAX_HEADERS
-        )
-        sock = self._server.sockets[0]
-        self.port = sock.getsockname()[1]
-        LOG.info("health endpoint listening on http://%s:%d/health", self.host, self.port)
 
-    async def stop(self) -> None:
-        """Stop listening and close."""
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+def decide(status: Status, mode: FailoverMode, now: float | None = None) -> Verdict:
+    """The published path works: sidecar, the mobile uplink passes its probes; gateway, at
+    least one uplink does. Without a network part: running and every part current."""
+    if status.state != "running":
+        return Verdict(False, f"supervisor {status.state}")
+    net = network_view(status, now)
+    if net is None:
+        stale = status.stale_parts(now)
+        if stale:
+            return Verdict(False, f"{', '.join(stale)} not reporting")
+        return Verdict(True, "running")
+    if not net.current:
+        return Verdict(False, "network checks not reporting")
+    if mode is FailoverMode.SIDECAR:
+        mobile = net.uplinks.get("mobile")
+        if mobile is None:
+            return Verdict(False, "mobile uplink not probed yet")
+        if mobile.up and mobile.carrier is not False:
+            return Verdict(True, "mobile up")
+        return Verdict(False, f"mobile down: {mobile.reason}" if mobile.reason else "mobile down")
+    ups = sorted(name for name, u in net.uplinks.items() if u.up and u.carrier is not False)
+    if ups:
+        return Verdict(True, f"{', '.join(ups)} up")
+    return Verdict(False, "no uplink passes its probes")
 
-    def _route(self, path: str) -> tuple[int, dict[str, Any]]:
-        path = path.split("?", 1)[0]
-        for prefix, handler in self.routes.items():
-            if path == prefix or (prefix.endswith("/") and path.startswith(prefix)):
-                return handler(path)
-        return 404, {"status": "fail", "error": "not found"}
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._active >= MAX_CONNECTIONS:
-            writer.close()
-            return
-        self._active += 1
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+def decide_uplink(net: NetworkView | None, name: str) -> Verdict:
+    """The same for one uplink."""
+    if net is None:
+        return Verdict(False, "no network checks running")
+    if not net.current:
+        return Verdict(False, "network checks not reporting")
+    u = net.uplinks.get(name)
+    if u is None:
+        return Verdict(False, f"{name} not probed yet")
+    if u.up and u.carrier is not False:
+        return Verdict(True, f"{name} up")
+    return Verdict(False, f"{name} down: {u.reason}" if u.reason else f"{name} down")
+
+
+def versions() -> dict[str, str]:
+    """failberry's, Python's, the kernel's and the runtime libraries' versions."""
+    out = {"failberry": __version__, "python": platform.python_version(),
+           "kernel": os.uname().release}
+    for lib in _LIBRARIES:
         try:
-            while await self._one_request(reader, writer):
-                pass
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            self._active -= 1
-            writer.close()
+            out[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
 
-    async def _one_request(self, reader: asyncio.StreamReader,
-                           writer: asyncio.StreamWriter) -> bool:
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
-        except TimeoutError:
-            return False
-        except asyncio.LimitOverrunError:
-            await self._send(writer, 431, {"status": "fail", "error": "headers too large"},
-                             False, False)
-            return False
-        lines = head.decode("latin-1").split("\r\n")
-        parts = lines[0].split(" ")
-        if len(lines[0]) > MAX_REQUEST_LINE or len(parts) != 3 or not parts[2].startswith("HTTP/"):
-            await self._send(writer, 400, {"status": "fail", "error": "bad request"}, False,
-                             False)
-            return False
-        method, target, version = parts
-        headers = {}
-        for line in lines[1:]:
-            if ":" in line:
-                k, v = line.split(":", 1)
-                headers[k.strip().lower()] = v.strip().lower()
-        keep = (headers.get("connection") != "close") if version == "HTTP/1.1" else (
-            headers.get("connection") == "keep-alive")
-        if method not in ("GET", "HEAD"):
-            await self._send(writer, 405, {"status": "fail", "error": "method not allowed"},
-                             False, keep)
-            return keep
-        code, body = self._route(target)
-        await self._send(writer, code, body, method == "HEAD", keep)
-        return keep
 
-    async def _send(self, writer: asyncio.StreamWriter, code: int, body: dict[str, Any],
-                    head_only: bool, keep: bool) -> None:
-        payload = (json.dumps(body, separators=(",", ":")) + "\n").encode()
-        header = (
-            f"HTTP/1.1 {code} {_REASONS.get(code, 'OK')}\r\n"
-            "Content-Type: application/json\r\n"
-            f"Content-Length: {len(payload)}\r\n"
-            "Cache-Control: no-store\r\n"
-            f"Connection: {'keep-alive' if keep else 'close'}\r\n\r\n"
-        ).encode()
-        # One write: header and body leave in one segment.
-        writer.write(header if head_only else header + payload)
-        await writer.drain()
+class HealthApp:
+    """The request handler: routes, the LAN restriction, and the /status document."""
+
+    def __init__(self, status: Status, cfg: Config, http: HttpStats,
+                 restarts: Mapping[str, int] | None = None) -> None:
+        self.status = status
+        self.http = http
+        self.restarts: Mapping[str, int] = restarts if restarts is not None else {}
+        self._versions: dict[str, str] | None = None
+        self._last: Verdict | None = None
+        self._peers: dict[str, bool] = {}
+        self._health_cache: dict[tuple[str, Verdict], Response] = {}
+        self.configure(cfg)
+
+    def configure(self, cfg: Config) -> None:
+        """Take a (re)loaded config: topology, LAN prefix, the LAN-only switch."""
+        self.cfg = cfg
+        self.mode = cfg.failover.mode
+        self.lan = ipaddress.ip_interface(cfg.lan.address).network
+        self.lan_only = cfg.health.lan_only_status
+        self._peers.clear()
+
+    def verdict(self) -> Verdict:
+        """The current health decision; logs one line each time it changes."""
+        v = decide(self.status, self.mode)
+        if v != self._last:
+            if self._last is None or v.ok != self._last.ok:
+                LOG.info("health: %s (%s)", "ok" if v.ok else "fail", v.reason)
+            self._last = v
+        return v
+
+    def allowed(self, peer: str) -> bool:
+        """Whether `peer` may read /status and /metrics: loopback or the LAN prefix."""
+        if not self.lan_only:
+            return True
+        hit = self._peers.get(peer)
+        if hit is None:
+            try:
+                ip = ipaddress.ip_address(peer.split("%", 1)[0])
+            except ValueError:
+                hit = False
+            else:
+                if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+                    ip = ip.ipv4_mapped
+                hit = ip.is_loopback or (ip.version == self.lan.version and ip in self.lan)
+            if len(self._peers) >= _PEER_CACHE_MAX:
+                self._peers.clear()
+            self._peers[peer] = hit
+        return hit
+
+    def __call__(self, method: str, path: str, peer: str) -> Response:
+        """Route one GET or HEAD."""
+        if path == "/health":
+            return self._health_response("", self.verdict())
+        if path.startswith("/health/"):
+            name = path[len("/health/"):]
+            net = network_view(self.status)
+            if name not in UPLINKS and (net is None or name not in net.uplinks):
+                return error(404, "no such uplink")
+            return self._health_response(name, decide_uplink(net, name))
+        if path in ("/status", "/metrics"):
+            if not self.allowed(peer):
+                LOG.debug("refused %s to %s: not on the LAN", path, peer)
+                return error(403, "only from the LAN")
+            if path == "/status":
+                body = json.dumps(self.document(), separators=(",", ":")) + "\n"
+                return Response(200, body.encode())
+            return Response(200, metrics.render(self.document()).encode(),
+                            metrics.CONTENT_TYPE)
+        return error(404, "not found")
+
+    def _health_response(self, uplink: str, v: Verdict) -> Response:
+        key = (uplink, v)
+        resp = self._health_cache.get(key)
+        if resp is None:
+            body: dict[str, Any] = {"status": "ok" if v.ok else "fail"}
+            if uplink:
+                body["uplink"] = uplink
+            body["reason"] = v.reason
+            resp = Response(200 if v.ok else 503,
+                            (json.dumps(body, separators=(",", ":")) + "\n").encode())
+            if len(self._health_cache) >= _HEALTH_CACHE_MAX:
+                self._health_cache.clear()
+            self._health_cache[key] = resp
+        return resp
+
+    def document(self) -> dict[str, Any]:
+        """The /status document: the verdict, uplinks, modem, data, events, DDNS, versions."""
+        if self._versions is None:
+            self._versions = versions()
+        snap = self.status.snapshot()
+        v = self.verdict()
+        net = network_view(self.status)
+        parts = snap["parts"]
+        uplinks: dict[str, Any] = {}
+        if net is not None:
+            for name, u in sorted(net.uplinks.items()):
+                verdict = decide_uplink(net, name)
+                uplinks[name] = {"health": "ok" if verdict.ok else "fail",
+                                 "active": name == net.active_uplink, **jsonable(u)}
+        return {
+            "status": "ok" if v.ok else "fail",
+            "reason": v.reason,
+            "state": snap["state"],
+            "mode": self.mode.value,
+            "time": time.time(),
+            "uptime_s": snap["uptime_s"],
+            "started_at": snap["started_at"],
+            "version": __version__,
+            "versions": self._versions,
+            "active_uplink": None if net is None else net.active_uplink,
+            "uplinks": uplinks,
+            "modem": parts.get(MODEM),
+            "data": None if net is None or net.data is None else jsonable(net.data),
+            "failovers_total": 0 if net is None else net.failovers_total,
+            "events": [] if net is None else [jsonable(e) for e in net.events],
+            "dyndns": parts.get(DYNDNS),
+            "parts": parts,
+            "restarts": dict(self.restarts),
+            "http": {"connections": self.http.connections, "accepted": self.http.accepted,
+                     "evicted": self.http.evicted, "timed_out": self.http.timed_out,
+                     "requests": {str(k): n for k, n in sorted(self.http.requests.items())}},
+        }

@@ -1,12 +1,193 @@
-"""`failberry status` (the health/status issue fills this in)."""
+"""`failberry status [--json]`: ask the local supervisor for /status and show it on one screen."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
-from failberry.errors import NotBuiltYet
+from failberry.errors import FailberryError
+
+TIMEOUT = 3.0
+_WILDCARDS = ("0.0.0.0", "::", "127.0.0.1", "::1")
+
+
+class SupervisorNotRunning(FailberryError):
+    """Nothing answers at the status URL."""
+
+
+class StatusUnavailable(FailberryError):
+    """The supervisor answered, but not with a status document."""
+
+
+def status_url(config_path: Path) -> str:
+    """The local /status URL from the config's health port (defaults without a config)."""
+    from failberry import config
+
+    if config_path.exists():
+        health = config.load(config_path).health
+        host, port = health.listen, health.port
+    else:
+        host, port = "127.0.0.1", config.HealthConfig().port
+    if host in _WILDCARDS:
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}/status"
+
+
+def fetch(url: str, timeout: float = TIMEOUT) -> dict[str, Any]:
+    """GET the status document."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            raw = resp.read(4 * 1024 * 1024)
+    except urllib.error.HTTPError as e:
+        raise StatusUnavailable(f"{url} answered {e.code} {e.reason}") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise SupervisorNotRunning(
+            f"the supervisor is not running: nothing answers at {url} ({reason}); "
+            "start it with `systemctl start failberryd`") from None
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        raise StatusUnavailable(f"{url} did not answer JSON") from None
+    if not isinstance(doc, dict):
+        raise StatusUnavailable(f"{url} did not answer a JSON object")
+    return doc
+
+
+def _ago(when: Any, now: float) -> str:
+    if not isinstance(when, int | float):
+        return "never"
+    secs = max(0.0, now - when)
+    if secs < 120:
+        return f"{secs:.0f}s ago"
+    if secs < 7200:
+        return f"{secs / 60:.0f}m ago"
+    if secs < 172800:
+        return f"{secs / 3600:.1f}h ago"
+    return f"{secs / 86400:.0f}d ago"
+
+
+def _duration(secs: Any) -> str:
+    if not isinstance(secs, int | float):
+        return "?"
+    s = int(secs)
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    mins, s = divmod(s, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {mins}m"
+    return f"{mins}m {s}s"
+
+
+def _bytes(n: Any) -> str:
+    if not isinstance(n, int | float):
+        return "?"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+def _uplink_line(name: str, u: Mapping[str, Any]) -> str:
+    words = [f"  {name:<7}", "UP  " if u.get("up") else "DOWN"]
+    if u.get("active"):
+        words.append("(active)")
+    if u.get("interface"):
+        words.append(str(u["interface"]))
+    if u.get("address"):
+        words.append(str(u["address"]))
+    if isinstance(u.get("latency_ms"), int | float):
+        words.append(f"rtt {u['latency_ms']:.0f} ms")
+    if isinstance(u.get("loss_pct"), int | float):
+        words.append(f"loss {u['loss_pct']:.0f}%")
+    if u.get("reason"):
+        words.append(f"- {u['reason']}")
+    return " ".join(words)
+
+
+def render(doc: Mapping[str, Any], now: float | None = None) -> list[str]:
+    """The one-screen summary of a /status document."""
+    now = time.time() if now is None else now
+    lines = [f"failberry {doc.get('version', '?')}: {doc.get('state', '?')}, "
+             f"mode {doc.get('mode', '?')}, up {_duration(doc.get('uptime_s'))}",
+             f"health: {str(doc.get('status', '?')).upper()} ({doc.get('reason', '')})"]
+    modem = doc.get("modem")
+    if isinstance(modem, Mapping):
+        words = [f"modem: {modem.get('state', '?')}"]
+        if modem.get("signal_dbm") is not None:
+            words.append(f"signal {modem['signal_dbm']} dBm")
+        for key in ("operator", "technology", "registration"):
+            if modem.get(key):
+                words.append(str(modem[key]))
+        if modem.get("address"):
+            words.append(f"address {modem['address']}")
+        if modem.get("rung"):
+            words.append(f"recovery: {modem['rung']}")
+        lines.append(", ".join(words))
+        if modem.get("last_error"):
+            lines.append(f"  last error: {modem['last_error']}")
+    else:
+        lines.append("modem: not reported")
+    uplinks = doc.get("uplinks")
+    if isinstance(uplinks, Mapping) and uplinks:
+        lines.append(f"uplinks (active: {doc.get('active_uplink') or 'none'}):")
+        lines.extend(_uplink_line(n, u) for n, u in uplinks.items() if isinstance(u, Mapping))
+    else:
+        lines.append("uplinks: not reported")
+    data = doc.get("data")
+    if isinstance(data, Mapping):
+        cap = data.get("cap_bytes") or 0
+        used = data.get("used_bytes")
+        text = f"mobile data: {_bytes(used)}"
+        if cap:
+            pct = 100.0 * float(used or 0) / float(cap)
+            text += f" of {_bytes(cap)} ({pct:.0f}%)"
+            if data.get("capped"):
+                text += ", CAP REACHED: critical devices only"
+        lines.append(text)
+        devices = data.get("devices") or {}
+        if isinstance(devices, Mapping) and devices:
+            top = sorted(devices.items(), key=lambda kv: -float(kv[1] or 0))[:3]
+            lines.append("  top: " + ", ".join(f"{d} {_bytes(b)}" for d, b in top))
+    events = doc.get("events") or []
+    if events:
+        lines.append(f"last failovers ({doc.get('failovers_total', len(events))} in all):")
+        for e in list(events)[-5:]:
+            if isinstance(e, Mapping):
+                lines.append(f"  {_ago(e.get('at'), now):>9}  {e.get('previous') or 'none'}"
+                             f" -> {e.get('uplink') or 'none'}: {e.get('reason', '')}")
+    dyn = doc.get("dyndns")
+    if isinstance(dyn, Mapping):
+        lines.append(f"dns: {dyn.get('name') or '?'} -> {dyn.get('address') or '?'} "
+                     f"({dyn.get('state', '?')}), updated {_ago(dyn.get('last_success'), now)}"
+                     f", confirmed {_ago(dyn.get('last_confirmed'), now)}")
+        if dyn.get("last_error"):
+            lines.append(f"  last error: {dyn['last_error']}")
+    stale = [n for n, p in (doc.get("parts") or {}).items()
+             if isinstance(p, Mapping) and p.get("stale")]
+    if stale:
+        lines.append(f"not reporting: {', '.join(sorted(stale))}")
+    return lines
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Show the supervisor's status."""
-    raise NotBuiltYet("`failberry status` is not built yet (health/status issue)")
+    """Show the supervisor's status; exit 1 when it is not running."""
+    url = args.url or status_url(args.config)
+    doc = fetch(url)
+    if args.json:
+        print(json.dumps(doc, indent=2, sort_keys=True))
+    else:
+        print("\n".join(render(doc)))
+    return 0

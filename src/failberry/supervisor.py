@@ -1,52 +1,177 @@
 """`failberry run`: one asyncio loop that owns every part of the supervisor.
 
-This is the minimal shape: the health endpoint, systemd notification and the watchdog. The
-modem driver, network applier, probes, failover and DDNS attach to it as they land."""
+The loop runs each part (modem, network, dynamic DNS: `failberry.parts`) as a task and
+restarts one that crashes, with backoff; it serves the health endpoint, tells systemd it is
+ready, pings the watchdog only while the loop turns and every part reports on time, keeps
+systemd's STATUS= line current, reloads the config on SIGHUP and stops within 2 s on SIGTERM.
+Blocking libraries run in the loop's default executor (`asyncio.to_thread`), whose threads
+the loop owns."""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
+import queue
+import resource
 import signal
-from typing import Any
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
 
-from failberry import __version__
+from failberry import __version__, config
+from failberry.bus import Bus
 from failberry.config import Config
-from failberry.health import HealthServer
+from failberry.errors import ConfigError, FailberryError
+from failberry.health import HealthApp
+from failberry.httpserver import HttpServer, HttpStats, Limits
+from failberry.logsetup import redact_secrets
+from failberry.parts import Part, build_parts
 from failberry.sdnotify import Notifier, watchdog_interval
-from failberry.status import Status
+from failberry.status import MODEM, Status, network_view
 
 LOG = logging.getLogger(__name__)
 
 LOOP_PART = "loop"
+WANT_NOFILE = 8192  # 1,024 HTTP connections plus parts, with room
+
+PartsFactory = Callable[[Config, Status, Bus], Sequence[Part]]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class ListenError(FailberryError):
+    """The health endpoint cannot bind its address."""
+
+
+class IoExecutor(concurrent.futures.ThreadPoolExecutor):
+    """The loop's threads for blocking libraries (serial, netlink, DNS, HTTP clients).
+
+    Unlike ThreadPoolExecutor's, its threads are daemons and shutdown waits only briefly: a
+    call wedged in the kernel (a USB modem in D state) must not keep the process from exiting
+    when systemd asks it to stop. It subclasses ThreadPoolExecutor only because
+    `loop.set_default_executor` insists on one; `submit` and `shutdown` are its own."""
+
+    def __init__(self, max_workers: int = 8, join_timeout: float = 0.2) -> None:
+        super().__init__(max_workers, thread_name_prefix="failberry-io")  # starts no thread
+        self.max_workers = max_workers
+        self.join_timeout = join_timeout
+        self._work: queue.SimpleQueue[tuple[concurrent.futures.Future[Any],
+                                            Callable[[], Any]] | None] = queue.SimpleQueue()
+        self._daemons: list[threading.Thread] = []
+        self._idle = threading.Semaphore(0)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args,
+               **kwargs: P.kwargs) -> concurrent.futures.Future[T]:
+        """Run `fn(*args, **kwargs)` on one of the threads."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("cannot schedule new work after shutdown")
+            fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+            self._work.put((fut, lambda: fn(*args, **kwargs)))
+            if not self._idle.acquire(blocking=False) and len(self._daemons) < self.max_workers:
+                t = threading.Thread(target=self._worker, daemon=True,
+                                     name=f"failberry-io-{len(self._daemons)}")
+                t.start()
+                self._daemons.append(t)
+            return fut
+
+    def _worker(self) -> None:
+        while True:
+            item = self._work.get()
+            if item is None:
+                return
+            fut, call = item
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(call())
+                except BaseException as e:  # noqa: BLE001 -- handed to the awaiting coroutine
+                    fut.set_exception(e)
+            self._idle.release()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop the threads; wait at most `join_timeout` for each that is busy."""
+        with self._lock:
+            self._closed = True
+            if cancel_futures:
+                while True:
+                    try:
+                        item = self._work.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is not None:
+                        item[0].cancel()
+            for _ in self._daemons:
+                self._work.put(None)
+        if wait:
+            for t in self._daemons:
+                t.join(self.join_timeout)
+                if t.is_alive():
+                    LOG.warning("thread %s is still busy at exit; leaving it", t.name)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The supervisor's own clocks."""
+
+    tick: float = 1.0  # heartbeat: loop report, watchdog, STATUS=
+    loop_deadline: float = 5.0
+    restart_initial: float = 1.0  # a crashed part waits this long, doubling each time
+    restart_max: float = 60.0
+    stable_after: float = 60.0  # a part that ran this long starts its backoff afresh
+    stop_grace: float = 1.5  # parts get this long to clean up; SIGTERM must end within 2 s
+
+
+def raise_nofile(want: int = WANT_NOFILE) -> int:
+    """Raise the soft open-file limit toward `want` (within the hard limit); the new limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        LOG.debug("open-file limit raised from %d to %d", soft, target)
+        return target
+    return soft
 
 
 class Supervisor:
     """Owns the loop's parts; `run()` returns when asked to stop."""
 
-    def __init__(self, cfg: Config, notifier: Notifier | None = None,
-                 port: int | None = None, host: str | None = None) -> None:
+    def __init__(self, cfg: Config, *, notifier: Notifier | None = None,
+                 port: int | None = None, host: str | None = None,
+                 parts: PartsFactory = build_parts, config_path: Path | None = None,
+                 watchdog_period: float | None = None, timing: Timing | None = None,
+                 limits: Limits | None = None) -> None:
         self.cfg = cfg
+        self.config_path = config_path
+        self.parts_factory = parts
         self.status = Status()
+        self.bus = Bus()
         self.notifier = notifier or Notifier()
-        self.http = HealthServer(
-            {"/health": self._health, "/status": self._status},
-            host if host is not None else cfg.health.listen,
-            port if port is not None else cfg.health.port,
-        )
+        self.watchdog_period = watchdog_period
+        self.timing = timing or Timing()
+        self.restarts: dict[str, int] = {}
+        self._port_override = port
+        self._host_override = host
+        self.http_stats = HttpStats()
+        self.app = HealthApp(self.status, cfg, self.http_stats, self.restarts)
+        host, port = self._address(cfg)
+        self.http = HttpServer(self.app, host, port, limits, self.http_stats)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
-        self.watchdog_period = watchdog_interval()
+        self._reload_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[Any]] = set()
+        self._withholding = False
+        self._status_line = ""
 
-    def _health(self, _path: str) -> tuple[int, dict[str, Any]]:
-        ok = self.status.healthy()
-        body: dict[str, Any] = {"status": "ok" if ok else "fail", "state": self.status.state}
-        stale = self.status.stale_parts()
-        if stale:
-            body["stale"] = stale
-        return (200 if ok else 503), body
-
-    def _status(self, _path: str) -> tuple[int, dict[str, Any]]:
-        return 200, self.status.snapshot()
+    def _address(self, cfg: Config) -> tuple[str, int]:
+        host = self._host_override if self._host_override is not None else cfg.health.listen
+        port = self._port_override if self._port_override is not None else cfg.health.port
+        return host, port
 
     def request_stop(self, why: str) -> None:
         """Ask the loop to finish (signal handlers call this)."""
@@ -54,48 +179,186 @@ class Supervisor:
             LOG.info("stopping: %s", why)
             self._stop.set()
 
+    # -- parts --
+
+    def _start_parts(self) -> None:
+        for part in self.parts_factory(self.cfg, self.status, self.bus):
+            if part.name in self._tasks or part.name == LOOP_PART:
+                LOG.error("part name %r used twice; not starting the second", part.name)
+                continue
+            self.status.register(part.name, part.deadline)
+            self.restarts.setdefault(part.name, 0)
+            self._tasks[part.name] = asyncio.create_task(self._keep_running(part),
+                                                         name=f"part-{part.name}")
+        LOG.info("started %d part(s): %s", len(self._tasks), ", ".join(self._tasks) or "none")
+
+    async def _keep_running(self, part: Part) -> None:
+        """Run `part`; when it crashes (or returns), log it and start it again after a backoff."""
+        loop = asyncio.get_running_loop()
+        t = self.timing
+        backoff = t.restart_initial
+        while True:
+            started = loop.time()
+            try:
+                await part.run()
+                why = "returned"
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # a crashing part must never take the loop down
+                LOG.error("part %s crashed: %s: %s", part.name, type(e).__name__, e,
+                          exc_info=LOG.isEnabledFor(logging.DEBUG))
+                why = "crashed"
+            if loop.time() - started >= t.stable_after:
+                backoff = t.restart_initial
+            self.restarts[part.name] = self.restarts.get(part.name, 0) + 1
+            LOG.info("restarting part %s in %.1fs (it %s; restart %d)", part.name, backoff,
+                     why, self.restarts[part.name])
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, t.restart_max)
+
+    async def _stop_parts(self) -> None:
+        tasks = dict(self._tasks)
+        self._tasks.clear()
+        for task in tasks.values():
+            task.cancel()
+        if tasks:
+            _, pending = await asyncio.wait(tasks.values(), timeout=self.timing.stop_grace)
+            for name, task in tasks.items():
+                if task in pending:
+                    LOG.warning("part %s did not finish cleaning up within %.1fs", name,
+                                self.timing.stop_grace)
+                elif not task.cancelled() and task.exception() is not None:
+                    LOG.warning("part %s failed while stopping: %s", name, task.exception())
+        for name in tasks:
+            self.status.unregister(name)
+
+    # -- reload --
+
+    def _on_sighup(self) -> None:
+        task = asyncio.create_task(self.reload(), name="reload")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def reload(self) -> bool:
+        """Read the config file again; apply it if valid, else keep the running one."""
+        async with self._reload_lock:
+            if self.config_path is None:
+                LOG.warning("reload asked, but no config file is known; nothing to do")
+                return False
+            try:
+                cfg = await asyncio.to_thread(config.load, self.config_path)
+            except ConfigError as e:
+                LOG.error("reload refused, keeping the running config: %s",
+                          "; ".join(str(i) for i in e.issues) or str(e))
+                return False
+            if cfg == self.cfg:
+                LOG.info("reload: %s unchanged; nothing to do", self.config_path)
+                return True
+            LOG.info("reload: applying the new %s; restarting the parts", self.config_path)
+            redact_secrets(cfg)
+            await self._stop_parts()
+            self.cfg = cfg
+            self.app.configure(cfg)
+            await self._rebind(cfg)
+            self._start_parts()
+            return True
+
+    async def _rebind(self, cfg: Config) -> None:
+        host, port = self._address(cfg)
+        if (host, port) == (self.http.host, self.http.port):
+            return
+        new = HttpServer(self.app, host, port, self.http.limits, self.http_stats)
+        try:
+            await new.start()
+        except OSError as e:
+            LOG.error("cannot listen on %s:%d (%s); staying on %s:%d", host, port, e,
+                      self.http.host, self.http.port)
+            return
+        old, self.http = self.http, new
+        await old.stop()
+
+    # -- heartbeat, watchdog, STATUS= --
+
+    def status_line(self) -> str:
+        """systemd's one-line STATUS=: health, active uplink, modem."""
+        v = self.app.verdict()
+        words = [f"health {'ok' if v.ok else 'fail'} ({v.reason})"]
+        net = network_view(self.status)
+        if net is not None:
+            words.append(f"active {net.active_uplink or 'none'}")
+        modem = self.status.parts.get(MODEM)
+        if modem is not None:
+            dbm = modem.detail.get("signal_dbm")
+            words.append(f"modem {modem.state}" + (f" {dbm} dBm" if dbm is not None else ""))
+        return "; ".join(words)
+
     async def _heartbeat(self) -> None:
-        """Reports the loop itself alive; pings the watchdog only while every part is current."""
-        period = self.watchdog_period or 1.0
-        tick = min(period, 1.0)
+        """Reports the loop alive; pings the watchdog only while every part is current."""
         while True:
             self.status.report(LOOP_PART, "running")
             stale = self.status.stale_parts()
             if self.watchdog_period is not None:
                 if stale:
-                    LOG.warning("not pinging the watchdog: %s silent", ", ".join(stale))
+                    if not self._withholding:
+                        LOG.warning("withholding the watchdog ping: %s not reporting",
+                                    ", ".join(stale))
+                        self._withholding = True
                 else:
+                    if self._withholding:
+                        LOG.info("every part reports again; watchdog pings resume")
+                        self._withholding = False
                     self.notifier.notify("WATCHDOG=1")
-            await asyncio.sleep(tick)
+            line = self.status_line()
+            if line != self._status_line:
+                self._status_line = line
+                self.notifier.notify(f"STATUS={line}")
+            await asyncio.sleep(self.timing.tick)
+
+    # -- the whole life --
 
     async def run(self) -> None:
         """Start everything, tell systemd we are ready, wait for a stop request, tear down."""
         loop = asyncio.get_running_loop()
+        loop.set_default_executor(IoExecutor())
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, signal.Signals(sig).name)
-        self.status.register(LOOP_PART, deadline=5.0)
-        await self.http.start()
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        redact_secrets(self.cfg)
+        self.status.register(LOOP_PART, deadline=self.timing.loop_deadline)
+        try:
+            await self.http.start()
+        except OSError as e:
+            raise ListenError(f"cannot listen on {self.http.host}:{self.http.port}: "
+                              f"{e.strerror or e}") from None
         self.status.state = "running"
+        self._start_parts()
         heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
         self.notifier.notify("READY=1", f"STATUS=failberry {__version__} running; "
                              f"health on port {self.http.port}")
-        LOG.info("supervisor running (failberry %s, mode %s)", __version__,
-                 self.cfg.failover.mode.value)
+        LOG.info("supervisor running (failberry %s, mode %s, watchdog %s)", __version__,
+                 self.cfg.failover.mode.value,
+                 f"every {self.watchdog_period:g}s" if self.watchdog_period else "off")
         try:
             await self._stop.wait()
         finally:
             self.status.state = "stopping"
             self.notifier.notify("STOPPING=1")
             heartbeat.cancel()
-            await asyncio.gather(heartbeat, return_exceptions=True)
+            for task in self._background:
+                task.cancel()
+            await self._stop_parts()
+            await asyncio.gather(heartbeat, *self._background, return_exceptions=True)
             await self.http.stop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             LOG.info("supervisor stopped")
 
 
-def run(cfg: Config, port: int | None = None, host: str | None = None) -> int:
+def run(cfg: Config, port: int | None = None, host: str | None = None,
+        config_path: Path | None = None) -> int:
     """Run the supervisor until SIGTERM/SIGINT; the exit status."""
-    sup = Supervisor(cfg, port=port, host=host)
+    raise_nofile()
+    sup = Supervisor(cfg, port=port, host=host, config_path=config_path,
+                     watchdog_period=watchdog_interval())
     asyncio.run(sup.run())
     return 0
