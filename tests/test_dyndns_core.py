@@ -1,0 +1,137 @@
+"""The updater's pure core with a hand-held clock: what it decides, how it folds results in."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from failberry.dyndns.base import DyndnsError, Record, Retry, UpdateResult, record_type
+from failberry.dyndns.dyndns2 import interpret
+from failberry.dyndns.http import HttpReply
+from failberry.dyndns.updater import (
+    RecordState,
+    Timing,
+    Update,
+    Verify,
+    Wait,
+    backoff,
+    decide,
+    failed,
+    set_desired,
+    succeeded,
+    verified,
+)
+
+T = Timing(check_interval=600, retry_initial=2, retry_max=300)
+REC = Record("vpn.example.org", "A", 60)
+
+
+def fresh(checked: bool = True) -> RecordState:
+    st = RecordState(REC, next_check=600.0)
+    st.checked = checked
+    return st
+
+
+def test_first_change_checks_the_record_before_updating() -> None:
+    st = fresh(checked=False)
+    assert decide(st, 0.0) == Wait(600.0)  # nothing to publish yet
+    set_desired(st, "198.51.100.7", "198.51.100.7")
+    assert decide(st, 0.0) == Verify()
+    assert verified(st, frozenset({"198.51.100.7"}), 0.1, 1000.0, T) is None
+    assert st.sent == st.published == "198.51.100.7" and st.confirmed
+    assert decide(st, 0.2) == Wait(600.1)
+
+
+def test_change_updates_at_once_and_burst_collapses_to_latest() -> None:
+    st = fresh()
+    for i in range(1, 20):
+        set_desired(st, f"198.51.100.{i}", f"198.51.100.{i}")
+    assert decide(st, 5.0) == Update("198.51.100.19", "198.51.100.19")
+    succeeded(st, "198.51.100.19", UpdateResult("198.51.100.19", True), 5.0, wall=1.0, timing=T)
+    assert decide(st, 5.0) == Wait(605.0)
+    assert not set_desired(st, "198.51.100.19", "198.51.100.19")  # unchanged: no update
+    assert decide(st, 6.0) == Wait(605.0)
+
+
+def test_backoff_grows_is_capped_and_jittered() -> None:
+    rng = random.Random(7)
+    delays = [backoff(n, T, rng) for n in range(1, 12)]
+    for n, d in enumerate(delays, start=1):
+        full = min(300.0, 2.0 * 2 ** (n - 1))
+        assert full / 2 <= d <= full
+    assert max(delays) <= 300.0
+    assert len({round(backoff(3, T, random.Random(s)), 6) for s in range(10)}) > 1
+
+
+def test_transient_failure_waits_but_a_new_address_goes_at_once() -> None:
+    st = fresh()
+    set_desired(st, "198.51.100.1", None)
+    delay = failed(st, DyndnsError("p", "r", "timeout"), 10.0, T, random.Random(1))
+    assert delay is not None and 1.0 <= delay <= 2.0
+    assert decide(st, 10.5) == Wait(10.0 + delay)
+    assert isinstance(decide(st, 10.0 + delay), Update)
+    set_desired(st, "198.51.100.2", None)
+    assert decide(st, 10.5) == Update("198.51.100.2", None)
+
+
+def test_provider_trouble_keeps_its_floor_even_for_a_new_address() -> None:
+    st = fresh()
+    set_desired(st, "198.51.100.1", None)
+    err = DyndnsError("p", "r", "911", retry=Retry.LATER, retry_after=1800)
+    delay = failed(st, err, 0.0, T, random.Random(1))
+    assert delay is not None and delay >= 1800
+    set_desired(st, "198.51.100.2", None)
+    assert decide(st, 60.0) == Wait(delay)
+
+
+def test_fatal_error_blocks_everything() -> None:
+    st = fresh()
+    set_desired(st, "198.51.100.1", None)
+    assert failed(st, DyndnsError("p", "r", "badauth", retry=Retry.NEVER), 0.0, T,
+                  random.Random(1)) is None
+    set_desired(st, "198.51.100.2", None)
+    assert decide(st, 10_000.0) == Wait(None)
+
+
+def test_drift_forces_a_repair_of_the_desired_address() -> None:
+    st = fresh()
+    set_desired(st, "198.51.100.1", None)
+    succeeded(st, "198.51.100.1", UpdateResult("198.51.100.1", True), 0.0, wall=1.0, timing=T)
+    assert decide(st, 600.0) == Verify()
+    why = verified(st, frozenset({"192.0.2.66"}), 600.0, 2.0, T)
+    assert why and "192.0.2.66" in why
+    assert decide(st, 600.0) == Update("198.51.100.1", None)
+
+
+def test_provider_may_publish_another_address_without_update_loops() -> None:
+    """route53-lambda behind NAT publishes the address it sees; that is not a reason to
+    update again, and the check compares against what the provider published."""
+    st = fresh()
+    set_desired(st, "10.64.0.9", "10.64.0.9")
+    succeeded(st, "10.64.0.9", UpdateResult("203.0.113.4", True), 0.0, wall=1.0, timing=T)
+    assert decide(st, 1.0) == Wait(600.0)
+    assert verified(st, frozenset({"203.0.113.4"}), 600.0, 2.0, T) is None and st.confirmed
+
+
+@pytest.mark.parametrize(("text", "retry"), [
+    ("badauth", Retry.NEVER), ("!donator", Retry.NEVER), ("notfqdn", Retry.NEVER),
+    ("nohost", Retry.NEVER), ("numhost", Retry.NEVER), ("abuse", Retry.NEVER),
+    ("badagent", Retry.NEVER), ("dnserr", Retry.LATER), ("911", Retry.LATER),
+    ("huh?", Retry.SOON), ("", Retry.SOON),
+])
+def test_dyndns2_codes(text: str, retry: Retry) -> None:
+    with pytest.raises(DyndnsError) as info:
+        interpret(HttpReply(200, text), REC, "198.51.100.1")
+    assert info.value.retry is retry
+
+
+def test_dyndns2_success_codes() -> None:
+    good = interpret(HttpReply(200, "good 198.51.100.1\n"), REC, "198.51.100.1")
+    assert (good.address, good.changed) == ("198.51.100.1", True)
+    nochg = interpret(HttpReply(200, "nochg 198.51.100.1"), REC, "198.51.100.1")
+    assert (nochg.address, nochg.changed) == ("198.51.100.1", False)
+
+
+def test_record_type() -> None:
+    assert record_type("192.0.2.1") == "A" and record_type("2001:db8::1") == "AAAA"
