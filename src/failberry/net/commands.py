@@ -1,12 +1,113 @@
-"""`failberry net clean` (the routing/failover issue fills this in)."""
+"""`failberry net clean`, and `python -m failberry.net` (the network part alone, for tests,
+benchmarks and debugging on a Pi: `run`, `apply ACTIVE`, `clean`)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+from pathlib import Path
 
-from failberry.errors import NotBuiltYet
+from failberry.net.part import STATE_DIR, USAGE_FILE
+
+LOG = logging.getLogger(__name__)
+
+
+def clean(state_dir: Path) -> list[str]:
+    """Remove every route, rule and chain failberry owns; restore saved sysctls."""
+    from pyroute2 import IPRoute
+
+    from failberry.net.apply_routes import RouteApplier
+    from failberry.net.firewall import IptcFirewall
+    from failberry.net.sysctl import ProcSysctl, SysctlManager
+
+    with IPRoute() as nl:
+        changes = RouteApplier(nl).clean()
+    changes += IptcFirewall().clean()
+    changes += SysctlManager(ProcSysctl(), state_dir).restore()
+    return changes
 
 
 def cmd_net_clean(args: argparse.Namespace) -> int:
     """Remove failberry's routes, rules and chains."""
-    raise NotBuiltYet("`failberry net clean` is not built yet (routing issue)")
+    changes = clean(Path(getattr(args, "state_dir", None) or STATE_DIR))
+    for change in changes:
+        print(change)
+    print(f"failberry net clean: {len(changes)} change(s)")
+    return 0
+
+
+def apply_once(cfg_path: Path, active: str | None, state_dir: Path) -> list[str]:
+    """Observe the links and apply the plan for this active uplink once."""
+    from pyroute2 import IPRoute
+
+    from failberry import config
+    from failberry.net import plan
+    from failberry.net.apply_routes import RouteApplier
+    from failberry.net.firewall import IptcFirewall
+    from failberry.net.sysctl import ProcSysctl, SysctlManager
+
+    cfg = config.load(cfg_path)
+    with IPRoute() as nl:
+        routes = RouteApplier(nl)
+        links = routes.observe(u.interface for u in plan.uplinks(cfg))
+        want = plan.plan(cfg, links, active)
+        changes = routes.apply(want.routes, want.rules)
+    changes += SysctlManager(ProcSysctl(), state_dir).apply(want.sysctls)
+    changes += IptcFirewall().sync(want.chains)
+    return changes
+
+
+async def _run(cfg_path: Path, state_dir: Path, usage: Path, status_file: Path | None) -> None:
+    from failberry import config
+    from failberry.bus import Bus
+    from failberry.net.part import build
+    from failberry.status import Status
+
+    cfg = config.load(cfg_path)
+    status = Status()
+    status.state = "running"
+    part = build(cfg, status, Bus(), state_dir, usage)
+    task = asyncio.create_task(part.run())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    last = ""
+    try:
+        while not task.done():
+            if status_file is not None:
+                text = json.dumps(status.snapshot()["parts"].get("network", {}), default=str)
+                if text != last:
+                    tmp = status_file.with_name(status_file.name + ".tmp")
+                    tmp.write_text(text)
+                    os.replace(tmp, status_file)
+                    last = text
+            await asyncio.wait([task], timeout=0.02)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m failberry.net run|apply|clean`."""
+    p = argparse.ArgumentParser(prog="python -m failberry.net")
+    p.add_argument("action", choices=["run", "apply", "clean"])
+    p.add_argument("active", nargs="?", help="apply: the active uplink")
+    p.add_argument("-c", "--config", type=Path, default=Path("/etc/failberry/failberry.toml"))
+    p.add_argument("--state-dir", type=Path, default=STATE_DIR)
+    p.add_argument("--usage-file", type=Path, default=USAGE_FILE)
+    p.add_argument("--status-file", type=Path)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.action == "clean":
+        for change in clean(args.state_dir):
+            print(change)
+    elif args.action == "apply":
+        for change in apply_once(args.config, args.active, args.state_dir):
+            print(change)
+    else:
+        asyncio.run(_run(args.config, args.state_dir, args.usage_file, args.status_file))
+    return 0

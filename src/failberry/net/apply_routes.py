@@ -1,0 +1,228 @@
+"""Routes and policy rules through netlink (pyroute2 IPRoute): read link state, apply a plan
+idempotently, and remove exactly what failberry owns (its tables and rule priorities)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+from failberry.errors import FailberryError
+from failberry.net.plan import (
+    MAIN_TABLE,
+    TABLE_ACTIVE,
+    LinkState,
+    RouteSpec,
+    RuleSpec,
+    is_ours_priority,
+)
+
+LOG = logging.getLogger(__name__)
+
+IFF_LOWER_UP = 0x10000
+SCOPE_LINK = 253
+# Tables clean-up looks at: the active one and one per possible uplink.
+CLEAN_TABLES = range(TABLE_ACTIVE, TABLE_ACTIVE + 10)
+
+
+class Netlink(Protocol):
+    """The part of pyroute2's IPRoute we use."""
+
+    def get_links(self, *argv: Any, **kwarg: Any) -> Any: ...
+    def get_addr(self, *argv: Any, **kwarg: Any) -> Any: ...
+    def get_routes(self, *argv: Any, **kwarg: Any) -> Any: ...
+    def get_rules(self, *argv: Any, **kwarg: Any) -> Any: ...
+    def route(self, command: str, **kwarg: Any) -> Any: ...
+    def rule(self, command: str, **kwarg: Any) -> Any: ...
+
+
+class NetlinkError(FailberryError):
+    """A netlink request failed; names what we asked for."""
+
+    def __init__(self, what: str, error: Exception) -> None:
+        super().__init__(f"netlink: {what}: {error}")
+
+
+def observe(nl: Netlink, interfaces: Iterable[str]) -> dict[str, LinkState]:
+    """The current state of these interfaces (absent ones too)."""
+    wanted = set(interfaces)
+    by_index: dict[int, str] = {}
+    carrier: dict[str, bool] = {}
+    for msg in nl.get_links():
+        name = msg.get_attr("IFLA_IFNAME")
+        if name in wanted:
+            by_index[msg["index"]] = name
+            carrier[name] = bool(msg["flags"] & IFF_LOWER_UP)
+    addr: dict[str, tuple[str, str | None]] = {}
+    for msg in nl.get_addr(family=socket.AF_INET):
+        name = by_index.get(msg["index"])
+        if name is None or name in addr:
+            continue
+        local = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+        peer = msg.get_attr("IFA_ADDRESS")
+        addr[name] = (local, peer if peer and peer != local else None)
+    gw: dict[str, str] = {}
+    for msg in nl.get_routes(family=socket.AF_INET, table=MAIN_TABLE):
+        if msg["dst_len"] == 0 and msg.get_attr("RTA_GATEWAY"):
+            name = by_index.get(msg.get_attr("RTA_OIF"))
+            if name is not None:
+                gw.setdefault(name, msg.get_attr("RTA_GATEWAY"))
+    out = {}
+    for name in wanted:
+        present = name in carrier
+        a, peer = addr.get(name, (None, None))
+        out[name] = LinkState(present, carrier.get(name, False), a, peer, gw.get(name))
+    return out
+
+
+def _index(nl: Any, name: str) -> int | None:
+    for msg in nl.get_links():
+        if msg.get_attr("IFLA_IFNAME") == name:
+            return int(msg["index"])
+    return None
+
+
+def _our_rules(nl: Netlink) -> list[Any]:
+    return [r for r in nl.get_rules(family=socket.AF_INET)
+            if is_ours_priority(r.get_attr("FRA_PRIORITY"))]
+
+
+def _rule_key(msg: Any) -> RuleSpec:
+    src = msg.get_attr("FRA_SRC") if msg["src_len"] else None
+    sup = msg.get_attr("FRA_SUPPRESS_PREFIXLEN")
+    return RuleSpec(msg.get_attr("FRA_PRIORITY"), msg.get_attr("FRA_TABLE") or msg["table"],
+                    src, None if sup in (None, 0xFFFFFFFF) else sup)
+
+
+def _rule_args(spec: RuleSpec) -> dict[str, Any]:
+    args: dict[str, Any] = {"table": spec.table, "priority": spec.priority,
+                            "family": socket.AF_INET}
+    if spec.src:
+        args.update(src=spec.src, src_len=32)
+    if spec.suppress_prefixlen is not None:
+        args["FRA_SUPPRESS_PREFIXLEN"] = spec.suppress_prefixlen
+    return args
+
+
+def _routes_in(nl: Netlink, table: int) -> list[Any]:
+    return [r for r in nl.get_routes(family=socket.AF_INET, table=table)
+            if (r.get_attr("RTA_TABLE") or r["table"]) == table]
+
+
+class RouteApplier:
+    """Applies the routing half of a plan; every change is logged with what and why."""
+
+    def __init__(self, nl: Netlink) -> None:
+        self.nl = nl
+
+    def observe(self, interfaces: Iterable[str]) -> dict[str, LinkState]:
+        """Current state of the uplink interfaces."""
+        return observe(self.nl, interfaces)
+
+    def apply(self, routes: Iterable[RouteSpec], rules: Iterable[RuleSpec]) -> list[str]:
+        """Make our tables and rules equal to these; the changes made. Routes first, so the
+        active default is replaced atomically before anything else moves."""
+        changes = self._apply_routes(list(routes))
+        changes += self._apply_rules(list(rules))
+        return changes
+
+    def _apply_routes(self, routes: list[RouteSpec]) -> list[str]:
+        changes = []
+        want: dict[int, RouteSpec] = {r.table: r for r in routes}
+        # The active table first: its replace is the switch itself.
+        for table in sorted(set(want) | set(CLEAN_TABLES), key=lambda t: t != TABLE_ACTIVE):
+            have = _routes_in(self.nl, table)
+            spec = want.get(table)
+            keep = None
+            if spec is not None:
+                idx = _index(self.nl, spec.interface)
+                if idx is None:
+                    continue
+                for msg in have:
+                    if (msg["dst_len"] == 0 and msg.get_attr("RTA_OIF") == idx
+                            and msg.get_attr("RTA_GATEWAY") == spec.gateway):
+                        keep = msg
+                if keep is None:
+                    args: dict[str, Any] = {"dst": "0.0.0.0/0", "oif": idx, "table": table,
+                                            "family": socket.AF_INET}
+                    if spec.gateway:
+                        args["gateway"] = spec.gateway
+                    else:
+                        args["scope"] = SCOPE_LINK
+                    self._call("route", "replace", args)
+                    changes.append(f"table {table}: default "
+                                   f"{'via ' + spec.gateway if spec.gateway else ''} "
+                                   f"dev {spec.interface}")
+                    have = _routes_in(self.nl, table)
+                    keep = next((m for m in have if m["dst_len"] == 0
+                                 and m.get_attr("RTA_OIF") == idx), None)
+            for msg in have:
+                if keep is not None and _same_route(msg, keep):
+                    continue
+                self._del_route(msg)
+                changes.append(f"table {table}: removed {_describe(msg)}")
+        return changes
+
+    def _apply_rules(self, rules: list[RuleSpec]) -> list[str]:
+        changes = []
+        want = set(rules)
+        seen: set[RuleSpec] = set()
+        for msg in _our_rules(self.nl):
+            key = _rule_key(msg)
+            if key in want and key not in seen:
+                seen.add(key)
+                continue
+            self._call("rule", "del", _rule_args(key))
+            changes.append(f"rule {key.priority}: removed {_describe_rule(key)}")
+        for spec in rules:
+            if spec not in seen:
+                self._call("rule", "add", _rule_args(spec))
+                changes.append(f"rule {spec.priority}: added {_describe_rule(spec)}")
+        return changes
+
+    def clean(self) -> list[str]:
+        """Remove every rule at our priorities and every route in our tables."""
+        changes = self._apply_rules([])
+        for table in CLEAN_TABLES:
+            for msg in _routes_in(self.nl, table):
+                self._del_route(msg)
+                changes.append(f"table {table}: removed {_describe(msg)}")
+        return changes
+
+    def _del_route(self, msg: Any) -> None:
+        args: dict[str, Any] = {"dst": f"{msg.get_attr('RTA_DST') or '0.0.0.0'}/{msg['dst_len']}",
+                                "table": msg.get_attr("RTA_TABLE") or msg["table"],
+                                "family": socket.AF_INET}
+        if msg.get_attr("RTA_OIF"):
+            args["oif"] = msg.get_attr("RTA_OIF")
+        if msg.get_attr("RTA_GATEWAY"):
+            args["gateway"] = msg.get_attr("RTA_GATEWAY")
+        self._call("route", "del", args)
+
+    def _call(self, what: str, command: str, args: Mapping[str, Any]) -> None:
+        try:
+            getattr(self.nl, what)(command, **args)
+        except Exception as e:
+            raise NetlinkError(f"{what} {command} {dict(args)}", e) from e
+
+
+def _same_route(a: Any, b: Any) -> bool:
+    return bool(a["dst_len"] == b["dst_len"] and a.get_attr("RTA_DST") == b.get_attr("RTA_DST")
+                and a.get_attr("RTA_OIF") == b.get_attr("RTA_OIF")
+                and a.get_attr("RTA_GATEWAY") == b.get_attr("RTA_GATEWAY"))
+
+
+def _describe(msg: Any) -> str:
+    dst = f"{msg.get_attr('RTA_DST') or 'default'}"
+    if msg["dst_len"]:
+        dst += f"/{msg['dst_len']}"
+    gw = msg.get_attr("RTA_GATEWAY")
+    return f"{dst}{' via ' + gw if gw else ''} oif {msg.get_attr('RTA_OIF')}"
+
+
+def _describe_rule(spec: RuleSpec) -> str:
+    src = f"from {spec.src}" if spec.src else "from all"
+    sup = (f" suppress_prefixlength {spec.suppress_prefixlen}"
+           if spec.suppress_prefixlen is not None else "")
+    return f"{src} lookup {spec.table}{sup}"

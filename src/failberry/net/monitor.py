@@ -1,0 +1,118 @@
+"""Link and address events from netlink: one blocking reader thread, feeding the asyncio loop.
+
+The thread waits in select() on the netlink socket and a wake-up pipe, so stopping never
+depends on an event arriving. Parsing is pure (`parse`), so it is tested without a socket."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import select
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from failberry.bus import AddressChanged, LinkChanged
+
+LOG = logging.getLogger(__name__)
+
+IFF_LOWER_UP = 0x10000
+MAIN_TABLE = 254
+
+
+class RouteChanged:
+    """A default route in `main` changed (a DHCP client's gateway); carries nothing else."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RouteChanged)
+
+    def __hash__(self) -> int:
+        return 1
+
+
+Event = LinkChanged | AddressChanged | RouteChanged
+
+
+class NetlinkSocket(Protocol):
+    """An IPRoute bound to multicast groups."""
+
+    def bind(self, *argv: Any, **kwarg: Any) -> Any: ...
+    def get(self, *argv: Any, **kwarg: Any) -> Any: ...
+    def fileno(self) -> int: ...
+    def close(self, *argv: Any, **kwarg: Any) -> Any: ...
+
+
+def parse(msg: Any, names: dict[int, str]) -> Event | None:
+    """One netlink message as a bus event; `names` maps ifindex to name and is updated."""
+    kind = msg.get("event")
+    if kind in ("RTM_NEWLINK", "RTM_DELLINK"):
+        name = msg.get_attr("IFLA_IFNAME") or names.get(msg["index"], "")
+        if kind == "RTM_DELLINK":
+            names.pop(msg["index"], None)
+            return LinkChanged(name, False, False)
+        names[msg["index"]] = name
+        return LinkChanged(name, True, bool(msg["flags"] & IFF_LOWER_UP))
+    if kind in ("RTM_NEWADDR", "RTM_DELADDR"):
+        if msg["family"] != 2:
+            return None
+        name = names.get(msg["index"]) or msg.get_attr("IFA_LABEL") or ""
+        addr = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+        return AddressChanged(name, addr if kind == "RTM_NEWADDR" else None)
+    if kind in ("RTM_NEWROUTE", "RTM_DELROUTE"):
+        table = msg.get_attr("RTA_TABLE") or msg["table"]
+        if msg["family"] == 2 and table == MAIN_TABLE and msg["dst_len"] == 0:
+            return RouteChanged()
+    return None
+
+
+class LinkMonitor:
+    """Reads netlink in a thread; `events` is an asyncio queue on the loop that started it."""
+
+    def __init__(self, factory: Callable[[], NetlinkSocket],
+                 initial_links: Callable[[], Iterable[tuple[int, str]]]) -> None:
+        self.factory = factory
+        self.initial_links = initial_links
+        self.events: asyncio.Queue[Event] = asyncio.Queue()
+        self._thread: threading.Thread | None = None
+        self._wake_r, self._wake_w = -1, -1
+        self._sock: NetlinkSocket | None = None
+
+    def start(self) -> None:
+        """Bind, then start the reader thread."""
+        loop = asyncio.get_running_loop()
+        self._sock = self.factory()
+        self._sock.bind()
+        names = dict(self.initial_links())
+        self._wake_r, self._wake_w = os.pipe()
+        self._thread = threading.Thread(target=self._read, args=(loop, self._sock, names),
+                                        name="netlink-monitor", daemon=True)
+        self._thread.start()
+
+    def _read(self, loop: asyncio.AbstractEventLoop, sock: NetlinkSocket,
+              names: dict[int, str]) -> None:
+        while True:
+            ready, _, _ = select.select([sock.fileno(), self._wake_r], [], [])
+            if self._wake_r in ready:
+                return
+            try:
+                msgs = sock.get()
+            except Exception:
+                LOG.exception("netlink monitor stopped")
+                return
+            for msg in msgs:
+                event = parse(msg, names)
+                if event is not None:
+                    loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+    def stop(self) -> None:
+        """Wake the thread, join it, close the socket."""
+        if self._thread is not None:
+            os.write(self._wake_w, b"x")
+            self._thread.join(timeout=5)
+            self._thread = None
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None

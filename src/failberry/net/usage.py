@@ -1,0 +1,90 @@
+"""Mobile data used per LAN device this billing period, from iptables rule counters.
+
+Rule counters start at zero whenever a rule is written (a restart, a cap change), so the total
+is a persisted base plus the live counter, and a counter that went backwards is folded into the
+base. The file is written atomically, at most once a minute, and on exit."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+LOG = logging.getLogger(__name__)
+
+PERSIST_EVERY = 60.0
+
+
+def period_start(today: dt.date, reset_day: int) -> dt.date:
+    """The first day of the billing period that `today` is in."""
+    if today.day >= reset_day:
+        return today.replace(day=reset_day)
+    first = today.replace(day=1)
+    prev = first - dt.timedelta(days=1)
+    return prev.replace(day=reset_day)
+
+
+class Usage:
+    """Bytes per device key this period; `sample()` takes live counters, `total()` gives
+    what was used."""
+
+    def __init__(self, path: Path, reset_day: int, cap: int) -> None:
+        self.path = path
+        self.reset_day = reset_day
+        self.cap = cap
+        self.period = ""
+        self.base: dict[str, int] = {}
+        self.last: dict[str, int] = {}
+        self._persisted_at: float | None = None
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            data = json.loads(self.path.read_text())
+            self.period = str(data["period"])
+            self.base = {str(k): int(v) for k, v in data["bytes"].items()}
+        except FileNotFoundError:
+            pass
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            LOG.warning("ignoring unreadable usage file %s: %s", self.path, e)
+
+    def sample(self, counters: Mapping[str, int], today: dt.date) -> None:
+        """Take the live counters (bytes per device since their rules were written)."""
+        period = period_start(today, self.reset_day).isoformat()
+        if period != self.period:
+            if self.period:
+                LOG.info("data usage period %s -> %s: counters start again", self.period, period)
+            self.period = period
+            # Bytes counted so far belong to the old period.
+            self.base = {k: -v for k, v in counters.items()}
+            self.last = dict(counters)
+            return
+        for key, value in counters.items():
+            if value < self.last.get(key, 0):  # the rule was rewritten: its counter restarted
+                self.base[key] = self.base.get(key, 0) + self.last[key]
+            self.last[key] = value
+
+    def totals(self) -> dict[str, int]:
+        """Bytes used per device this period."""
+        keys = set(self.base) | set(self.last)
+        return {k: max(0, self.base.get(k, 0) + self.last.get(k, 0)) for k in sorted(keys)}
+
+    def over_cap(self) -> bool:
+        """The cap is set and reached."""
+        return bool(self.cap) and sum(self.totals().values()) >= self.cap
+
+    def maybe_persist(self, now: float, force: bool = False) -> bool:
+        """Write the file if a minute has passed since the last write (or `force`)."""
+        if not force and self._persisted_at is not None \
+                and now - self._persisted_at < PERSIST_EVERY:
+            return False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps({"period": self.period, "bytes": self.totals()},
+                                  sort_keys=True))
+        os.replace(tmp, self.path)
+        self._persisted_at = now
+        return True

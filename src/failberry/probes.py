@@ -1,0 +1,362 @@
+"""Path probes for one uplink, and the hysteresis that turns probe rounds into a verdict.
+
+Every probe is bound to the uplink twice over: to its source address (so the policy rule for
+that address picks the uplink's own routing table) and with SO_BINDTODEVICE (so a probe can
+never leak out of another uplink when that table is missing). Carrier tells us about the first
+hop only; probes tell us whether the path to the internet works.
+
+A round sends one probe to every target at once and waits at most `timeout` (the smaller of
+the latency threshold, the interval, and a few times the round-trip time seen lately): rounds
+never overlap, and a dead path is noticed in about `down` intervals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import ipaddress
+import logging
+import os
+import socket
+import ssl
+import statistics
+import struct
+import time
+import urllib.parse
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+LOG = logging.getLogger(__name__)
+
+MIN_TIMEOUT = 0.2  # seconds; below this, scheduling jitter on a Pi would look like loss
+RTT_FACTOR = 4.0
+LOSS_WINDOW = 10  # rounds over which loss is measured
+LOSS_MIN_SAMPLES = 10
+
+
+@dataclass(frozen=True)
+class Target:
+    """One probe target: `icmp`, `tcp`, `dns` or `http`/`https`."""
+
+    kind: str
+    host: str
+    port: int = 0
+    url: str = ""
+
+    @property
+    def label(self) -> str:
+        """How config spells it."""
+        if self.kind in ("http", "https"):
+            return self.url
+        if self.kind == "tcp":
+            return f"tcp:{self.host}:{self.port}"
+        return f"{self.kind}:{self.host}"
+
+
+def parse_target(text: str) -> Target:
+    """A config probe target (already validated by config) as a Target."""
+    if text.startswith(("http://", "https://")):
+        u = urllib.parse.urlsplit(text)
+        kind = u.scheme
+        return Target(kind, u.hostname or "", u.port or (443 if kind == "https" else 80), text)
+    kind, _, rest = text.partition(":")
+    if kind == "tcp":
+        host, _, port = rest.rpartition(":")
+        return Target("tcp", host.strip("[]"), int(port))
+    if kind == "dns":
+        return Target("dns", rest, 53)
+    return Target("icmp", rest)
+
+
+@dataclass(frozen=True)
+class Binding:
+    """Where probes leave from: the uplink's interface and its current address."""
+
+    interface: str
+    address: str
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """One probe's outcome: latency in seconds when it succeeded, the error when not."""
+
+    target: str
+    ok: bool
+    latency: float | None = None
+    error: str = ""
+
+
+class Prober(Protocol):
+    """Runs one probe round; the real one sends packets, tests may script one."""
+
+    async def round(self, binding: Binding, targets: Sequence[Target],
+                    timeout: float) -> list[ProbeResult]:
+        """Probe every target at once; one result each."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The verdict (pure)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """When a round fails and how many rounds flip the verdict."""
+
+    down: int
+    up: int
+    quorum: int  # failed targets that fail a round; 0: a majority
+    latency: float  # seconds
+    loss_pct: float
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The uplink's state after a round; `changed` when it flipped this round."""
+
+    up: bool | None
+    changed: bool
+    reason: str
+    latency_ms: float | None
+    loss_pct: float | None
+    round_ok: bool
+
+
+class HealthTracker:
+    """Consecutive-round hysteresis over probe rounds: down after `down` failed rounds, up
+    after `up` good ones. The first good round gives the first verdict (start fast)."""
+
+    def __init__(self, thresholds: Thresholds) -> None:
+        self.t = thresholds
+        self.up: bool | None = None
+        self.bad_rounds = 0
+        self.good_rounds = 0
+        self._window: collections.deque[list[bool]] = collections.deque(maxlen=LOSS_WINDOW)
+        self._rtts: collections.deque[float] = collections.deque(maxlen=LOSS_WINDOW * 3)
+
+    def timeout(self, interval: float) -> float:
+        """How long a round may wait for answers."""
+        cap = min(self.t.latency, interval)
+        if not self._rtts:
+            return cap
+        return min(cap, max(MIN_TIMEOUT, RTT_FACTOR * max(self._rtts)))
+
+    def loss_pct(self) -> float | None:
+        """Loss over the window, once the window holds enough probes."""
+        samples = [ok for rnd in self._window for ok in rnd]
+        if len(samples) < LOSS_MIN_SAMPLES:
+            return None
+        return 100.0 * samples.count(False) / len(samples)
+
+    def reset(self, why: str) -> Verdict:
+        """Forget history (the link went away); the uplink is down until probes say up."""
+        self._window.clear()
+        self._rtts.clear()
+        self.bad_rounds = self.good_rounds = 0
+        changed = self.up is not False
+        self.up = False
+        return Verdict(False, changed, why, None, None, False)
+
+    def feed(self, results: Sequence[ProbeResult]) -> Verdict:
+        """Take one round's results; the verdict after it."""
+        n = len(results)
+        failed = [r for r in results if not r.ok]
+        lat = [r.latency for r in results if r.ok and r.latency is not None]
+        self._window.append([r.ok for r in results])
+        self._rtts.extend(lat)
+        quorum = self.t.quorum or (n // 2 + 1)
+        latency_ms = statistics.median(lat) * 1000 if lat else None
+        loss = self.loss_pct()
+        why = ""
+        if n and len(failed) >= quorum:
+            errs = ", ".join(f"{r.target}: {r.error}" for r in failed[:3])
+            why = f"{len(failed)} of {n} targets failed ({errs})"
+        elif loss is not None and loss > self.t.loss_pct:
+            why = f"loss {loss:.0f}% over the last {len(self._window)} rounds " \
+                  f"> {self.t.loss_pct:g}%"
+        elif latency_ms is not None and latency_ms > self.t.latency * 1000:
+            why = f"latency {latency_ms:.0f}ms > {self.t.latency * 1000:.0f}ms"
+        ok = not why
+        if ok:
+            self.good_rounds += 1
+            self.bad_rounds = 0
+        else:
+            self.bad_rounds += 1
+            self.good_rounds = 0
+        before = self.up
+        if ok and (self.up is None or (not self.up and self.good_rounds >= self.t.up)):
+            self.up = True
+            reason = (f"{self.good_rounds} good rounds" if before is False
+                      else "first round good")
+        elif not ok and self.up is not False and self.bad_rounds >= self.t.down:
+            self.up = False
+            reason = f"{self.bad_rounds} failed rounds: {why}"
+        else:
+            reason = why or "round good"
+        return Verdict(self.up, self.up != before, reason, latency_ms, loss, ok)
+
+
+# ---------------------------------------------------------------------------------------------
+# The probes (I/O)
+
+
+def _bound_socket(binding: Binding, kind: socket.SocketKind, proto: int = 0) -> socket.socket:
+    """A socket that can only leave through the uplink: its address and its device."""
+    s = socket.socket(socket.AF_INET, kind, proto)
+    try:
+        s.setblocking(False)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE,
+                     binding.interface.encode() + b"\0")
+        s.bind((binding.address, 0))
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return int(~total & 0xFFFF)
+
+
+class SocketProber:
+    """Real probes. ICMP uses an unprivileged datagram socket where net.ipv4.ping_group_range
+    allows it (the kernel then matches replies for us), a raw socket otherwise."""
+
+    def __init__(self) -> None:
+        self._seq = 0
+        self._dgram_ok: bool | None = None
+
+    async def round(self, binding: Binding, targets: Sequence[Target],
+                    timeout: float) -> list[ProbeResult]:
+        """Probe every target at once; one result each."""
+        return list(await asyncio.gather(*(self.probe(binding, t, timeout) for t in targets)))
+
+    async def probe(self, binding: Binding, target: Target, timeout: float) -> ProbeResult:
+        """One probe; failures become results, never exceptions."""
+        start = time.monotonic()
+        try:
+            async with asyncio.timeout(timeout):
+                if target.kind == "icmp":
+                    await self._icmp(binding, target)
+                elif target.kind == "tcp":
+                    await self._tcp(binding, target, None)
+                elif target.kind == "dns":
+                    await self._dns(binding, target)
+                else:
+                    await self._tcp(binding, target, target.url)
+        except TimeoutError:
+            return ProbeResult(target.label, False, None, "timeout")
+        except OSError as e:
+            return ProbeResult(target.label, False, None, e.strerror or str(e))
+        except ProbeFailed as e:
+            return ProbeResult(target.label, False, None, str(e))
+        return ProbeResult(target.label, True, time.monotonic() - start)
+
+    def _icmp_socket(self, binding: Binding) -> tuple[socket.socket, bool]:
+        if self._dgram_ok is not False:
+            try:
+                return _bound_socket(binding, socket.SOCK_DGRAM, socket.IPPROTO_ICMP), True
+            except PermissionError:
+                self._dgram_ok = False
+        return _bound_socket(binding, socket.SOCK_RAW, socket.IPPROTO_ICMP), False
+
+    async def _icmp(self, binding: Binding, target: Target) -> None:
+        loop = asyncio.get_running_loop()
+        dst = await _resolve(target.host)
+        self._seq = (self._seq + 1) & 0xFFFF
+        ident = (os.getpid() + id(binding)) & 0xFFFF
+        payload = b"failberry" + struct.pack("!d", time.monotonic())
+        header = struct.pack("!BBHHH", 8, 0, 0, ident, self._seq)
+        packet = struct.pack("!BBHHH", 8, 0, _checksum(header + payload), ident,
+                             self._seq) + payload
+        sock, dgram = self._icmp_socket(binding)
+        with sock:
+            await loop.sock_sendto(sock, packet, (dst, 0))
+            while True:
+                data, (src, _) = await loop.sock_recvfrom(sock, 2048)
+                if not dgram:  # raw sockets see the IP header and every ICMP packet
+                    data = data[(data[0] & 0x0F) * 4:]
+                if len(data) < 8 or src != dst:
+                    continue
+                kind, _code, _ck, rid, rseq = struct.unpack("!BBHHH", data[:8])
+                # A datagram socket's id is rewritten by the kernel; it only hands us ours.
+                if kind == 0 and rseq == self._seq and (dgram or rid == ident) \
+                        and data[8:] == payload:
+                    return
+
+    async def _tcp(self, binding: Binding, target: Target, url: str | None) -> None:
+        loop = asyncio.get_running_loop()
+        dst = await _resolve(target.host)
+        sock: socket.socket | None = _bound_socket(binding, socket.SOCK_STREAM)
+        assert sock is not None
+        try:
+            await loop.sock_connect(sock, (dst, target.port))
+            if url is None:
+                return
+            ctx = ssl.create_default_context() if target.kind == "https" else None
+            reader, writer = await asyncio.open_connection(
+                sock=sock, ssl=ctx, server_hostname=target.host if ctx else None)
+            sock = None  # the stream owns it now
+            try:
+                path = urllib.parse.urlsplit(url)
+                req = (f"GET {path.path or '/'}{'?' + path.query if path.query else ''} "
+                       f"HTTP/1.1\r\nHost: {path.netloc}\r\nUser-Agent: failberry-probe\r\n"
+                       "Connection: close\r\n\r\n")
+                writer.write(req.encode())
+                await writer.drain()
+                line = await reader.readline()
+                parts = line.split()
+                if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or \
+                        not parts[1].isdigit():
+                    raise ProbeFailed("not an HTTP reply")
+                if int(parts[1]) >= 500:
+                    raise ProbeFailed(f"HTTP {int(parts[1])}")
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+        finally:
+            if sock is not None:
+                sock.close()
+
+    async def _dns(self, binding: Binding, target: Target) -> None:
+        import dns.exception
+        import dns.message
+
+        loop = asyncio.get_running_loop()
+        query = dns.message.make_query(".", "NS")
+        with _bound_socket(binding, socket.SOCK_DGRAM) as sock:
+            await loop.sock_sendto(sock, query.to_wire(), (target.host, target.port))
+            while True:
+                data, (src, _) = await loop.sock_recvfrom(sock, 65535)
+                if src != target.host:
+                    continue
+                try:
+                    reply = dns.message.from_wire(data)
+                except dns.exception.DNSException:
+                    continue
+                # Any answer, even REFUSED, proves the path; the resolver's health is not ours.
+                if query.is_response(reply):
+                    return
+
+
+class ProbeFailed(Exception):
+    """A probe got an answer that does not count."""
+
+
+async def _resolve(host: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(host))
+    except ValueError:
+        pass
+    infos = await asyncio.get_running_loop().getaddrinfo(host, None, family=socket.AF_INET,
+                                                         type=socket.SOCK_DGRAM)
+    if not infos:
+        raise ProbeFailed(f"{host}: no IPv4 address")
+    return str(infos[0][4][0])

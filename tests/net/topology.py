@@ -1,0 +1,146 @@
+"""A namespace topology with real packets: a LAN host, the Pi, a wired ISP, a mobile ISP (its
+link to the Pi a veth named `ppp0`, point-to-point addressed like pppd does it) and an
+"internet" holding three probe targets and a server. Nothing touches the root namespace.
+
+    lan (192.168.50.10, .11) -- eth0 [pi] eth1 203.0.113.2 -- [wisp] -- 10.1.0.0/30 --+
+                                          ppp0 100.64.0.2 -- [misp] -- 10.2.0.0/30 --+-- [inet]
+    inet: targets 192.0.2.1-3, server 192.0.2.80
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import netns
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+PY = str(ROOT / ".venv" / "bin" / "python")
+if not Path(PY).exists():
+    PY = sys.executable
+
+SERVER = "192.0.2.80"
+TARGETS = ("192.0.2.1", "192.0.2.2", "192.0.2.3")
+WIRED_ADDR = "203.0.113.2"
+MOBILE_ADDR = "100.64.0.2"
+LAN_HOST = "192.168.50.10"
+LAN_OTHER = "192.168.50.11"
+
+
+def run(argv: list[str], check: bool = True, timeout: float = 30) -> str:
+    """Run a command; its stdout."""
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} -> {p.returncode}: {p.stderr.strip()}")
+    return p.stdout
+
+
+class Topology:
+    """Build with `up()`, always `down()`."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.ns = {k: f"{prefix}{k}" for k in ("lan", "pi", "wisp", "misp", "inet")}
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def sh(self, ns: str, cmd: str, check: bool = True) -> str:
+        """A shell command inside one of our namespaces."""
+        return run(["ip", "netns", "exec", self.ns[ns], "sh", "-c", cmd], check=check)
+
+    def up(self) -> None:
+        """Create every namespace, link and address."""
+        for name in self.ns.values():
+            run(["ip", "netns", "add", name])
+            # No IPv6: its link-local routes appear late and would make snapshots differ.
+            run(["ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
+                 "net.ipv6.conf.default.disable_ipv6=1"])
+        n = self.ns
+        pairs = [("pi", "eth0", "lan", "eth0"), ("pi", "eth1", "wisp", "eth0"),
+                 ("pi", "ppp0", "misp", "eth0"), ("wisp", "up0", "inet", "w0"),
+                 ("misp", "up0", "inet", "m0")]
+        for a, ai, b, bi in pairs:
+            run(["ip", "-n", n[a], "link", "add", ai, "type", "veth", "peer", "name", bi,
+                 "netns", n[b]])
+        script = {
+            "lan": f"ip addr add {LAN_HOST}/24 dev eth0; ip addr add {LAN_OTHER}/24 dev eth0;"
+                   "ip link set eth0 up; ip route add default via 192.168.50.1",
+            "pi": f"ip addr add 192.168.50.1/24 dev eth0; ip addr add {WIRED_ADDR}/24 dev eth1;"
+                  f"ip addr add {MOBILE_ADDR} peer 100.64.0.1/32 dev ppp0;"
+                  "ip link set eth0 up; ip link set eth1 up; ip link set ppp0 up",
+            "wisp": "ip addr add 203.0.113.1/24 dev eth0; ip addr add 10.1.0.1/30 dev up0;"
+                    "ip link set eth0 up; ip link set up0 up; ip route add default via 10.1.0.2;"
+                    "sysctl -qw net.ipv4.ip_forward=1",
+            "misp": f"ip addr add 100.64.0.1 peer {MOBILE_ADDR}/32 dev eth0;"
+                    "ip addr add 10.2.0.1/30 dev up0; ip link set eth0 up; ip link set up0 up;"
+                    "ip route add default via 10.2.0.2; sysctl -qw net.ipv4.ip_forward=1",
+            "inet": "ip addr add 10.1.0.2/30 dev w0; ip addr add 10.2.0.2/30 dev m0;"
+                    "ip link set w0 up; ip link set m0 up; ip link set lo up;"
+                    + "".join(f"ip addr add {a}/32 dev lo;" for a in (*TARGETS, SERVER))
+                    + "ip route add 203.0.113.0/24 via 10.1.0.1;"
+                    "ip route add 100.64.0.0/10 via 10.2.0.1",
+        }
+        for ns, cmd in script.items():
+            self.sh(ns, cmd)
+        self.sh("pi", "ip link set lo up")
+
+    def spawn(self, ns: str, argv: list[str], **kw: Any) -> subprocess.Popen[str]:
+        """A process inside a namespace, killed by `down()`."""
+        p = subprocess.Popen(["ip", "netns", "exec", self.ns[ns], *argv], text=True,
+                             start_new_session=True, **kw)
+        self.procs.append(p)
+        return p
+
+    def server(self, kind: str = "tcp", port: int = 8080) -> subprocess.Popen[str]:
+        """peer.py in the internet namespace, once it says ready."""
+        p = self.spawn("inet", [PY, str(HERE / "peer.py"), kind, SERVER, str(port)],
+                       stdout=subprocess.PIPE)
+        assert p.stdout is not None
+        assert p.stdout.readline().strip() == "ready"
+        return p
+
+    def down(self) -> None:
+        """Kill our processes, delete our namespaces."""
+        for p in self.procs:
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGTERM)
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait(5)
+        for name in self.ns.values():
+            run(["ip", "netns", "del", name], check=False)
+
+    @contextlib.contextmanager
+    def inside(self, ns: str) -> Iterator[None]:
+        """Make sockets in a namespace from this process (they stay there once made)."""
+        netns.pushns(self.ns[ns])
+        try:
+            yield
+        finally:
+            netns.popns()
+
+    def snapshot(self, ns: str = "pi") -> dict[str, str]:
+        """Rules, every routing table and the legacy iptables, without counters or dates."""
+        save = self.sh(ns, "iptables-legacy-save")
+        save = "\n".join(re.sub(r"\[\d+:\d+\]", "", line) for line in save.splitlines()
+                         if not line.startswith("#"))
+        return {"rule": self.sh(ns, "ip rule"), "route": self.sh(ns, "ip route show table all"),
+                "iptables": save,
+                "sysctl": self.sh(ns, "sysctl net.ipv4.ip_forward net.ipv4.conf.eth1.rp_filter "
+                                      "net.ipv4.conf.ppp0.rp_filter")}
+
+
+def unique_prefix(area: str = "net") -> str:
+    """Per-run namespace prefix."""
+    return f"fb-{area}-{os.getpid()}-{int(time.monotonic() * 1000) % 100000}-"
