@@ -33,6 +33,9 @@ def build_parts(cfg: Config, status: Status, bus: Bus) -> list[Part]:
     parts: list[Part] = []
     # -- network: routes, NAT, firewall, link monitor, probes, failover (issue 6) --
     # -- modem: AT layer, state machine, pppd, recovery ladder (issue 5) --
+    from failberry.modem.part import ModemPart
+    parts.append(ModemPart.from_config(cfg, status, bus))
+    # -- end modem --
     # -- dynamic DNS (issue 8) --
     from failberry.config import DnsProvider
     if cfg.dyndns.provider is not DnsProvider.NONE:
