@@ -15,7 +15,7 @@ import dns.update
 import pytest
 
 from dyndns_bind import KEY_NAME, ZONE, Named, new_secret
-from failberry.bus import Bus, PublishedAddressChanged
+from failberry.bus import AddressChanged, Bus, PublishedAddressChanged
 from failberry.config import parse
 from failberry.dyndns.part import DyndnsPart
 from failberry.status import Status
@@ -34,7 +34,7 @@ def named(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Named]:
 
 
 def config_text(named: Named, host: str, secret_file: Path, *, check: str = "10m",
-                ipv6: bool = False) -> str:
+                ipv6: bool = False, interface: str = "") -> str:
     return f"""
 [modem]
 apn = "internet"
@@ -46,6 +46,7 @@ check_interval = "{check}"
 retry_initial = "10ms"
 retry_max = "50ms"
 ipv6 = {str(ipv6).lower()}
+interface = "{interface}"
 [dyndns.rfc2136]
 server = "127.0.0.1"
 port = {named.port}
@@ -62,7 +63,8 @@ def make_part(named: Named, tmp_path: Path, host: str, secret: str,
     secret_file.chmod(0o600)
     cfg = parse(config_text(named, host, secret_file, **kw))  # type: ignore[arg-type]
     status, bus = Status(), Bus()
-    return DyndnsPart.from_config(cfg, status, bus), status, bus
+    part = DyndnsPart.from_config(cfg, status, bus, state_path=tmp_path / "dyndns-state.json")
+    return part, status, bus
 
 
 async def until(pred: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
@@ -206,3 +208,52 @@ def test_restart_with_record_already_right_sends_no_update(named: Named, tmp_pat
 
     asyncio.run(running(part2, second))
     assert st2.attempts == 0 and st2.sent == "127.0.0.11"
+
+
+def test_block_survives_a_restart_until_the_config_changes(named: Named, tmp_path: Path) -> None:
+    wrong = new_secret()
+    part, _s, bus = make_part(named, tmp_path, "restart", wrong)
+
+    async def blocked() -> None:
+        bus.publish(PublishedAddressChanged("127.0.0.12", "mobile"))
+        await until(lambda: _true(part.updater.states["A"].blocked is not None))
+
+    asyncio.run(running(part, blocked))
+    state_file = tmp_path / "dyndns-state.json"
+    assert state_file.stat().st_mode & 0o777 == 0o600
+    assert wrong not in state_file.read_text()
+
+    # Same config after a restart: still blocked, not one more doomed update.
+    again, status, bus2 = make_part(named, tmp_path, "restart", wrong)
+
+    async def still() -> None:
+        bus2.publish(PublishedAddressChanged("127.0.0.12", "mobile"))
+        await asyncio.sleep(0.3)
+        again.report()
+
+    asyncio.run(running(again, still))
+    assert again.updater.states["A"].attempts == 0
+    assert status.snapshot()["parts"]["dyndns"]["state"] == "blocked"
+
+    # The admin fixes the secret: the block is gone and the record follows.
+    fixed, _s3, bus3 = make_part(named, tmp_path, "restart", named.secret)
+
+    async def works() -> None:
+        bus3.publish(PublishedAddressChanged("127.0.0.12", "mobile"))
+        await until(answers(named, "restart", "A", {"127.0.0.12"}))
+
+    asyncio.run(running(fixed, works))
+
+
+def test_follows_an_interface_when_configured(named: Named, tmp_path: Path) -> None:
+    part, _s, bus = make_part(named, tmp_path, "iface", named.secret, interface="wwan0")
+
+    async def body() -> None:
+        bus.publish(PublishedAddressChanged("127.0.0.13", "wired"))  # not followed
+        bus.publish(AddressChanged("eth0", "127.0.0.14/24"))  # another interface
+        bus.publish(AddressChanged("wwan0", "fe80::1/64", family=6))  # link-local: never
+        bus.publish(AddressChanged("wwan0", "127.0.0.15/32"))
+        await until(answers(named, "iface", "A", {"127.0.0.15"}))
+
+    asyncio.run(running(part, body))
+    assert part.updater.states["A"].attempts == 1

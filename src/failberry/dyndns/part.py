@@ -11,6 +11,7 @@ import contextlib
 import ipaddress
 import logging
 import socket
+from pathlib import Path
 from typing import Any
 
 from failberry.bus import AddressChanged, Bus, PublishedAddressChanged
@@ -18,6 +19,7 @@ from failberry.config import Config, DnsProvider, DyndnsConfig
 from failberry.dyndns.base import Provider, Record, Verifier
 from failberry.dyndns.dyndns2 import Dyndns2Provider
 from failberry.dyndns.http import HttpClient, RequestsClient
+from failberry.dyndns.persist import DEFAULT_PATH, StateFile
 from failberry.dyndns.rfc2136 import Rfc2136Provider
 from failberry.dyndns.route53_lambda import Route53LambdaProvider
 from failberry.dyndns.updater import Timing, Updater
@@ -73,7 +75,8 @@ class DyndnsPart:
     deadline = 30.0
 
     def __init__(self, updater: Updater, status: Status, bus: Bus, *, provider: str,
-                 interface: str = "", report_every: float = 5.0) -> None:
+                 interface: str = "", report_every: float = 5.0,
+                 state: StateFile | None = None) -> None:
         self.updater = updater
         self.status = status
         self.provider = provider
@@ -83,18 +86,29 @@ class DyndnsPart:
         self._published = bus.subscribe(PublishedAddressChanged)
         self._addresses = bus.subscribe(AddressChanged)
         self._report_now = asyncio.Event()
-        updater.on_change = self._report_now.set
+        self.state = state
+        if state is not None:
+            updater.restore(state.load())
+        updater.on_change = self._changed
+
+    def _changed(self) -> None:
+        self._report_now.set()
+        if self.state is not None:
+            self.state.save(self.updater.holds())
 
     @classmethod
     def from_config(cls, cfg: Config, status: Status, bus: Bus,
-                    http: HttpClient | None = None) -> DyndnsPart:
+                    http: HttpClient | None = None,
+                    state_path: Path | None = DEFAULT_PATH) -> DyndnsPart:
         """The part with real providers for `cfg.dyndns`."""
         d = cfg.dyndns
         timing = Timing(check_interval=d.check_interval, retry_initial=d.retry_initial,
                         retry_max=d.retry_max)
         updater = Updater(make_provider(d, http or RequestsClient()), make_verifier(d),
                           records(d), timing=timing)
-        return cls(updater, status, bus, provider=d.provider.value, interface=d.interface)
+        state = StateFile(state_path, d) if state_path is not None else None
+        return cls(updater, status, bus, provider=d.provider.value, interface=d.interface,
+                   state=state)
 
     def on_published(self, ev: PublishedAddressChanged) -> None:
         """The network part chose a new address to publish."""

@@ -179,6 +179,26 @@ def check_failed(st: RecordState, err: DyndnsError, now: float, timing: Timing) 
     st.next_check = now + timing.check_interval
 
 
+def hold(st: RecordState, now: float, wall: float) -> dict[str, Any]:
+    """What must survive a restart: a block, or the provider's not-before time."""
+    if st.blocked is not None:
+        return {"blocked": st.blocked}
+    if st.last_retry is Retry.LATER and st.next_retry is not None:
+        return {"not_before": round(wall + (st.next_retry - now)), "error": st.last_error}
+    return {}
+
+
+def restore(st: RecordState, saved: dict[str, Any], now: float, wall: float) -> None:
+    """Take a saved hold back (the config is unchanged since it was written)."""
+    if isinstance(saved.get("blocked"), str):
+        st.blocked = st.last_error = saved["blocked"]
+        st.last_retry = Retry.NEVER
+    elif isinstance(saved.get("not_before"), int | float) and saved["not_before"] > wall:
+        st.next_retry = now + (saved["not_before"] - wall)
+        st.last_retry = Retry.LATER
+        st.last_error = str(saved.get("error") or "the provider asked us to wait")
+
+
 def record_view(st: RecordState, now: float, wall: float) -> dict[str, Any]:
     """The JSON-ready status of one record."""
     if st.blocked:
@@ -246,6 +266,20 @@ class Updater:
             st.next_retry = None
             st.last_retry = None
             self._wake[t].set()
+
+    def holds(self) -> dict[str, dict[str, Any]]:
+        """Every record's hold (see `hold`), for the state file."""
+        now, wall = self.clock(), self.wall()
+        return {t: h for t, st in self.states.items() if (h := hold(st, now, wall))}
+
+    def restore(self, saved: dict[str, dict[str, Any]]) -> None:
+        """Take holds saved before a restart back."""
+        now, wall = self.clock(), self.wall()
+        for t, st in self.states.items():
+            if isinstance(saved.get(t), dict):
+                restore(st, saved[t], now, wall)
+                LOG.info("dyndns: %s still held from before the restart: %s", st.record,
+                         st.last_error)
 
     def view(self) -> list[dict[str, Any]]:
         """Every record's status."""
