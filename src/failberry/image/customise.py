@@ -12,6 +12,7 @@ import logging
 import os
 import shlex
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -224,12 +225,14 @@ def enable_unit(tree: Tree, unit: str, source: str, target: str = "multi-user.ta
     tree.symlink(f"{UNIT_DIR}/{target}.wants/{unit}", f"{source}/{unit}")
 
 
-def install_units(tree: Tree) -> None:
-    """failberryd and the first-boot unit, enabled."""
+def install_units(tree: Tree, debs: Sequence[Path] = ()) -> None:
+    """failberryd and the first-boot unit, enabled; `debs` for it to install offline."""
     tree.write(f"{UNIT_DIR}/{render.SERVICE_UNIT}", render.failberryd_service())
     tree.write(f"{UNIT_DIR}/{render.FIRSTBOOT_UNIT}", render.firstboot_service())
     tree.write("/usr/lib/failberry/firstboot", render.firstboot_script(), 0o755)
     tree.mkdir(render.DEB_DIR)
+    for deb in sorted(debs, key=lambda p: p.name):
+        tree.write(f"{render.DEB_DIR}/{deb.name}", deb.read_bytes())
     enable_unit(tree, render.SERVICE_UNIT, UNIT_DIR)
     enable_unit(tree, render.FIRSTBOOT_UNIT, UNIT_DIR)
     # Debian's openssh-server enables ssh itself; Raspberry Pi OS only with a boot-partition
@@ -327,9 +330,10 @@ def ssh_command(cfg: Config, key: Path | None) -> str:
     return shlex.join(["ssh", "-i", str(key), target] if key else ["ssh", target])
 
 
-def customise_rootfs(cfg: Config, root: Path, *, source_dir: Path,
-                     out_dir: Path) -> CustomiseResult:
-    """Write everything failberry adds into the Debian root file system at `root`."""
+def customise_rootfs(cfg: Config, root: Path, *, source_dir: Path, out_dir: Path,
+                     debs: Sequence[Path] = ()) -> CustomiseResult:
+    """Write everything failberry adds into the Debian root file system at `root`; `debs` are
+    packages the first boot installs offline (the base-image path)."""
     if not root.is_dir():
         raise CustomiseError(f"{root}: not a directory")
     keys, generated = ensure_admin_key(cfg, out_dir)
@@ -337,7 +341,7 @@ def customise_rootfs(cfg: Config, root: Path, *, source_dir: Path,
     copy_overlay(tree, source_dir / "rootfs-overlay")
     install_package(tree, source_dir)
     write_config(tree, cfg)
-    install_units(tree)
+    install_units(tree, debs)
     configure_network(tree, cfg)
     set_hostname(tree, cfg)
     set_timezone(tree, cfg)

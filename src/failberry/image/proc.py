@@ -20,13 +20,20 @@ class ToolMissing(FailberryError):
 
 def run(argv: Sequence[str | Path], *, input: bytes | None = None,
         env: Mapping[str, str] | None = None, cwd: Path | None = None,
-        timeout: float | None = 600.0, check: bool = True) -> subprocess.CompletedProcess[bytes]:
-    """Run a program with output captured; raise CommandFailed if it fails and `check`."""
+        timeout: float | None = 600.0, check: bool = True,
+        stdout_to: Path | None = None) -> subprocess.CompletedProcess[bytes]:
+    """Run a program with output captured (or stdout into a file); raise CommandFailed if it
+    fails and `check`."""
     args = [str(a) for a in argv]
     LOG.debug("running %s", shlex.join(args))
     try:
-        proc = subprocess.run(args, input=input, capture_output=True, env=env, cwd=cwd,
-                              timeout=timeout, check=False)
+        if stdout_to is not None:
+            with stdout_to.open("wb") as out:
+                proc = subprocess.run(args, input=input, stdout=out, stderr=subprocess.PIPE,
+                                      env=env, cwd=cwd, timeout=timeout, check=False)
+        else:
+            proc = subprocess.run(args, input=input, capture_output=True, env=env, cwd=cwd,
+                                  timeout=timeout, check=False)
     except FileNotFoundError:
         raise ToolMissing(f"`{args[0]}` is not installed (run `bash scripts/setup.sh`)") from None
     except subprocess.TimeoutExpired as e:

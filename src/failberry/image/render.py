@@ -78,6 +78,14 @@ if ls {DEB_DIR}/*.deb >/dev/null 2>&1; then
     rm -f {DEB_DIR}/*.deb
 fi
 
+# python-iptables drives the legacy x_tables backend; the admin's `iptables -S` must show
+# the same rules, so the iptables command uses it too (Raspberry Pi OS defaults to nft).
+for cmd in iptables ip6tables; do
+    if [ -x /usr/sbin/$cmd-legacy ]; then
+        update-alternatives --set $cmd /usr/sbin/$cmd-legacy >/dev/null || true
+    fi
+done
+
 # 2. SSH host keys, unique to this card.
 if ls /etc/ssh/sshd_config >/dev/null 2>&1; then
     log "generating SSH host keys"
