@@ -239,6 +239,12 @@ class FuseMount:
         except OSError:
             return False
 
+    def kill_server(self) -> None:
+        """Kill the server: closing /dev/fuse aborts the connection like the abort file."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
     def close(self) -> None:
         """Release any hang and unmount, escalating; raise if a mount is still left."""
         with contextlib.suppress(Exception):

@@ -54,6 +54,11 @@ def _child(path: str, cmd_r: int, reply_w: int, libc: Libc | None) -> None:
         signal.signal(sig, signal.SIG_DFL)
     if libc is not None:
         libc.set_pdeathsig(signal.SIGKILL)  # die with the watcher, unless stuck in D
+    # Nothing of the watcher's stays open here: not its sockets, not its stdout (a journal
+    # stream, or a caller's pipe that must see end of file when the watcher exits).
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
     _close_other_fds((cmd_r, reply_w))
     while True:
         cmd = os.read(cmd_r, 1)
