@@ -1,0 +1,392 @@
+"""`failberry boot-test`: boot an image under QEMU with the kernel and initrd from its own boot
+partition, reach /health and SSH through user-mode networking, run `failberry status` as the
+admin, and power off. The image itself is never written (QEMU's snapshot mode)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from failberry import config as config_mod
+from failberry.config import Config
+from failberry.errors import FailberryError, UsageError
+from failberry.image.runner import Runner
+
+LOG = logging.getLogger(__name__)
+
+CONFIG_IN_IMAGE = "/etc/failberry/failberry.toml"
+# Console lines that mark the boot's progress, in the order they appear.
+MILESTONES = (
+    ("kernel", re.compile(r"Booting Linux on physical CPU")),
+    ("initramfs", re.compile(r"Run /init as init process|Loading, please wait")),
+    ("root mounted", re.compile(r"EXT4-fs \(\w+\): mounted filesystem")),
+    ("systemd", re.compile(r"systemd\[1\]: systemd \d+|Welcome to .*Debian")),
+    ("failberryd", re.compile(r"Started failberryd|failberry supervisor")),
+    ("login prompt", re.compile(r"login:\s*$")),
+)
+CONSOLE_TAIL = 80
+
+
+class BootTestError(FailberryError):
+    """The image cannot be boot-tested (no kernel in it, QEMU missing, ...)."""
+
+
+@dataclass(frozen=True)
+class BootTestOptions:
+    """What to boot and how long to wait."""
+
+    image: Path
+    timeout: float = 300.0
+    machine: str = "virt"
+    ssh_key: Path | None = None
+
+
+@dataclass
+class BootReport:
+    """What happened: milestones with seconds since QEMU started, the checks, the console."""
+
+    machine: str
+    milestones: list[tuple[str, float]] = field(default_factory=list)
+    health: str = ""
+    health_status: int = 0
+    status_output: str = ""
+    status_exit: int | None = None
+    password_login: str = ""
+    console: list[str] = field(default_factory=list)
+    failure: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Health answered, and the admin's key logged in and ran `failberry status`."""
+        return not self.failure
+
+    def seconds_to(self, name: str) -> float | None:
+        """When a milestone was reached, if it was."""
+        return next((t for n, t in self.milestones if n == name), None)
+
+    def render(self) -> str:
+        """The timeline, the check results, and the console's end when something failed."""
+        lines = [f"boot-test ({self.machine}): {'ok' if self.ok else 'FAILED'}"]
+        lines += [f"  {t:6.1f}s  {name}" for name, t in self.milestones]
+        if self.health:
+            lines.append(f"  /health: HTTP {self.health_status} {self.health}")
+        if self.status_exit is not None:
+            lines.append(f"  failberry status (exit {self.status_exit}):")
+            lines += [f"    {line}" for line in self.status_output.splitlines()[:40]]
+        if self.password_login:
+            lines.append(f"  password login: {self.password_login}")
+        if self.failure:
+            lines.append(f"  failure: {self.failure}")
+            lines.append(f"  console (last {CONSOLE_TAIL} lines):")
+            lines += [f"    | {line}" for line in self.console[-CONSOLE_TAIL:]]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class BootFiles:
+    """What the image's boot partition says to boot, extracted to the host."""
+
+    kernel: Path
+    initrd: Path | None
+    cmdline: str
+    dtb_dir: Path
+
+
+@dataclass(frozen=True)
+class Partition:
+    """A partition's byte offset and size in the image."""
+
+    start: int
+    size: int
+
+
+def partitions(runner: Runner, image: Path) -> list[Partition]:
+    """The image's partitions from its partition table (sfdisk --json)."""
+    out = runner.run(["sfdisk", "--json", image], capture=True).stdout
+    table = json.loads(out)["partitiontable"]
+    sector = int(table.get("sectorsize", 512))
+    return [Partition(int(p["start"]) * sector, int(p["size"]) * sector)
+            for p in table["partitions"]]
+
+
+def parse_config_txt(text: str) -> tuple[str, str]:
+    """(kernel, initramfs) file names from a Raspberry Pi config.txt (defaults if absent)."""
+    kernel = "kernel8.img"
+    initrd = ""
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if m := re.fullmatch(r"kernel\s*=\s*(\S+)", line):
+            kernel = m.group(1)
+        elif m := re.fullmatch(r"initramfs\s+(\S+)(\s+\S+)?", line):
+            initrd = m.group(1)
+    return kernel, initrd
+
+
+def virt_cmdline(pi_cmdline: str, console: str) -> str:
+    """The Pi's kernel command line with its consoles replaced by QEMU's serial port."""
+    words = [w for w in pi_cmdline.split() if not w.startswith(("console=", "cma="))]
+    return " ".join([*words, f"console={console}"])
+
+
+def extract_boot(runner: Runner, image: Path, boot: Partition, dest: Path) -> BootFiles:
+    """Kernel, initrd, cmdline.txt and DTBs out of the FAT partition (mtools, no mount)."""
+    fat = f"{image}@@{boot.start}"
+    env = {"MTOOLS_SKIP_CHECK": "1"}
+
+    def read(name: str) -> str:
+        return runner.run(["mtype", "-i", fat, f"::{name}"], capture=True,
+                          env=env).stdout.decode("utf-8", "replace")
+
+    kernel_name, initrd_name = parse_config_txt(read("config.txt"))
+    cmdline = read("cmdline.txt").strip()
+    names = [kernel_name] + ([initrd_name] if initrd_name else [])
+    runner.run(["mcopy", "-n", "-i", fat, *[f"::{n}" for n in names], dest], env=env)
+    listing = runner.run(["mdir", "-b", "-i", fat, "::/"], capture=True, env=env).stdout
+    dtbs = [n.strip().lstrip(":/") for n in listing.decode().splitlines()
+            if n.strip().endswith(".dtb")]
+    if dtbs:
+        runner.run(["mcopy", "-n", "-i", fat, *[f"::{n}" for n in dtbs], dest], env=env)
+    return BootFiles(dest / kernel_name, dest / initrd_name if initrd_name else None, cmdline,
+                     dest)
+
+
+def image_config(runner: Runner, image: Path, root: Partition) -> Config:
+    """The failberry config inside the image's ext4 root (debugfs reads it without a mount)."""
+    out = runner.run(["debugfs", "-R", f"cat {CONFIG_IN_IMAGE}", f"{image}?offset={root.start}"],
+                     capture=True)
+    text = out.stdout.decode("utf-8", "replace")
+    if not text.strip():
+        raise BootTestError(f"{image}: no {CONFIG_IN_IMAGE} in the root file system; "
+                            "was it built by `failberry build`?")
+    return config_mod.parse(text, f"{image}:{CONFIG_IN_IMAGE}", Path("/"))
+
+
+def slirp_net(cfg: Config) -> tuple[str, str, str]:
+    """(network, QEMU's own host address, the Pi's address) for user-mode networking: the
+    virtual LAN is the configured one, so the image's static address is reachable."""
+    iface = ipaddress.ip_interface(cfg.lan.address)
+    net = iface.network
+    pi = iface.ip
+    hosts = [h for h in (net.network_address + 1, net.broadcast_address - 1) if h != pi]
+    return str(net), str(hosts[0]), str(pi)
+
+
+def free_port() -> int:
+    """An unused loopback TCP port for a forward."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def qemu_argv(machine: str, files: BootFiles, image: Path, cfg: Config, *,
+              health_port: int, ssh_port: int) -> list[str]:
+    """The QEMU command line for `machine` (virt or raspi3b)."""
+    net, host, pi = slirp_net(cfg)
+    netdev = (f"user,id=lan,net={net},host={host},restrict=off,"
+              f"hostfwd=tcp:127.0.0.1:{health_port}-{pi}:{cfg.health.port},"
+              f"hostfwd=tcp:127.0.0.1:{ssh_port}-{pi}:22")
+    common = ["-display", "none", "-monitor", "none", "-no-reboot", "-kernel", str(files.kernel)]
+    if files.initrd:
+        common += ["-initrd", str(files.initrd)]
+    if machine == "virt":
+        return ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72", "-smp", "2",
+                "-m", "1024", *common, "-serial", "stdio",
+                "-append", virt_cmdline(files.cmdline, "ttyAMA0"),
+                "-drive", f"if=none,id=disk,format=raw,file={image},snapshot=on",
+                "-device", "virtio-blk-pci,drive=disk",
+                "-netdev", netdev, "-device", "virtio-net-pci,netdev=lan"]
+    if machine == "raspi3b":
+        # The Pi 3's Linux console is the mini UART, QEMU's second serial port.
+        return ["qemu-system-aarch64", "-M", "raspi3b", "-m", "1024", *common,
+                "-dtb", str(files.dtb_dir / "bcm2837-rpi-3-b.dtb"),
+                "-serial", "null", "-serial", "stdio",
+                "-append", virt_cmdline(files.cmdline, "ttyS1,115200"),
+                "-drive", f"if=sd,format=raw,file={image},snapshot=on",
+                "-usb", "-device", "usb-net,netdev=lan", "-netdev", netdev]
+    raise UsageError(f"--machine: {machine!r} is not one of: virt, raspi3b")
+
+
+class Console:
+    """Collects QEMU's serial output and notes when each milestone first shows."""
+
+    def __init__(self, report: BootReport, clock: Callable[[], float] = time.monotonic) -> None:
+        self.report = report
+        self._clock = clock
+        self._start = clock()
+        self._lock = threading.Lock()
+        self._seen: set[str] = set()
+
+    def line(self, text: str) -> None:
+        """Feed one console line."""
+        text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+        with self._lock:
+            self.report.console.append(text)
+            for name, pattern in MILESTONES:
+                if name not in self._seen and pattern.search(text):
+                    self._seen.add(name)
+                    t = self._clock() - self._start
+                    self.report.milestones.append((name, t))
+                    LOG.info("boot: %s after %.1fs", name, t)
+
+    def mark(self, name: str) -> float:
+        """Record a milestone seen from outside the console (health, SSH)."""
+        with self._lock:
+            t = self._clock() - self._start
+            self.report.milestones.append((name, t))
+        LOG.info("boot: %s after %.1fs", name, t)
+        return t
+
+
+def get_health(port: int, timeout: float = 3.0) -> tuple[int, str] | None:
+    """(HTTP status, body) of /health, or None while nothing answers."""
+    url = f"http://127.0.0.1:{port}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return int(resp.status), resp.read(4096).decode("utf-8", "replace")
+    except urllib.error.HTTPError as e:
+        return int(e.code), e.read(4096).decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError, TimeoutError):
+        return None
+
+
+def ssh_argv(key: Path, port: int, user: str, *extra: str) -> list[str]:
+    """ssh to the guest through the forward, never asking questions or keeping host keys."""
+    return ["ssh", "-i", str(key), "-p", str(port), "-o", "BatchMode=yes",
+            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10", "-o", "IdentitiesOnly=yes",
+            *extra, f"{user}@127.0.0.1"]
+
+
+def default_key(image: Path, cfg: Config) -> Path | None:
+    """The key pair `failberry build` made beside the image when the config had none."""
+    key = image.parent / f"{cfg.image.hostname}-admin_ed25519"
+    return key if key.is_file() else None
+
+
+def boot_test(opts: BootTestOptions, runner: Runner | None = None) -> BootReport:
+    """Boot the image, check health and SSH, power off; the report says what happened."""
+    runner = runner or Runner()
+    image = opts.image.resolve()
+    if not image.is_file():
+        raise UsageError(f"{opts.image}: no such image file")
+    if image.suffix == ".xz":
+        raise UsageError(f"{opts.image}: decompress it first (`xz -dk {opts.image}`)")
+    if shutil.which("qemu-system-aarch64") is None:
+        raise BootTestError("qemu-system-aarch64 is not installed (Debian: qemu-system-arm)")
+    size = image.stat().st_size
+    if opts.machine == "raspi3b" and size & (size - 1):
+        raise UsageError(f"{opts.image}: QEMU's raspi3b needs an SD image whose size is a "
+                         f"power of two, not {size} bytes")
+    parts = partitions(runner, image)
+    if len(parts) < 2:
+        raise BootTestError(f"{image}: expected a boot and a root partition, found {len(parts)}")
+    cfg = image_config(runner, image, parts[1])
+    key = opts.ssh_key or default_key(image, cfg)
+    report = BootReport(opts.machine)
+    with tempfile.TemporaryDirectory(prefix="failberry-boot-test-") as tmp:
+        files = extract_boot(runner, image, parts[0], Path(tmp))
+        health_port, ssh_port = free_port(), free_port()
+        console = Console(report)
+        proc = runner.spawn(qemu_argv(opts.machine, files, image, cfg,
+                                      health_port=health_port, ssh_port=ssh_port),
+                            on_line=console.line)
+        guest = _Guest(runner, proc, console, cfg, key, health_port, ssh_port)
+        try:
+            _checks(guest, report, opts.timeout)
+        finally:
+            _power_off(guest, report)
+    return report
+
+
+@dataclass(frozen=True)
+class _Guest:
+    """The running QEMU and how to reach the guest."""
+
+    runner: Runner
+    proc: subprocess.Popen[bytes]
+    console: Console
+    cfg: Config
+    key: Path | None
+    health_port: int
+    ssh_port: int
+
+
+def _checks(guest: _Guest, report: BootReport, timeout: float) -> None:
+    runner, proc, console, cfg, key = (guest.runner, guest.proc, guest.console, guest.cfg,
+                                       guest.key)
+    health_port, ssh_port = guest.health_port, guest.ssh_port
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            report.failure = f"QEMU exited with status {proc.returncode} before /health answered"
+            return
+        answer = get_health(health_port)
+        if answer is not None:
+            report.health_status, report.health = answer[0], answer[1].strip()
+            console.mark("/health answered")
+            break
+        if time.monotonic() > deadline:
+            report.failure = f"/health did not answer within {timeout:g}s"
+            return
+        time.sleep(1)
+    try:
+        json.loads(report.health)
+    except ValueError:
+        report.failure = f"/health answered HTTP {report.health_status} without a JSON body"
+        return
+    if key is None:
+        report.failure = "no SSH key to log in with (give --ssh-key)"
+        return
+    while True:
+        res = runner.run([*ssh_argv(key, ssh_port, cfg.admin.user), "failberry", "status"],
+                         capture=True, check=False, timeout=60)
+        # 255 is ssh's own failure (sshd not up yet, key refused); anything else is the
+        # status command's exit, which may report a failure (no modem under QEMU).
+        if res.returncode != 255:
+            report.status_exit = res.returncode
+            report.status_output = (res.stdout.decode("utf-8", "replace")
+                                    + res.stderr_tail).strip()
+            console.mark("ssh login")
+            break
+        if time.monotonic() > deadline or proc.poll() is not None:
+            report.failure = f"SSH login as {cfg.admin.user} failed: {res.stderr_tail[-300:]}"
+            return
+        time.sleep(2)
+    res = runner.run([*ssh_argv(key, ssh_port, cfg.admin.user, "-o", "PubkeyAuthentication=no",
+                                "-o", "PreferredAuthentications=password,"
+                                "keyboard-interactive"), "true"],
+                     capture=True, check=False, timeout=60)
+    offered = re.search(r"Permission denied \(([^)]*)\)", res.stderr_tail)
+    if res.returncode == 0:
+        report.failure = "a login without the key succeeded"
+    elif offered and not {"password", "keyboard-interactive"} & set(offered.group(1).split(",")):
+        report.password_login = f"refused (server offers only: {offered.group(1)})"
+    else:
+        report.failure = f"password login not clearly refused: {res.stderr_tail[-200:]}"
+
+
+def _power_off(guest: _Guest, report: BootReport) -> None:
+    proc = guest.proc
+    if proc.poll() is None and guest.key is not None and report.status_exit is not None:
+        guest.runner.run([*ssh_argv(guest.key, guest.ssh_port, guest.cfg.admin.user), "sudo",
+                          "-n", "systemctl", "poweroff"], check=False, timeout=30)
+        try:
+            proc.wait(timeout=60)
+            LOG.info("guest powered off")
+        except subprocess.TimeoutExpired:
+            LOG.info("guest did not power off in 60s; stopping QEMU")
+    Runner.stop(proc)

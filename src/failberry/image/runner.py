@@ -1,0 +1,148 @@
+"""The one helper every image-builder subprocess goes through: it logs the command line,
+honours dry-run, streams stderr lines to a callback (progress), keeps stderr's end for the
+error, and on failure raises CommandFailed naming the command, its status and that tail."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from failberry.errors import CommandFailed
+
+LOG = logging.getLogger(__name__)
+
+TAIL_LINES = 40
+# How long a child gets to clean up after SIGTERM (mmdebstrap unmounts and removes its
+# temporary directory) before it is killed.
+TERM_GRACE = 30.0
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a finished command left: its status, stdout (when captured) and stderr's end."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: bytes
+    stderr_tail: str
+
+
+class Runner:
+    """Runs commands; `dry_run` logs them and pretends they succeeded."""
+
+    def __init__(self, *, dry_run: bool = False, env: Mapping[str, str] | None = None) -> None:
+        self.dry_run = dry_run
+        self.env = dict(env or {})
+
+    def run(self, argv: Sequence[str | Path], *, env: Mapping[str, str] | None = None,
+            cwd: Path | None = None, capture: bool = False, check: bool = True,
+            stdin: bytes | None = None, timeout: float | None = None,
+            on_line: Callable[[str], None] | None = None,
+            stdout_to: Path | None = None) -> Result:
+        """Run `argv`; raise CommandFailed when it fails and `check` is set."""
+        args = tuple(str(a) for a in argv)
+        LOG.debug("run: %s", shlex.join(args))
+        if self.dry_run:
+            LOG.info("dry-run: %s", shlex.join(args))
+            return Result(args, 0, b"", "")
+        full_env = dict(os.environ)
+        full_env.update(self.env)
+        full_env.update(env or {})
+        tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        out_file: IO[bytes] | None = stdout_to.open("wb") if stdout_to else None
+        try:
+            proc = subprocess.Popen(
+                args, cwd=cwd, env=full_env,
+                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                stdout=out_file if out_file else (subprocess.PIPE if capture
+                                                  else subprocess.DEVNULL),
+                stderr=subprocess.PIPE)
+        except FileNotFoundError:
+            if out_file:
+                out_file.close()
+            raise CommandFailed(args, 127, f"{args[0]}: command not found") from None
+        reader = threading.Thread(target=_read_lines, args=(proc.stderr, tail, on_line),
+                                  daemon=True)
+        reader.start()
+        try:
+            stdout = _communicate(proc, stdin, capture and not out_file, timeout)
+        except BaseException:
+            # Interrupted (SIGINT) or timed out: let the child clean up, then reap it, so
+            # nothing it mounted or created outlives the build.
+            _stop(proc)
+            raise
+        finally:
+            reader.join(timeout=5)
+            if out_file:
+                out_file.close()
+        result = Result(args, proc.returncode, stdout, "\n".join(tail))
+        if check and proc.returncode != 0:
+            raise CommandFailed(args, proc.returncode, result.stderr_tail)
+        return result
+
+
+    def spawn(self, argv: Sequence[str | Path], *, on_line: Callable[[str], None],
+              cwd: Path | None = None) -> subprocess.Popen[bytes]:
+        """Start a long-running program (QEMU) whose merged output lines go to `on_line`;
+        stop it with `stop()`."""
+        args = tuple(str(a) for a in argv)
+        LOG.info("starting: %s", shlex.join(args))
+        proc = subprocess.Popen(args, cwd=cwd, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env={**os.environ, **self.env})
+        threading.Thread(target=_read_lines, args=(proc.stdout, collections.deque(maxlen=1),
+                                                   on_line), daemon=True).start()
+        return proc
+
+    @staticmethod
+    def stop(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after `grace` seconds; reaps the process."""
+        _stop(proc, grace)
+
+
+def _communicate(proc: subprocess.Popen[bytes], stdin: bytes | None, capture: bool,
+                 timeout: float | None) -> bytes:
+    if stdin is not None and proc.stdin:
+        proc.stdin.write(stdin)
+        proc.stdin.close()
+    stdout = b""
+    if capture and proc.stdout:
+        stdout = proc.stdout.read()
+    proc.wait(timeout=timeout)
+    return stdout
+
+
+def _stop(proc: subprocess.Popen[bytes], grace: float = TERM_GRACE) -> None:
+    if proc.poll() is not None:
+        return
+    LOG.info("stopping pid %d", proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _read_lines(stream: IO[bytes] | None, tail: collections.deque[str],
+                on_line: Callable[[str], None] | None) -> None:
+    if stream is None:
+        return
+    for raw in stream:
+        line = raw.decode("utf-8", "replace").rstrip()
+        tail.append(line)
+        if on_line is not None:
+            try:
+                on_line(line)
+            except Exception:  # a progress display must not kill the build
+                LOG.debug("progress callback failed on %r", line, exc_info=True)
+    stream.close()

@@ -1,0 +1,401 @@
+"""The build pipeline and boot test. Unit tests for the pipeline, the command runner and the
+pure parts; real mke2fs/mkfs.vfat/sfdisk for reproducible assembly; and the slow tier, which
+builds an rpi3 image from a test config, boots it under QEMU, logs in with the config's key,
+rebuilds it byte-identically, and interrupts a build."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, SSH_KEY, run_cli
+from failberry import config
+from failberry.errors import CommandFailed
+from failberry.image import assemble, boottest, pipeline, rootfs
+from failberry.image.runner import Runner
+
+# The slow tier shares one cache, kept between runs on the same machine so reruns are warm.
+CACHE = Path(os.environ.get("FAILBERRY_TEST_CACHE", "/var/cache/failberry-test"))
+HAVE_BUILD_TOOLS = all(shutil.which(t) for t in ("mmdebstrap", "mke2fs", "mkfs.vfat", "mcopy",
+                                                  "sfdisk", "debugfs", "qemu-system-aarch64"))
+
+# ----------------------------------------------------------------------------- pipeline
+
+
+def test_steps_run_in_order_and_teardowns_in_reverse() -> None:
+    seen: list[str] = []
+    steps = [pipeline.Step("make_a", lambda c: c.append("a"), lambda c: c.append("~a")),
+             pipeline.Step("make_b", lambda c: c.append("b"), lambda c: c.append("~b")),
+             pipeline.Step("use_both", lambda c: c.append("use"))]
+    timeline = pipeline.run_steps(steps, seen)
+    assert seen == ["a", "b", "use", "~b", "~a"]
+    assert [name for name, _ in timeline.steps] == ["make_a", "make_b", "use_both"]
+
+
+def test_a_failing_step_still_runs_every_registered_teardown() -> None:
+    seen: list[str] = []
+
+    def fail(c: list[str]) -> None:
+        c.append("b")
+        raise CommandFailed(["false"], 1)
+
+    def bad_teardown(c: list[str]) -> None:
+        c.append("~b")
+        raise OSError("teardown trouble")
+
+    steps = [pipeline.Step("make_a", lambda c: c.append("a"), lambda c: c.append("~a")),
+             pipeline.Step("make_b", fail, bad_teardown),
+             pipeline.Step("never", lambda c: c.append("never"))]
+    with pytest.raises(CommandFailed):
+        pipeline.run_steps(steps, seen)
+    # The failing step's own teardown runs (it may have half-made its resource), a failing
+    # teardown does not stop the next one, and later steps never start.
+    assert seen == ["a", "b", "~b", "~a"]
+
+
+def test_duplicate_step_names_are_refused() -> None:
+    steps = [pipeline.Step("same", lambda c: None), pipeline.Step("same", lambda c: None)]
+    with pytest.raises(ValueError, match="same"):
+        pipeline.run_steps(steps, None)
+
+
+# ------------------------------------------------------------------------------- runner
+
+
+def test_failed_command_names_argv_status_and_stderr_tail() -> None:
+    with pytest.raises(CommandFailed) as info:
+        Runner().run(["sh", "-c", "echo first >&2; echo 'the last words' >&2; exit 3", "x y"])
+    err = info.value
+    assert err.returncode == 3
+    assert "the last words" in err.stderr_tail
+    assert "sh -c" in str(err) and "'x y'" in str(err) and "status 3" in str(err)
+    assert str(err).endswith("the last words")
+
+
+def test_killed_command_reports_the_signal() -> None:
+    with pytest.raises(CommandFailed, match="killed by signal 9"):
+        Runner().run(["sh", "-c", "kill -9 $$"])
+
+
+def test_missing_program_is_a_command_failure_not_a_traceback() -> None:
+    with pytest.raises(CommandFailed, match="command not found"):
+        Runner().run(["failberry-no-such-program"])
+
+
+def test_dry_run_runs_nothing(tmp_path: Path) -> None:
+    marker = tmp_path / "made"
+    result = Runner(dry_run=True).run(["touch", marker])
+    assert result.returncode == 0 and not marker.exists()
+
+
+def test_stderr_lines_reach_the_progress_callback_and_stdout_is_captured() -> None:
+    lines: list[str] = []
+    res = Runner().run(["sh", "-c", "echo out; echo 'Setting up x' >&2; echo 'Unpacking y' >&2"],
+                       capture=True, on_line=lines.append)
+    assert res.stdout == b"out\n"
+    assert lines == ["Setting up x", "Unpacking y"]
+
+
+def test_install_progress_counts_packages() -> None:
+    t = [0.0]
+    progress = rootfs.InstallProgress(clock=lambda: t[0])
+    for line in ["Unpacking a (1)", "Unpacking b (2)", "Setting up a (1)", "noise"]:
+        progress.line(line)
+    assert (progress.unpacked, progress.configured) == (2, 1)
+
+
+# ---------------------------------------------------------------------------- pure parts
+
+MINIMAL = f"""
+[admin]
+ssh_authorized_keys = ["{SSH_KEY}"]
+[modem]
+apn = "internet"
+"""
+
+
+def _cfg(extra: str = "") -> config.Config:
+    return config.parse(MINIMAL + extra)
+
+
+def test_base_key_follows_packages_and_board_arch_but_not_the_rest_of_the_config() -> None:
+    recipe = ROOT / "image"
+    plain = rootfs.base_spec(_cfg(), recipe)
+    other_host = rootfs.base_spec(_cfg('[image]\nhostname = "other"\n'), recipe)
+    extra = rootfs.base_spec(_cfg('[image]\nextra_packages = ["tcpdump"]\n'), recipe)
+    armhf = rootfs.base_spec(_cfg('[image]\nboard = "rpi2"\n'), recipe)
+    assert plain.digest() == other_host.digest()
+    assert len({plain.digest(), extra.digest(), armhf.digest()}) == 3
+    assert "tcpdump" in extra.packages and "linux-image-arm64" in plain.packages
+    assert "linux-image-armmp" in armhf.packages
+    assert 'ROOTPART="LABEL=fbroot"' in plain.file("raspi-firmware")
+    assert "ttyS1,115200" in plain.file("raspi-firmware")
+    assert "ttyAMA0,115200" in armhf.file("raspi-firmware")
+    assert "LABEL=FBBOOT" in plain.file("fstab")
+
+
+def test_every_image_package_is_a_valid_debian_name() -> None:
+    names = rootfs.read_list(ROOT / "image" / "packages.txt")
+    assert {"openssh-server", "ppp", "iptables", "raspi-firmware", "python3-iptables"} <= set(
+        names)
+    assert all(re.fullmatch(r"[a-z0-9][a-z0-9+.-]+", n) for n in names)
+
+
+def test_layout_fits_the_configured_size_and_refuses_a_tiny_one() -> None:
+    layout = assemble.plan_layout(1024 ** 3)
+    assert layout.boot_start % (1024 * 1024) == 0
+    assert layout.root_start == layout.boot_start + layout.boot_size
+    assert layout.root_start + layout.root_size == 1024 ** 3
+    with pytest.raises(assemble.ImageTooSmall, match=r"image\.size"):
+        assemble.plan_layout(200 * 1024 * 1024)
+
+
+def test_ids_are_derived_from_the_seed() -> None:
+    a, b, c = assemble.derive_ids("x"), assemble.derive_ids("x"), assemble.derive_ids("y")
+    assert a == b and a != c
+    assert re.fullmatch(r"0x[0-9a-f]{8}", a.disk_id)
+    assert re.fullmatch(r"[0-9A-F]{8}", a.boot_volid)
+
+
+def test_config_txt_and_cmdline_for_qemu() -> None:
+    text = ("# generated\narm_64bit=1\nenable_uart=1\nkernel=vmlinuz-6.1.0-50-arm64\n"
+            "initramfs initrd.img-6.1.0-50-arm64 followkernel\n")
+    assert boottest.parse_config_txt(text) == ("vmlinuz-6.1.0-50-arm64",
+                                               "initrd.img-6.1.0-50-arm64")
+    pi = "console=tty0 console=ttyS1,115200 root=LABEL=fbroot rw net.ifnames=0 cma=64M rootwait"
+    assert boottest.virt_cmdline(pi, "ttyAMA0") == (
+        "root=LABEL=fbroot rw net.ifnames=0 rootwait console=ttyAMA0")
+
+
+def test_user_networking_puts_qemu_on_the_configured_lan() -> None:
+    assert boottest.slirp_net(_cfg()) == ("192.168.1.0/24", "192.168.1.1", "192.168.1.2")
+    cfg = _cfg('[lan]\naddress = "10.9.0.1/16"\n')
+    assert boottest.slirp_net(cfg) == ("10.9.0.0/16", "10.9.255.254", "10.9.0.1")
+
+
+def test_boot_report_lists_the_console_only_on_failure() -> None:
+    report = boottest.BootReport("virt", milestones=[("kernel", 1.0)], console=["hello"])
+    assert "hello" not in report.render() and report.ok
+    report.failure = "nothing answered"
+    assert "| hello" in report.render() and not report.ok
+
+
+# ------------------------------------------------------------- reproducible assembly (real)
+
+
+def _tree(base: Path) -> Path:
+    root = base / "root"
+    (root / "etc" / "failberry").mkdir(parents=True)
+    (root / "boot" / "firmware").mkdir(parents=True)
+    (root / "etc" / "hostname").write_text("fb\n")
+    secret = root / "etc" / "failberry" / "failberry.toml"
+    secret.write_text("[modem]\napn = 'x'\n")
+    secret.chmod(0o600)
+    (root / "usr" / "bin").mkdir(parents=True)
+    (root / "usr" / "bin" / "tool").write_bytes(os.urandom(0) + b"#!/bin/sh\n")
+    (root / "usr" / "bin" / "link").symlink_to("tool")
+    (root / "boot" / "firmware" / "config.txt").write_text("kernel=vmlinuz-x\n")
+    (root / "boot" / "firmware" / "cmdline.txt").write_text("root=LABEL=fbroot\n")
+    return root
+
+
+@pytest.mark.root
+@pytest.mark.timeout(120)
+def test_assembly_is_byte_identical_for_the_same_inputs(tmp_path: Path) -> None:
+    runner = Runner()
+    layout = assemble.plan_layout(400 * 1024 * 1024)
+    ids = assemble.derive_ids("seed")
+    digests = []
+    for n in (1, 2):
+        # A fresh tree each time: other inode numbers, ctimes and directory hash order.
+        root = _tree(tmp_path / str(n))
+        boot = tmp_path / str(n) / "boot"
+        assemble.split_boot(root, boot)
+        assemble.clamp_times(root, 1_700_000_000)
+        assemble.clamp_times(boot, 1_700_000_000)
+        out = tmp_path / f"{n}.img"
+        assemble.make_image(runner, out, layout, ids, boot=boot, root=root, epoch=1_700_000_000)
+        digests.append(assemble.sha256_file(out))
+        time.sleep(1.1)  # a later wall clock for the second build
+    assert digests[0] == digests[1]
+    img = tmp_path / "1.img"
+    parts = boottest.partitions(runner, img)
+    assert [p.start for p in parts] == [layout.boot_start, layout.root_start]
+    stat = runner.run(["debugfs", "-R", "stat /etc/failberry/failberry.toml",
+                       f"{img}?offset={layout.root_start}"], capture=True).stdout.decode()
+    assert re.search(r"Mode:\s+0600", stat)
+    assert "ctime: 0x6553f100" in stat  # 1_700_000_000
+    fat = runner.run(["mtype", "-i", f"{img}@@{layout.boot_start}", "::cmdline.txt"],
+                     capture=True, env={"MTOOLS_SKIP_CHECK": "1"}).stdout
+    assert fat == b"root=LABEL=fbroot\n"
+
+
+@pytest.mark.root
+@pytest.mark.timeout(60)
+def test_a_root_tree_too_big_for_the_image_is_refused_with_the_numbers(tmp_path: Path) -> None:
+    root = _tree(tmp_path)
+    with (root / "big").open("wb") as f:
+        f.truncate(400 * 1024 * 1024)
+    layout = assemble.plan_layout(400 * 1024 * 1024)
+    with pytest.raises(assemble.ImageTooSmall, match=r"raise image\.size"):
+        assemble.make_image(Runner(), tmp_path / "x.img", layout, assemble.derive_ids("s"),
+                            boot=tmp_path, root=root, epoch=1)
+
+
+# ----------------------------------------------------------------------- slow: real images
+
+
+def _keypair(where: Path) -> Path:
+    key = where / "admin_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "test@failberry",
+                    "-f", key], check=True)
+    return key
+
+
+def _write_config(where: Path, key: Path, hostname: str = "fbtest") -> Path:
+    pub = key.with_name(key.name + ".pub").read_text().strip()
+    path = where / f"{hostname}.toml"
+    path.write_text(f'[image]\nboard = "rpi3"\nhostname = "{hostname}"\n\n'
+                    f'[admin]\nssh_authorized_keys = ["{pub}"]\n\n[modem]\napn = "internet"\n')
+    return path
+
+
+def _build(cfg: Path, out: Path, timeout: float = 1500) -> subprocess.CompletedProcess[str]:
+    res = run_cli(["build", "-c", str(cfg), "-o", str(out), "--cache-dir", str(CACHE)],
+                  timeout=timeout)
+    assert res.returncode == 0, res.stderr[-4000:]
+    return res
+
+
+@pytest.fixture(scope="session")
+def slow_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("image")
+
+
+@pytest.fixture(scope="session")
+def admin_key(slow_dir: Path) -> Path:
+    return _keypair(slow_dir)
+
+
+@pytest.fixture(scope="session")
+def built(slow_dir: Path, admin_key: Path) -> tuple[Path, str]:
+    """One rpi3 image from the test config (cold the first time on a machine, then warm)."""
+    if os.geteuid() != 0 or not HAVE_BUILD_TOOLS:
+        pytest.skip("needs root and the build tools (scripts/apt/build.txt)")
+    cfg = _write_config(slow_dir, admin_key)
+    out = slow_dir / "first" / "fbtest.img"
+    res = _build(cfg, out)
+    return out, res.stdout
+
+
+
+
+@pytest.mark.slow
+@pytest.mark.root
+@pytest.mark.timeout(1800)
+def test_build_writes_a_checked_image_and_says_how_to_use_it(built: tuple[Path, str]) -> None:
+    out, stdout = built
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    assert out.with_name(out.name + ".sha256").read_text() == f"{digest}  {out.name}\n"
+    assert out.stat().st_size == 1024 ** 3
+    assert f"failberry flash {out} /dev/sdX" in stdout
+    assert "ssh admin@fbtest.local" in stdout
+    assert sorted(p.name for p in out.parent.iterdir()) == [out.name, out.name + ".sha256"]
+    runner = Runner()
+    boot, root = boottest.partitions(runner, out)
+    fs = f"{out}?offset={root.start}"
+
+    def debugfs(cmd: str) -> str:
+        return runner.run(["debugfs", "-R", cmd, fs], capture=True).stdout.decode()
+
+    assert re.search(r"Mode:\s+0600", debugfs("stat /etc/failberry/failberry.toml"))
+    assert "iptables-legacy" in debugfs("stat /etc/alternatives/iptables")
+    assert "ssh_host_" not in debugfs("ls /etc/ssh")
+    cmdline = runner.run(["mtype", "-i", f"{out}@@{boot.start}", "::cmdline.txt"],
+                         capture=True, env={"MTOOLS_SKIP_CHECK": "1"}).stdout.decode()
+    assert "root=LABEL=fbroot" in cmdline and "console=ttyS1,115200" in cmdline
+
+
+@pytest.mark.slow
+@pytest.mark.root
+@pytest.mark.timeout(900)
+def test_boot_test_reaches_health_and_logs_in_with_the_key_only(built: tuple[Path, str],
+                                                               admin_key: Path) -> None:
+    out, _ = built
+    res = run_cli(["boot-test", str(out), "--ssh-key", str(admin_key), "--timeout", "400"],
+                  timeout=800)
+    assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-3000:]
+    assert re.search(r"/health: HTTP (200|503) \{", res.stdout), res.stdout
+    assert "failberry status (exit" in res.stdout
+    assert "password login: refused (server offers only: publickey)" in res.stdout
+    assert re.search(r"\d+\.\ds\s+ssh login", res.stdout)
+    assert out.with_name(out.name + ".sha256").read_text().split()[0] == hashlib.sha256(
+        out.read_bytes()).hexdigest(), "boot-test must not write the image"
+
+
+@pytest.mark.slow
+@pytest.mark.root
+@pytest.mark.timeout(900)
+def test_second_build_from_the_same_inputs_is_byte_identical(built: tuple[Path, str],
+                                                             slow_dir: Path) -> None:
+    out, _ = built
+    cfg = slow_dir / "fbtest.toml"
+    again = slow_dir / "second" / "fbtest.img"
+    _build(cfg, again, timeout=600)
+    first = out.with_name(out.name + ".sha256").read_text().split()[0]
+    assert again.with_name(again.name + ".sha256").read_text().split()[0] == first
+    assert hashlib.sha256(again.read_bytes()).hexdigest() == first
+
+
+def _mounts_and_loops() -> str:
+    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    return Path("/proc/self/mounts").read_text() + loops
+
+
+@pytest.fixture
+def interrupted_dir(slow_dir: Path) -> Iterator[Path]:
+    where = slow_dir / "interrupted"
+    where.mkdir()
+    yield where
+    shutil.rmtree(where, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.root
+@pytest.mark.timeout(900)
+def test_interrupted_build_leaves_nothing_and_a_rerun_succeeds(built: tuple[Path, str],
+                                                              slow_dir: Path,
+                                                              interrupted_dir: Path) -> None:
+    cfg = slow_dir / "fbtest.toml"
+    out = interrupted_dir / "fbtest.img"
+    before = _mounts_and_loops()
+    for step in ("unpack_base", "assemble_image"):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "failberry", "build", "-c", str(cfg), "-o", str(out),
+             "--cache-dir", str(CACHE)], stderr=subprocess.PIPE, text=True)
+        assert proc.stderr is not None
+        log = []
+        for line in proc.stderr:
+            log.append(line)
+            if re.search(rf"\] {step}$", line.strip()):
+                time.sleep(1.5)  # well inside the step (tar, mke2fs are running)
+                proc.send_signal(signal.SIGINT)
+                break
+        rest = proc.communicate(timeout=120)[1]
+        assert proc.returncode == 130, "".join(log) + rest
+        assert "interrupted" in rest
+        assert list(interrupted_dir.iterdir()) == [], f"left after SIGINT in {step}"
+        assert str(interrupted_dir) not in _mounts_and_loops()
+        assert _mounts_and_loops().count("\n") <= before.count("\n")
+    _build(cfg, out, timeout=600)
+    assert out.with_name(out.name + ".sha256").is_file()
