@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     nsub.required = True
     nc = nsub.add_parser("clean", help="remove every route, rule and chain failberry added")
     nc.add_argument("-c", "--config", type=Path, default=Path("/etc/failberry/failberry.toml"))
+    nc.add_argument("--state-dir", type=Path, default=Path("/run/failberry"),
+                    help="where failberry keeps the sysctl values to restore")
     nc.set_defaults(func=_handler("failberry.net.commands", "cmd_net_clean"))
 
     h = sub.add_parser("hostguard", help="hung-storage guard for servers")

@@ -91,6 +91,10 @@ class Topology:
         for ns, cmd in script.items():
             self.sh(ns, cmd)
         self.sh("pi", "ip link set lo up")
+        # x_tables makes a namespace's tables on first use; make them now (empty), so that
+        # "as before start" compares table contents, not whether anyone has looked yet.
+        self.sh("pi", "for t in filter nat mangle raw security; do "
+                      "iptables-legacy -t $t -S >/dev/null; done")
 
     def spawn(self, ns: str, argv: list[str], **kw: Any) -> subprocess.Popen[str]:
         """A process inside a namespace, killed by `down()`."""

@@ -1,0 +1,112 @@
+"""Fixtures for the namespace tests: a topology per test, and the network part running in the
+Pi namespace (`python -m failberry.net run`) with its status readable as JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from topology import PY, Topology, unique_prefix
+
+BASE_CONFIG = """
+[modem]
+apn = "internet"
+[lan]
+interface = "eth0"
+address = "192.168.50.1/24"
+[uplink.wired]
+interface = "eth1"
+address = "203.0.113.2/24"
+gateway = "203.0.113.1"
+probe_targets = {wired_targets}
+[uplink.mobile]
+interface = "ppp0"
+probe_targets = ["icmp:192.0.2.1", "icmp:192.0.2.2", "icmp:192.0.2.3"]
+probe_interval = "500ms"
+[failover]
+mode = "gateway"
+hold_down = "{hold_down}"
+quorum = {quorum}
+loss_threshold = {loss}
+allowed_devices = ["192.168.50.10"]
+[firewall]
+allow_tcp = [9000]
+"""
+
+
+def config_text(wired_targets: str = '["icmp:192.0.2.1", "icmp:192.0.2.2", '
+                '"tcp:192.0.2.80:8080"]', hold_down: str = "1s", quorum: int = 0,
+                loss: float = 50) -> str:
+    """The test config: the topology's interfaces and targets."""
+    return BASE_CONFIG.format(wired_targets=wired_targets, hold_down=hold_down, quorum=quorum,
+                              loss=loss)
+
+
+@pytest.fixture
+def topo() -> Iterator[Topology]:
+    """The namespaces, removed afterwards whatever happened."""
+    t = Topology(unique_prefix())
+    try:
+        t.up()
+        yield t
+    finally:
+        t.down()
+
+
+class Part:
+    """The network part running in the Pi namespace."""
+
+    def __init__(self, topo: Topology, tmp: Path, cfg: str) -> None:
+        self.tmp = tmp
+        (tmp / "failberry.toml").write_text(cfg)
+        self.status_file = tmp / "status.json"
+        self.log = tmp / "net.log"
+        with self.log.open("w") as log:
+            self.proc = topo.spawn("pi", [
+                PY, "-m", "failberry.net", "run", "-c", str(tmp / "failberry.toml"),
+                "--state-dir", str(tmp / "state"), "--usage-file", str(tmp / "usage.json"),
+                "--status-file", str(self.status_file)], stdout=log, stderr=subprocess.STDOUT)
+
+    def status(self) -> dict[str, Any]:
+        """The part's last status report."""
+        try:
+            data: dict[str, Any] = json.loads(self.status_file.read_text())
+            return data
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def wait(self, pred: Callable[[dict[str, Any]], bool], timeout: float, what: str) -> float:
+        """Wait until the status satisfies `pred`; the seconds it took."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            st = self.status()
+            if st and pred(st):
+                return time.monotonic() - start
+            assert self.proc.poll() is None, f"network part died:\n{self.log.read_text()}"
+            time.sleep(0.02)
+        raise AssertionError(f"timed out waiting for {what}; status {self.status()}\n"
+                             f"{self.log.read_text()[-3000:]}")
+
+    def active(self, name: str | None, timeout: float = 15) -> float:
+        """Wait for this active uplink."""
+        return self.wait(lambda s: s.get("active_uplink") == name, timeout, f"active={name}")
+
+    def stop(self) -> int:
+        """SIGTERM, as systemd would; the exit status."""
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        return self.proc.wait(15)
+
+
+@pytest.fixture
+def start_part(topo: Topology, tmp_path: Path) -> Callable[[str], Part]:
+    """Start the part with a config text."""
+    def start(cfg: str) -> Part:
+        return Part(topo, tmp_path, cfg)
+    return start
