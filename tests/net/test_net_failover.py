@@ -8,8 +8,15 @@ import time
 from collections.abc import Iterable
 
 import pytest
-from conftest import config_text
-from topology import LAN_HOST, LAN_OTHER, MOBILE_ADDR, SERVER, WIRED_ADDR, Topology
+from topology import (
+    LAN_HOST,
+    LAN_OTHER,
+    MOBILE_ADDR,
+    SERVER,
+    WIRED_ADDR,
+    Topology,
+    config_text,
+)
 
 pytestmark = [pytest.mark.root]
 

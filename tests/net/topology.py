@@ -36,6 +36,40 @@ LAN_HOST = "192.168.50.10"
 LAN_OTHER = "192.168.50.11"
 
 
+BASE_CONFIG = """
+[modem]
+apn = "internet"
+[lan]
+interface = "eth0"
+address = "192.168.50.1/24"
+[uplink.wired]
+interface = "eth1"
+address = "203.0.113.2/24"
+gateway = "203.0.113.1"
+probe_targets = {wired_targets}
+[uplink.mobile]
+interface = "ppp0"
+probe_targets = ["icmp:192.0.2.1", "icmp:192.0.2.2", "icmp:192.0.2.3"]
+probe_interval = "500ms"
+[failover]
+mode = "gateway"
+hold_down = "{hold_down}"
+quorum = {quorum}
+loss_threshold = {loss}
+allowed_devices = ["192.168.50.10"]
+[firewall]
+allow_tcp = [9000]
+"""
+
+
+def config_text(wired_targets: str = '["icmp:192.0.2.1", "icmp:192.0.2.2", '
+                '"tcp:192.0.2.80:8080"]', hold_down: str = "1s", quorum: int = 0,
+                loss: float = 50) -> str:
+    """The test config: the topology's interfaces and targets."""
+    return BASE_CONFIG.format(wired_targets=wired_targets, hold_down=hold_down, quorum=quorum,
+                              loss=loss)
+
+
 def run(argv: list[str], check: bool = True, timeout: float = 30) -> str:
     """Run a command; its stdout."""
     p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
