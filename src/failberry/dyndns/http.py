@@ -40,7 +40,7 @@ class HttpClient(Protocol):
 
     def request(self, method: str, url: str, *, source: str | None, timeout: float,
                 params: dict[str, str] | None = None, json: dict[str, Any] | None = None,
-                auth: tuple[str, str] | None = None,
+                data: bytes | None = None, auth: tuple[str, str] | None = None,
                 headers: dict[str, str] | None = None) -> HttpReply:
         """One request; raises HttpFailed when no answer arrives."""
         ...
@@ -80,13 +80,13 @@ class RequestsClient:
 
     def request(self, method: str, url: str, *, source: str | None, timeout: float,
                 params: dict[str, str] | None = None, json: dict[str, Any] | None = None,
-                auth: tuple[str, str] | None = None,
+                data: bytes | None = None, auth: tuple[str, str] | None = None,
                 headers: dict[str, str] | None = None) -> HttpReply:
         """One request with connect and read timeouts; HttpFailed when nothing came back."""
         try:
-            r = self._session(source).request(method, url, params=params, json=json, auth=auth,
-                                              headers=headers, timeout=(timeout, timeout),
-                                              allow_redirects=False)
+            r = self._session(source).request(method, url, params=params, json=json, data=data,
+                                              auth=auth, headers=headers,
+                                              timeout=(timeout, timeout), allow_redirects=False)
         except requests.RequestException as e:
             # str(e) from urllib3 names host and path but never the Authorization header.
             raise HttpFailed(url, f"{type(e).__name__}: {_first_line(str(e))}") from None

@@ -21,6 +21,7 @@ from failberry.dyndns.dyndns2 import Dyndns2Provider
 from failberry.dyndns.http import HttpClient, RequestsClient
 from failberry.dyndns.persist import DEFAULT_PATH, StateFile
 from failberry.dyndns.rfc2136 import Rfc2136Provider
+from failberry.dyndns.route53 import Route53Provider
 from failberry.dyndns.route53_lambda import Route53LambdaProvider
 from failberry.dyndns.updater import Timing, Updater
 from failberry.dyndns.verify import AuthoritativeVerifier
@@ -44,6 +45,8 @@ def make_provider(d: DyndnsConfig, http: HttpClient) -> Provider:
         return Dyndns2Provider.from_config(d.dyndns2, http)
     if d.provider is DnsProvider.ROUTE53_LAMBDA:
         return Route53LambdaProvider.from_config(d.route53_lambda, http)
+    if d.provider is DnsProvider.ROUTE53:
+        return Route53Provider.from_config(d.route53, http)
     raise NotBuiltYet(f"dyndns.provider {d.provider.value!r} has no implementation")
 
 
