@@ -36,6 +36,7 @@ _LIBRARIES = ("pyroute2", "python-iptables", "pyserial", "pyusb", "pyudev", "dns
               "requests")
 _PEER_CACHE_MAX = 1024
 _HEALTH_CACHE_MAX = 64
+DOC_TTL = 0.25  # seconds a rendered /status or /metrics may be served again
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class HealthApp:
         self._last: Verdict | None = None
         self._peers: dict[str, bool] = {}
         self._health_cache: dict[tuple[str, Verdict], Response] = {}
+        self._doc_cache: dict[str, tuple[float, int, Response]] = {}
         self.configure(cfg)
 
     def configure(self, cfg: Config) -> None:
@@ -162,12 +164,23 @@ class HealthApp:
             if not self.allowed(peer):
                 LOG.debug("refused %s to %s: not on the LAN", path, peer)
                 return error(403, "only from the LAN")
-            if path == "/status":
-                body = json.dumps(self.document(), separators=(",", ":")) + "\n"
-                return Response(200, body.encode())
-            return Response(200, metrics.render(self.document()).encode(),
-                            metrics.CONTENT_TYPE)
+            return self._document_response(path)
         return error(404, "not found")
+
+    def _document_response(self, path: str) -> Response:
+        """/status or /metrics, rendered at most every DOC_TTL seconds while nothing changed:
+        a client pipelining thousands of them costs little."""
+        now = time.monotonic()
+        hit = self._doc_cache.get(path)
+        if hit is not None and hit[0] > now and hit[1] == self.status.generation:
+            return hit[2]
+        if path == "/status":
+            resp = Response(200, (json.dumps(self.document(), separators=(",", ":"))
+                                  + "\n").encode())
+        else:
+            resp = Response(200, metrics.render(self.document()).encode(), metrics.CONTENT_TYPE)
+        self._doc_cache[path] = (now + DOC_TTL, self.status.generation, resp)
+        return resp
 
     def _health_response(self, uplink: str, v: Verdict) -> Response:
         key = (uplink, v)

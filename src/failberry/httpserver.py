@@ -31,6 +31,8 @@ _METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"O
                       b"TRACE", b"CONNECT"})
 _CACHE_MAX = 256
 _CACHE_BODY_MAX = 512
+_BATCH_MAX = 32  # pipelined requests answered per turn of the loop
+_SNDBUF = 64 * 1024  # kernel send buffer: bounds what a client that never reads can pin
 
 
 @dataclass(frozen=True)
@@ -192,6 +194,7 @@ class _Conn(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SNDBUF)
         transport.set_write_buffer_limits(high=self.limits.write_high_water)
         self.server.added(self)
 
@@ -243,8 +246,10 @@ class _Conn(asyncio.Protocol):
 
     def _process(self, data: bytes) -> None:
         self.buf = self.buf + data if self.buf else data
-        while self.buf and not self.closing and not self.paused and self._batch():
-            pass
+        if self.buf and not self.closing and not self.paused and self._batch():
+            # A deep pipeline: answer the rest on a later turn of the loop, so one client
+            # cannot starve the others (or a checker's /health) of the loop.
+            asyncio.get_running_loop().call_soon(self._process, b"")
 
     def _batch(self) -> bool:
         """Answer the complete requests in the buffer with one write; True if more may follow
@@ -268,7 +273,7 @@ class _Conn(asyncio.Protocol):
             size += len(reply)
             if not keep:
                 break
-            if size >= self.limits.write_high_water:
+            if size >= self.limits.write_high_water or len(out) >= _BATCH_MAX:
                 more = True  # write this much first; the rest waits if the client is slow
                 break
         self.buf = buf if keep else b""
