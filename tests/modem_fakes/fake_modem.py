@@ -1,0 +1,261 @@
+"""A scriptable fake ZTE MF180-class modem on ptys: the tests' own program.
+
+    python fake_modem.py DIR SCENARIO_JSON
+
+Makes DIR/ttyUSB1 (AT control port) and DIR/ttyUSB2 (the "Modem" port pppd dials on) as
+symlinks to pty slaves, answers AT commands like the stick does (echo on until ATE0, ZTE
+identity, +CME ERROR codes, registration URCs), and takes orders on the Unix socket DIR/ctl,
+one JSON object a line:
+
+    {"op": "set", "key": "reg", "value": 1}     change a scenario value (reg sends a URC)
+    {"op": "storm", "rate": 1000, "seconds": 10} URCs at that rate on the control port
+    {"op": "garbage", "hex": "00ff0d0a"}       raw bytes on the control port
+    {"op": "hangup"}                           NO CARRIER on the data port
+    {"op": "unplug"} / {"op": "replug"}        the ports vanish / come back (new ptys)
+    {"op": "get"}                              counters as JSON
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pty
+import selectors
+import socket
+import sys
+import time
+import tty
+from typing import Any
+
+DEFAULTS: dict[str, Any] = {
+    "sim": "ready",  # ready | pin | missing | puk
+    "pin": "1234",
+    "reg": 1,  # <stat> for +CREG/+CGREG: 1 home, 2 searching, 3 denied, 5 roaming
+    "silent": False,
+    "cme": {},  # command (upper case) -> CME code
+    "csq": "17,99",
+    "reset_delay": 0.3,
+}
+
+
+class Port:
+    """One pty: the master end we talk through, and a held slave fd so no EIO spins."""
+
+    def __init__(self, link: str) -> None:
+        self.link = link
+        self.master, self.slave = pty.openpty()
+        tty.setraw(self.slave)
+        os.set_blocking(self.master, False)
+        name = os.ttyname(self.slave)
+        if os.path.lexists(link):
+            os.unlink(link)
+        os.symlink(name, link)
+        self.buf = b""
+        self.echo = True
+
+    def close(self) -> None:
+        if os.path.lexists(self.link):
+            os.unlink(self.link)
+        os.close(self.master)
+        os.close(self.slave)
+
+    def send(self, text: str | bytes) -> None:
+        data = text.encode() if isinstance(text, str) else text
+        # A reader that does not read loses bytes, as on a real UART.
+        with contextlib.suppress(BlockingIOError):
+            os.write(self.master, data)
+
+
+class Modem:
+    def __init__(self, directory: str, scenario: dict[str, Any]) -> None:
+        self.dir = directory
+        self.s = {**DEFAULTS, **scenario}
+        self.sel = selectors.DefaultSelector()
+        self.ports: dict[str, Port] = {}
+        self.counters: dict[str, int] = {"pin_attempts": 0, "zcdrun": 0, "cfun_reset": 0,
+                                         "commands": 0, "urcs": 0, "plugs": 0}
+        self.log: list[str] = []
+        self.storm_until = 0.0
+        self.storm_rate = 0
+        self.storm_next = 0.0
+        self.replug_at = 0.0
+        self.plug()
+        ctl = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        ctl.bind(os.path.join(directory, "ctl"))
+        ctl.listen(4)
+        self.sel.register(ctl, selectors.EVENT_READ, ("listen", ctl))
+
+    def plug(self) -> None:
+        self.counters["plugs"] += 1
+        for name in ("ttyUSB1", "ttyUSB2"):
+            port = Port(os.path.join(self.dir, name))
+            self.ports[name] = port
+            self.sel.register(port.master, selectors.EVENT_READ, ("port", name))
+
+    def unplug(self) -> None:
+        for port in self.ports.values():
+            self.sel.unregister(port.master)
+            port.close()
+        self.ports = {}
+
+    # -- AT
+
+    def reply(self, port: Port, *lines: str) -> None:
+        port.send("".join(f"\r\n{ln}\r\n" for ln in lines))
+
+    def command(self, name: str, port: Port, cmd: str) -> None:
+        self.counters["commands"] += 1
+        self.log.append(cmd if not cmd.upper().startswith("AT+CPIN=") else "AT+CPIN=<pin>")
+        up = cmd.upper()
+        s = self.s
+        if s["silent"]:
+            return
+        if port.echo:
+            port.send(cmd + "\r")
+        if up in s["cme"]:
+            self.reply(port, f"+CME ERROR: {s['cme'][up]}")
+            return
+        reg = s["reg"]
+        if up in ("AT", "ATZ", "AT+CMEE=1", "AT+CREG=2", "AT+CGREG=2", "ATH") or \
+                up.startswith("AT+CGDCONT="):
+            self.reply(port, "OK")
+        elif up in ("ATE0", "ATE1"):
+            port.echo = up == "ATE1"
+            self.reply(port, "OK")
+        elif up == "AT+CGMI":
+            self.reply(port, "ZTE CORPORATION", "OK")
+        elif up == "AT+CGMM":
+            self.reply(port, "MF180", "OK")
+        elif up == "AT+CGSN":
+            self.reply(port, "866666012345678", "OK")
+        elif up == "AT+ZCDRUN=8":
+            self.counters["zcdrun"] += 1
+            self.reply(port, "Close autorun state result(0:FAIL 1:SUCCESS):1", "OK")
+        elif up == "AT+CPIN?":
+            sim = s["sim"]
+            if sim == "missing":
+                self.reply(port, "+CME ERROR: 10")
+            else:
+                self.reply(port, {"ready": "+CPIN: READY", "pin": "+CPIN: SIM PIN",
+                                  "puk": "+CPIN: SIM PUK"}[sim], "OK")
+        elif up.startswith("AT+CPIN="):
+            self.counters["pin_attempts"] += 1
+            if s["sim"] == "pin" and cmd.split("=", 1)[1].strip('"') == s["pin"]:
+                s["sim"] = "ready"
+                self.reply(port, "OK")
+            else:
+                self.reply(port, "+CME ERROR: 16")
+        elif up == "AT+CREG?":
+            self.reply(port, f'+CREG: 2,{reg},"00C3","0000A13B",2', "OK")
+        elif up == "AT+CGREG?":
+            self.reply(port, f'+CGREG: 2,{reg},"00C3","0000A13B",6,"01"', "OK")
+        elif up == "AT+CSQ":
+            self.reply(port, f"+CSQ: {s['csq']}", "OK")
+        elif up == "AT+COPS?":
+            self.reply(port, '+COPS: 0,0,"Vodafone UK",2', "OK")
+        elif up.startswith("ATD"):
+            self.reply(port, "CONNECT 7200000")
+        elif up == "AT+CFUN=1,1":
+            self.counters["cfun_reset"] += 1
+            self.reply(port, "OK")
+            self.unplug()
+            self.replug_at = time.monotonic() + s["reset_delay"]
+        else:  # AT+CEREG=2 and friends: an MF180 is a 3G stick
+            self.reply(port, "ERROR")
+
+    def urc(self, line: str) -> None:
+        port = self.ports.get("ttyUSB1")
+        if port is not None:
+            self.counters["urcs"] += 1
+            port.send(f"\r\n{line}\r\n")
+
+    def readable(self, name: str) -> None:
+        port = self.ports[name]
+        try:
+            data = os.read(port.master, 4096)
+        except (BlockingIOError, OSError):
+            return
+        port.buf += data
+        while b"\r" in port.buf:
+            raw, _, port.buf = port.buf.partition(b"\r")
+            cmd = raw.strip(b"\n\x00 ").decode("ascii", "replace")
+            if cmd.upper().startswith("AT"):
+                self.command(name, port, cmd)
+                if name not in self.ports:
+                    return  # the command unplugged us
+
+    # -- control
+
+    def control(self, conn: socket.socket) -> None:
+        data = conn.recv(65536)
+        if not data:
+            self.sel.unregister(conn)
+            conn.close()
+            return
+        for raw in data.decode().splitlines():
+            order = json.loads(raw)
+            out: Any = "ok"
+            op = order["op"]
+            if op == "set":
+                self.s[order["key"]] = order["value"]
+                if order["key"] == "reg":
+                    self.urc(f'+CREG: {order["value"]},"00C3","0000A13B",2')
+            elif op == "storm":
+                self.storm_rate = order["rate"]
+                self.storm_until = time.monotonic() + order["seconds"]
+                self.storm_next = time.monotonic()
+            elif op == "garbage":
+                if "ttyUSB1" in self.ports:
+                    self.ports["ttyUSB1"].send(bytes.fromhex(order["hex"]))
+            elif op == "urc":
+                self.urc(order["line"])
+            elif op == "hangup":
+                if "ttyUSB2" in self.ports:
+                    self.reply(self.ports["ttyUSB2"], "NO CARRIER")
+            elif op == "unplug":
+                self.unplug()
+            elif op == "replug":
+                if not self.ports:
+                    self.plug()
+            elif op == "get":
+                out = {**self.counters, "log": self.log, "plugged": bool(self.ports)}
+            conn.sendall((json.dumps(out) + "\n").encode())
+
+    def storm(self) -> None:
+        now = time.monotonic()
+        if now >= self.storm_until:
+            self.storm_rate = 0
+            return
+        # The odd URCs a ZTE stick sends while it hunts for a network.
+        urcs = ['+CREG: 1,"00C3","0000A13B",2', "^MODE: 5,4", '+ZPAS: "UMTS","CS_PS"',
+                "RING", "+CGREG: 1", "^DSFLOWRPT: 0000003C,00000000,00000000"]
+        while self.storm_next <= now:
+            self.urc(urcs[self.counters["urcs"] % len(urcs)])
+            self.storm_next += 1.0 / self.storm_rate
+
+    def run(self) -> None:
+        while True:
+            timeout = None
+            if self.storm_rate:
+                timeout = 0.01
+            if self.replug_at:
+                timeout = max(0.0, min(timeout or 1.0, self.replug_at - time.monotonic()))
+            for key, _ in self.sel.select(timeout):
+                kind, obj = key.data
+                if kind == "listen":
+                    conn, _ = obj.accept()
+                    self.sel.register(conn, selectors.EVENT_READ, ("ctl", conn))
+                elif kind == "ctl":
+                    self.control(obj)
+                elif kind == "port" and obj in self.ports:
+                    self.readable(obj)
+            if self.storm_rate:
+                self.storm()
+            if self.replug_at and time.monotonic() >= self.replug_at:
+                self.replug_at = 0.0
+                self.plug()
+
+
+if __name__ == "__main__":
+    Modem(sys.argv[1], json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}).run()
