@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -53,13 +52,7 @@ def make_provider(d: DyndnsConfig, http: HttpClient) -> Provider:
 def make_verifier(d: DyndnsConfig) -> Verifier:
     """rfc2136: its primary is authoritative, ask it; otherwise find the zone's servers."""
     if d.provider is DnsProvider.RFC2136:
-        server = d.rfc2136.server
-        try:
-            ipaddress.ip_address(server)
-        except ValueError:
-            server = str(socket.getaddrinfo(server, d.rfc2136.port, 0, socket.SOCK_DGRAM)
-                         [0][4][0])
-        return AuthoritativeVerifier([(server, d.rfc2136.port)])
+        return AuthoritativeVerifier([(d.rfc2136.server, d.rfc2136.port)])
     return AuthoritativeVerifier()
 
 

@@ -70,8 +70,10 @@ class StateFile:
                 return {}
             self._salt = salt
             records = data.get("records", {})
-            return records if isinstance(records, dict) else {}
+            self._last = records if isinstance(records, dict) else {}
+            return self._last
         except FileNotFoundError:
+            self._last = {}  # nothing held: no file needed until something is
             return {}
         except (OSError, ValueError, KeyError, TypeError) as e:
             LOG.warning("dyndns: ignoring unreadable %s: %s", self.path, e)

@@ -3,7 +3,9 @@ notices drift (someone edited the zone, a provider lost the update) and triggers
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import socket
 from collections.abc import Sequence
 
 import dns.exception
@@ -20,8 +22,21 @@ from failberry.dyndns.base import DyndnsError, Record
 LOG = logging.getLogger(__name__)
 
 
+def _address(host: str, port: int) -> str:
+    """`host` as an address; a name is resolved now (at check time, not at start)."""
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    try:
+        return str(socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM)[0][4][0])
+    except OSError as e:
+        raise DyndnsError("verify", host, f"cannot resolve server {host!r}: {e}") from None
+
+
 class AuthoritativeVerifier:
-    """Queries `servers` ((address, port) pairs), or else the zone's NS found through the
+    """Queries `servers` ((host, port) pairs), or else the zone's NS found through the
     system resolver, with recursion off, and returns the union of their answers.
 
     The union, not the first answer: a server that still holds an old address is drift too."""
@@ -54,7 +69,7 @@ class AuthoritativeVerifier:
 
     def lookup(self, record: Record) -> frozenset[str]:
         """What the authoritative servers answer for the record; raises if none answers."""
-        servers = self.servers or self.discover(record.name)
+        servers = [(_address(h, p), p) for h, p in self.servers] or self.discover(record.name)
         q = dns.message.make_query(record.name, dns.rdatatype.from_text(record.rdtype))
         q.flags &= ~dns.flags.RD
         found: set[str] = set()
