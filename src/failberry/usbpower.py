@@ -65,10 +65,13 @@ def _port_of(usb_path: str) -> tuple[str, int] | None:
 
 
 def usb_network_devices(sysroot: Path) -> set[str]:
-    """USB device names (`1-1.1`) of every network adapter in /sys/class/net."""
+    """USB device names (`1-1.1`) of the network adapters in /sys/class/net, except a
+    modem's own `wwan*` functions."""
     out = set()
     net = sysroot / "class" / "net"
     for dev in sorted(net.glob("*/device")) if net.is_dir() else []:
+        if dev.parent.name.startswith("wwan"):
+            continue
         try:
             target = dev.resolve()
         except OSError:
@@ -109,16 +112,14 @@ class SysfsUsbPower:
         self.sleep(1.0)
         self._write(driver / "bind", usb_path)
 
-    def _protected(self, usb_path: str) -> set[str]:
-        found = self.protected if self.protected is not None \
+    def _protected(self) -> set[str]:
+        return self.protected if self.protected is not None \
             else usb_network_devices(self.sysroot)
-        # The modem's own network functions (wwan, cdc_ether) are not worth protecting.
-        return {p for p in found if p != usb_path and not p.startswith(usb_path + ".")}
 
     def check_safe(self, usb_path: str, ganged: bool | None) -> None:
         """Refuse when the port (or its gang) also powers a network adapter."""
         hub, port = hub_and_port(usb_path)
-        for p in sorted(self._protected(usb_path)):
+        for p in sorted(self._protected()):
             if p == usb_path or p.startswith(usb_path + "."):
                 raise PowerRefused(f"not cutting {hub} port {port}: network adapter {p} "
                                    "is behind it")
