@@ -78,8 +78,9 @@ class FakeNetwork:
 
         while True:
             c = _control(self.control)
-            if c.get("network_crash"):
-                raise RuntimeError("fake network crash")
+            if c.get("network_hang"):
+                # A blocking call that never returns (a wedged netlink socket, say).
+                await asyncio.to_thread(time.sleep, 3600)
             if not c.get("network_stall"):
                 ups = {name: UplinkReport(up=bool(u.get("up")), reason=str(u.get("reason", "")),
                                           interface=str(u.get("interface", name)),

@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
+import logging
+import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from conftest import EXAMPLES, free_port
+from failberry import config, logsetup
+from failberry.bus import Bus
+from failberry.config import Config
+from failberry.parts import Part
+from failberry.status import Status
+from failberry.supervisor import IoExecutor, Supervisor, Timing
+from test_health import supervisor, wait_for
 
 
 def _get(port: int, path: str) -> tuple[int, dict[str, object]]:
@@ -75,3 +89,229 @@ def test_run_with_bad_config_exits_2(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2
     assert "modem.apn" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Wiring: the watchdog, crashing parts, SIGHUP reloads, SIGTERM with parts cleaning up.
+
+
+def _notify_socket(path: Path) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(str(path))
+    s.settimeout(0.05)
+    return s
+
+
+def _drain(s: socket.socket, seconds: float) -> list[str]:
+    """Every datagram that arrives within `seconds`."""
+    out = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            out.append(s.recv(4096).decode())
+        except TimeoutError:
+            continue
+    return out
+
+
+@pytest.mark.timeout(60)
+def test_watchdog_pings_stop_while_a_part_is_silent(tmp_path: Path) -> None:
+    notify = _notify_socket(tmp_path / "notify.sock")
+    # WATCHDOG_USEC 200 ms: the supervisor pings every 100 ms while everything is current.
+    env = {"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "200000"}
+    try:
+        with supervisor(tmp_path, env=env) as run:
+            run.uplinks(mobile=True)
+            before = _drain(notify, 1.5)
+            assert any("READY=1" in m for m in before), before
+            assert sum("WATCHDOG=1" in m for m in before) >= 5, before
+            assert any(m.startswith("STATUS=health ok (mobile up)") for m in before), before
+
+            run.set(network_stall=True)  # the network part stops reporting (deadline 1 s)
+            mid = _drain(notify, 1.5)  # its deadline passes in here
+            silent = _drain(notify, 2.0)
+            assert not any("WATCHDOG=1" in m for m in silent), silent
+            assert any(m.startswith("STATUS=health fail (network checks not reporting)")
+                       for m in mid + silent), mid + silent
+
+            run.set(network_stall=False)
+            after = _drain(notify, 1.5)
+            assert sum("WATCHDOG=1" in m for m in after) >= 3, after
+    finally:
+        notify.close()
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_stops_within_2s_while_parts_clean_up(tmp_path: Path) -> None:
+    with supervisor(tmp_path) as run:
+        run.uplinks(mobile=True)
+        wait_for(run, "/health", 200, 3)
+        run.set(network_hang=True)  # the network part now waits on a thread that never ends
+        time.sleep(0.5)
+        run.proc.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        rc = run.proc.wait(5)
+        took = time.monotonic() - t0
+        err = run.proc.stderr.read() if run.proc.stderr else ""
+        assert rc == 0, err
+        assert took < 2.0, took
+        # The modem part's cleanup (0.3 s in a thread) ran to the end.
+        assert (tmp_path / "modem-cleaned").read_text() == "yes"
+        assert "supervisor stopped" in err
+
+
+class _Flaky:
+    """Crashes on its first `crashes` runs, then reports until cancelled."""
+
+    def __init__(self, status: Status, crashes: int) -> None:
+        self.name = "flaky"
+        self.deadline = 5.0
+        self.status = status
+        self.crashes = crashes
+        self.runs = 0
+
+    async def run(self) -> None:
+        self.runs += 1
+        if self.runs <= self.crashes:
+            raise OSError(f"flaky failure {self.runs}")
+        while True:
+            self.status.report(self.name, "running", runs=self.runs)
+            await asyncio.sleep(0.02)
+
+
+def _cfg_file(path: Path, mode: str = "sidecar") -> Path:
+    wired = 'interface = "eth1"' if mode == "gateway" else ""
+    path.write_text(f'[modem]\napn = "internet"\n[failover]\nmode = "{mode}"\n'
+                    f"[uplink.wired]\n{wired}\n")
+    return path
+
+
+async def _until(cond: Callable[[], bool], within: float) -> None:
+    end = time.monotonic() + within
+    while not cond():
+        assert time.monotonic() < end, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.timeout(30)
+def test_a_crashing_part_is_restarted_with_backoff(tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    cfg = config.load(_cfg_file(tmp_path / "f.toml"))
+    made: list[_Flaky] = []
+
+    def parts(_cfg: Config, status: Status, _bus: Bus) -> list[Part]:
+        made.append(_Flaky(status, crashes=3))
+        return [made[-1]]
+
+    async def scenario() -> None:
+        sup = Supervisor(cfg, port=0, host="127.0.0.1", parts=parts,
+                         timing=Timing(restart_initial=0.05, restart_max=0.2))
+        task = asyncio.create_task(sup.run())
+        await _until(lambda: sup.status.parts.get("flaky") is not None
+                     and sup.status.parts["flaky"].state == "running", 5)
+        assert made[0].runs == 4 and sup.restarts["flaky"] == 3
+        reader, writer = await asyncio.open_connection("127.0.0.1", sup.http.port)
+        writer.write(b"GET /status HTTP/1.1\r\nConnection: close\r\n\r\n")
+        reply = await reader.read()
+        writer.close()
+        assert reply.startswith(b"HTTP/1.1 200 ") and b'"restarts":{"flaky":3}' in reply
+        sup.request_stop("test")
+        await task
+
+    with caplog.at_level(logging.INFO, logger="failberry.supervisor"):
+        asyncio.run(scenario())
+    crashed = [(r.levelno, r.getMessage()) for r in caplog.records
+               if "crashed" in r.getMessage()]
+    assert crashed == [(logging.ERROR, f"part flaky crashed: OSError: flaky failure {i}; "
+                        f"restarting it in {wait}s (restart {i})")
+                       for i, wait in ((1, 0.05), (2, 0.1), (3, 0.2))]
+
+
+@pytest.mark.timeout(30)
+def test_sighup_reload_refuses_a_bad_config_and_applies_a_good_one(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = _cfg_file(tmp_path / "f.toml")
+    cfg = config.load(path)
+    builds: list[str] = []
+
+    def parts(c: Config, status: Status, _bus: Bus) -> list[Part]:
+        builds.append(c.failover.mode.value)
+        return [_Flaky(status, crashes=0)]
+
+    async def scenario() -> None:
+        sup = Supervisor(cfg, port=0, host="127.0.0.1", parts=parts, config_path=path)
+        task = asyncio.create_task(sup.run())
+        await _until(lambda: sup.status.state == "running", 5)
+        path.write_text('[modem]\napn = ""\n')  # fails validation
+        os.kill(os.getpid(), signal.SIGHUP)
+        await _until(lambda: any("reload refused" in r.getMessage() for r in caplog.records), 5)
+        assert sup.cfg is cfg and builds == ["sidecar"]
+        _cfg_file(path, "gateway")
+        os.kill(os.getpid(), signal.SIGHUP)
+        await _until(lambda: builds == ["sidecar", "gateway"], 5)
+        assert sup.cfg.failover.mode.value == "gateway" and sup.app.mode.value == "gateway"
+        await _until(lambda: sup.status.parts.get("flaky") is not None
+                     and sup.status.parts["flaky"].state == "running", 5)
+        sup.request_stop("test")
+        await task
+
+    with caplog.at_level(logging.INFO, logger="failberry.supervisor"):
+        asyncio.run(scenario())
+    refused = [r for r in caplog.records if "reload refused" in r.getMessage()]
+    assert len(refused) == 1 and refused[0].levelno == logging.ERROR
+    assert "modem.apn" in refused[0].getMessage()
+
+
+def test_io_executor_does_not_wait_for_a_wedged_call() -> None:
+    ex = IoExecutor(max_workers=2, join_timeout=0.1)
+    release = threading.Event()
+    assert ex.submit(lambda: 6 * 7).result(timeout=5) == 42
+    wedged = ex.submit(release.wait, 30)
+    t0 = time.monotonic()
+    ex.shutdown(wait=True)
+    assert time.monotonic() - t0 < 2.0 and not wedged.done()
+    assert all(t.daemon for t in ex._daemons)
+    release.set()
+    with pytest.raises(RuntimeError):
+        ex.submit(print)
+
+
+# ---------------------------------------------------------------------------------------------
+# Logging
+
+
+def test_journal_detected_only_for_the_stream_systemd_named(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    with open(tmp_path / "a", "w") as a, open(tmp_path / "b", "w") as b:
+        st = os.fstat(a.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+        assert logsetup.on_journal(a)
+        assert not logsetup.on_journal(b)  # inherited variable, different stream
+        monkeypatch.setenv("JOURNAL_STREAM", "garbage")
+        assert not logsetup.on_journal(a)
+
+
+def test_secrets_never_reach_the_log(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "f.toml"
+    path.write_text('[modem]\napn = "internet"\nusername = "u"\npassword = "hunter2-ppp"\n'
+                    'pin = "4711"\n')
+    cfg = config.load(path)
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    try:
+        logsetup.setup()
+        logsetup.redact_secrets(cfg)
+        assert cfg.modem.password is not None and cfg.modem.pin is not None
+        logging.getLogger("failberry.test").info("dialing with %s and PIN %s",
+                                                 cfg.modem.password.reveal(),
+                                                 cfg.modem.pin.reveal())
+        logging.getLogger("failberry.test").info("config %s", cfg.modem)
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    err = capsys.readouterr().err
+    assert "dialing with ******** and PIN ********" in err
+    assert "hunter2" not in err and "4711" not in err
+    assert "INFO" in err and "failberry.test" in err

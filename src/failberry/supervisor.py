@@ -201,18 +201,17 @@ class Supervisor:
             started = loop.time()
             try:
                 await part.run()
-                why = "returned"
+                why, level = "returned", logging.WARNING
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a crashing part must never take the loop down
-                LOG.error("part %s crashed: %s: %s", part.name, type(e).__name__, e,
-                          exc_info=LOG.isEnabledFor(logging.DEBUG))
-                why = "crashed"
+                why, level = f"crashed: {type(e).__name__}: {e}", logging.ERROR
+                LOG.debug("part %s traceback", part.name, exc_info=True)
             if loop.time() - started >= t.stable_after:
                 backoff = t.restart_initial
             self.restarts[part.name] = self.restarts.get(part.name, 0) + 1
-            LOG.info("restarting part %s in %.1fs (it %s; restart %d)", part.name, backoff,
-                     why, self.restarts[part.name])
+            LOG.log(level, "part %s %s; restarting it in %gs (restart %d)", part.name, why,
+                    backoff, self.restarts[part.name])
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, t.restart_max)
 
@@ -294,6 +293,9 @@ class Supervisor:
 
     async def _heartbeat(self) -> None:
         """Reports the loop alive; pings the watchdog only while every part is current."""
+        tick = self.timing.tick
+        if self.watchdog_period is not None:
+            tick = min(tick, self.watchdog_period)  # sd_notify(3): ping at half WatchdogSec
         while True:
             self.status.report(LOOP_PART, "running")
             stale = self.status.stale_parts()
@@ -312,7 +314,7 @@ class Supervisor:
             if line != self._status_line:
                 self._status_line = line
                 self.notifier.notify(f"STATUS={line}")
-            await asyncio.sleep(self.timing.tick)
+            await asyncio.sleep(tick)
 
     # -- the whole life --
 
