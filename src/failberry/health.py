@@ -27,6 +27,7 @@ from failberry.status import (
     NetworkView,
     Status,
     jsonable,
+    modem_view,
     network_view,
 )
 
@@ -223,7 +224,7 @@ class HealthApp:
             "versions": self._versions,
             "active_uplink": None if net is None else net.active_uplink,
             "uplinks": uplinks,
-            "modem": parts.get(MODEM),
+            "modem": None if parts.get(MODEM) is None else modem_view(parts[MODEM]),
             "data": None if net is None or net.data is None else jsonable(net.data),
             "failovers_total": 0 if net is None else net.failovers_total,
             "events": [] if net is None else [jsonable(e) for e in net.events],

@@ -60,8 +60,9 @@ class Status:
         self.parts.pop(name, None)
         self.generation += 1
 
-    def report(self, name: str, state: str, **detail: Any) -> None:
-        """A part says it is alive, with its current state and facts."""
+    def report(self, name: str, state: str, /, **detail: Any) -> None:
+        """A part says it is alive, with its current state and facts (which may themselves
+        be called `name` or `state`)."""
         part = self.parts.get(name)
         if part is None:
             part = self.parts[name] = PartReport(deadline=float("inf"))
@@ -196,6 +197,8 @@ def _uplink(raw: Any) -> UplinkReport:
 
 
 def _event(raw: Any) -> FailoverEvent | None:
+    if isinstance(raw, Mapping) and "uplink" not in raw and "active" in raw:
+        raw = {**raw, "uplink": raw["active"]}  # failover.FailoverEvent's spelling
     kw = _fields(FailoverEvent, raw)
     if "at" not in kw:
         return None
@@ -216,6 +219,12 @@ def network_view(status: Status, now: float | None = None) -> NetworkView | None
                if isinstance(raw_uplinks, Mapping) else {})
     events = tuple(e for e in (_event(r) for r in (d.get("events") or [])) if e is not None)
     data_kw = _fields(DataUsage, d.get("data"))
+    if not data_kw and isinstance(d.get("data_used"), Mapping):
+        # The flat spelling: data_used (device -> bytes), data_cap, over_cap.
+        devices = {str(k): int(v) for k, v in d["data_used"].items()}
+        data_kw = {"used_bytes": sum(devices.values()), "devices": devices,
+                   "cap_bytes": int(d.get("data_cap") or 0),
+                   "capped": bool(d.get("over_cap"))}
     active = d.get("active_uplink")
     return NetworkView(
         state=part.state, current=status.is_current(NETWORK, now),
@@ -246,6 +255,18 @@ class ModemReport:
     rung: str | None = None  # the recovery ladder's current rung
     recoveries: int = 0
     last_error: str | None = None
+
+
+_MODEM_ALIASES = {"access_tech": "technology", "ladder_rung": "rung", "port": "device"}
+
+
+def modem_view(detail: Mapping[str, Any]) -> dict[str, Any]:
+    """The modem's detail with `ModemReport`'s key names (aliases the driver uses mapped)."""
+    out = dict(detail)
+    for alias, key in _MODEM_ALIASES.items():
+        if out.get(key) is None and out.get(alias) is not None:
+            out[key] = out[alias]
+    return out
 
 
 def report_modem(status: Status, state: str, report: ModemReport) -> None:
