@@ -7,9 +7,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from topology import PY, ROOT, Topology, config_text
+from topology import PY, ROOT, Topology, config_text, topology_fixture
 
 pytestmark = [pytest.mark.root]
+
+topo = pytest.fixture(topology_fixture)
 
 
 def net(topo: Topology, tmp: Path, *args: str) -> list[str]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import select
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import pytest
 from topology import (
@@ -14,11 +15,24 @@ from topology import (
     MOBILE_ADDR,
     SERVER,
     WIRED_ADDR,
+    Part,
     Topology,
     config_text,
+    topology_fixture,
 )
 
 pytestmark = [pytest.mark.root]
+
+topo = pytest.fixture(topology_fixture)
+
+
+@pytest.fixture
+def start_part(topo: Topology, tmp_path: Path) -> Callable[[str], Part]:
+    """Start the network part in the Pi namespace with a config text."""
+    def start(cfg: str) -> Part:
+        return Part(topo, tmp_path, cfg)
+    return start
+
 
 DROP_ALL = "iptables-legacy -I FORWARD -j DROP"
 UNDROP_ALL = "iptables-legacy -D FORWARD -j DROP"
@@ -60,7 +74,8 @@ def both_up(st: dict[str, object]) -> bool:
 
 
 @pytest.mark.timeout(120)
-def test_nat_failover_conntrack_allowlist_failback_and_clean(topo: Topology, start_part) -> None:  # type: ignore[no-untyped-def]
+def test_nat_failover_conntrack_allowlist_failback_and_clean(
+        topo: Topology, start_part: Callable[[str], Part]) -> None:
     topo.server()
     before = topo.snapshot()
     part = start_part(config_text(hold_down="2s"))
@@ -115,7 +130,8 @@ def test_nat_failover_conntrack_allowlist_failback_and_clean(topo: Topology, sta
 
 
 @pytest.mark.timeout(60)
-def test_carrier_loss_fails_over_and_back(topo: Topology, start_part) -> None:  # type: ignore[no-untyped-def]
+def test_carrier_loss_fails_over_and_back(
+        topo: Topology, start_part: Callable[[str], Part]) -> None:
     topo.server()
     part = start_part(config_text(hold_down="0s"))
     part.active("wired")
@@ -132,8 +148,8 @@ def test_carrier_loss_fails_over_and_back(topo: Topology, start_part) -> None:  
 
 
 @pytest.mark.timeout(90)
-def test_loss_injected_with_statistic_trips_the_loss_threshold(topo: Topology,  # type: ignore[no-untyped-def]
-                                                               start_part) -> None:
+def test_loss_injected_with_statistic_trips_the_loss_threshold(
+        topo: Topology, start_part: Callable[[str], Part]) -> None:
     topo.server()
     # quorum 3: a round fails on loss alone, never because two of three probes were unlucky.
     part = start_part(config_text(
@@ -178,7 +194,8 @@ def open_ports(topo: Topology, ns: str, address: str, ports: Iterable[int]) -> s
 
 
 @pytest.mark.timeout(90)
-def test_uplink_side_reaches_only_opened_ports(topo: Topology, start_part) -> None:  # type: ignore[no-untyped-def]
+def test_uplink_side_reaches_only_opened_ports(
+        topo: Topology, start_part: Callable[[str], Part]) -> None:
     topo.server()
     listeners = []
     for port in (22, 8081, 9000):

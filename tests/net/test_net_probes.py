@@ -7,11 +7,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from topology import MOBILE_ADDR, PY, SERVER, WIRED_ADDR, Topology, config_text
+from topology import MOBILE_ADDR, PY, SERVER, WIRED_ADDR, Topology, config_text, topology_fixture
 
 from failberry.probes import Binding, SocketProber, parse_target
 
 pytestmark = [pytest.mark.root]
+
+topo = pytest.fixture(topology_fixture)
 
 WIRED = Binding("eth1", WIRED_ADDR)
 MOBILE = Binding("ppp0", MOBILE_ADDR)

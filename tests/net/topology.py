@@ -180,6 +180,17 @@ class Topology:
                                       "net.ipv4.conf.ppp0.rp_filter")}
 
 
+def topology_fixture() -> Iterator[Topology]:
+    """Body of the `topo` fixture: the namespaces, removed afterwards whatever happened.
+    (A module-level helper rather than a conftest, whose name would shadow tests/conftest.)"""
+    t = Topology(unique_prefix())
+    try:
+        t.up()
+        yield t
+    finally:
+        t.down()
+
+
 def unique_prefix(area: str = "net") -> str:
     """Per-run namespace prefix."""
     return f"fb-{area}-{os.getpid()}-{int(time.monotonic() * 1000) % 100000}-"
