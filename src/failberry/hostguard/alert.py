@@ -134,7 +134,8 @@ class Alerter:
     def send(self, severity: int, msgid: str, message: str,
              params: Sequence[tuple[str, str]] = ()) -> bool:
         """True when every sink took it."""
-        level = logging.CRITICAL if severity <= SEVERITY_CRIT else logging.WARNING
+        level = (logging.CRITICAL if severity <= SEVERITY_CRIT else
+                 logging.WARNING if severity <= SEVERITY_WARNING else logging.INFO)
         LOG.log(level, "%s: %s", msgid, message)
         results = [sink.send(severity, msgid, message, params) for sink in self.sinks]
         return all(results)

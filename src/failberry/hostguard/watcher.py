@@ -138,7 +138,12 @@ class Watcher:
                     m.worker.go()
                 m.started = now
             elif m.started is not None and not m.hung and now - m.started >= self.cfg.threshold:
-                self.hung(m, now)
+                if self.answer_waiting(m):
+                    # We were late, not the mount: the answer is in the pipe (the watcher was
+                    # starved of CPU or the VM paused). Read it instead of rebooting.
+                    self.wait(0)
+                else:
+                    self.hung(m, now)
             for old in list(m.old_workers):
                 if old.reap():
                     m.old_workers.remove(old)
@@ -154,6 +159,15 @@ class Watcher:
         if self.watchdog is not None:
             deadlines.append(self.next_watchdog)
         return max(0.0, min(deadlines) - now)
+
+    @staticmethod
+    def answer_waiting(m: MountState) -> bool:
+        """Whether the probe child's answer sits unread in the pipe."""
+        if m.worker.reply_r < 0:
+            return False
+        poller = select.poll()
+        poller.register(m.worker.reply_r, select.POLLIN)
+        return bool(poller.poll(0))
 
     def wait(self, timeout: float) -> None:
         """Sleep until a probe answers or `timeout` passes; handle the answers."""
