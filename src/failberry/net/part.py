@@ -98,6 +98,7 @@ class NetworkPart:
         self._published: str | None = None
         self._over_cap = False
         self._recheck: asyncio.TimerHandle | None = None
+        self._background: set[asyncio.Task[None]] = set()
         # One thread for every blocking netlink/iptables call, so they never run at once.
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="net-apply")
 
@@ -118,6 +119,7 @@ class NetworkPart:
                       asyncio.create_task(self._periodic(), name="net-periodic")]
             await asyncio.gather(*tasks)
         finally:
+            tasks += list(self._background)
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -247,10 +249,14 @@ class NetworkPart:
             self._recheck = None
         if decision.recheck_in is not None:
             loop = asyncio.get_running_loop()
-            self._recheck = loop.call_later(
-                decision.recheck_in + 0.01,
-                lambda: loop.create_task(self._reconcile("hold-down over")))
+            self._recheck = loop.call_later(decision.recheck_in + 0.01, self._hold_down_over)
         self._report(decision.active)
+
+    def _hold_down_over(self) -> None:
+        # Keep a reference: the loop holds tasks only weakly.
+        task = asyncio.get_running_loop().create_task(self._reconcile("hold-down over"))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _apply(self, desired: netplan.NetPlan) -> list[str]:
         changes = self.routes.apply(desired.routes, desired.rules)
