@@ -211,8 +211,10 @@ class FuseMount:
                 self.close()
                 raise RuntimeError(f"FUSE test fs did not mount at {mountpoint}: {err}")
             time.sleep(0.05)
-        # The connection's number in /sys/fs/fuse/connections is the mount's device minor.
-        self.conn_id = os.minor(os.stat(mountpoint).st_dev)
+        # /sys/fs/fuse/connections/N: N is the super block's dev_t in the kernel's encoding
+        # (major << 20 | minor); FUSE's anonymous devices have major 0.
+        dev = os.stat(mountpoint).st_dev
+        self.conn_id = os.major(dev) << 20 | os.minor(dev)
 
     def command(self, cmd: str) -> str:
         """Send `hang`, `answer` or `status`; return the reply."""
