@@ -112,6 +112,8 @@ def response_prefix(command: str) -> str | None:
 
 def classify(line: str, pending: str | None) -> Kind:
     """Decide what `line` is while `pending` (the command in flight, or None) waits."""
+    if "\ufffd" in line:
+        return Kind.NOISE  # AT speaks ASCII: a byte that is not UTF-8 means line noise
     if pending is not None:
         if line.upper() == pending.strip().upper():
             return Kind.ECHO

@@ -38,6 +38,7 @@ from failberry.modem.parsers import (
     parse_identity,
     parse_registration,
     parse_vendor_access_tech,
+    pick,
 )
 from failberry.modem.ppp import PppRunner
 from failberry.status import Status
@@ -287,6 +288,7 @@ class Driver:
             return await self._cmd(command)
         except AtError as exc:
             LOG.info("modem: %s", exc)
+            self._error(str(exc))
             return None
 
     async def _identity(self, command: str) -> str:
@@ -299,8 +301,7 @@ class Driver:
     async def _query_sim(self, gen: int) -> None:
         try:
             lines = await self._cmd("AT+CPIN?", 10.0)
-            line = next((ln for ln in lines if ln.upper().startswith("+CPIN")), None)
-            sim = parse_cpin(line) if line else SimState.OTHER
+            sim = pick(lines, "+CPIN", parse_cpin) or SimState.OTHER
         except CmeError as exc:
             self._error(str(exc))
             sim = (SimState.MISSING if exc.code in CME_SIM_MISSING
@@ -335,13 +336,10 @@ class Driver:
     async def _registrations(self) -> list[Registration]:
         out = []
         for kind in REG_PREFIXES:
-            lines = await self._optional(f"AT{kind}?")
-            for line in lines or []:
-                if line.upper().startswith(kind + ":"):
-                    try:
-                        out.append(parse_registration(line, read_reply=True))
-                    except ValueError as exc:
-                        LOG.info("modem: %s", exc)
+            lines = await self._optional(f"AT{kind}?") or []
+            reg = pick(lines, kind + ":", lambda ln: parse_registration(ln, read_reply=True))
+            if reg is not None:
+                out.append(reg)
         return out
 
     async def _query_registration(self, gen: int) -> None:
@@ -391,13 +389,14 @@ class Driver:
 
     async def _reset_modem(self, gen: int) -> None:
         try:
-            await self._cmd("AT+CFUN=1,1", 10.0)
+            await self._cmd("AT+CFUN=1,1", 2 * self.at_timeout)
         except PortGone:
-            pass  # the stick often drops the port before it answers: that is the reset
+            return  # the stick often drops the port before it answers: that is the reset
         except (AtError, AtTimeout) as exc:
             self._post_if(gen, ev.ActionFailed("modem_reset", str(exc)))
             return
-        self._close_channel()
+        if gen == self.gen:
+            self._close_channel()  # it is restarting; the machine reopens after settling
 
     async def _usb(self, name: str, fn: Callable[[str], None], usb_path: str) -> None:
         try:
@@ -423,12 +422,11 @@ class Driver:
                 Phase.REGISTERING, Phase.DENIED, Phase.DIALING, Phase.CONNECTED):
             gen = self.gen
             try:
-                for line in await self._optional("AT+CSQ") or []:
-                    if line.upper().startswith("+CSQ"):
-                        self.info["signal_dbm"] = parse_csq(line).dbm
-                for line in await self._optional("AT+COPS?") or []:
-                    if line.upper().startswith("+COPS"):
-                        self.info["operator"] = parse_cops(line).name
+                sig = pick(await self._optional("AT+CSQ") or [], "+CSQ", parse_csq)
+                if sig is not None:
+                    self.info["signal_dbm"] = sig.dbm
+                op = pick(await self._optional("AT+COPS?") or [], "+COPS", parse_cops)
+                self.info["operator"] = op.name if op is not None else None
                 if self.state.phase in (Phase.REGISTERING, Phase.DENIED):
                     await self._query_registration(gen)
             except AtTimeout as exc:

@@ -87,7 +87,9 @@ RUNGS = tuple(Rung)
 # Timer names.
 BACKOFF, REGISTRATION, DIAL, STABLE = "backoff", "registration", "dial", "stable"
 SETTLE, RECHECK, SIM_RETRY, ABSENT_WAIT = "settle", "recheck", "sim_retry", "absent"
-ALL_TIMERS = (BACKOFF, REGISTRATION, DIAL, STABLE, SETTLE, RECHECK, SIM_RETRY, ABSENT_WAIT)
+STEP = "step"  # a bound on probing + SIM check, whatever replies get lost on the way
+ALL_TIMERS = (BACKOFF, REGISTRATION, DIAL, STABLE, SETTLE, RECHECK, SIM_RETRY, ABSENT_WAIT,
+              STEP)
 
 
 class PppOutcome(enum.Enum):
@@ -190,7 +192,7 @@ class Machine:
     def __init__(self, recovery: RecoveryConfig, *, has_pin: bool, clock: Clock | None = None,
                  rand: Callable[[], float] | None = None, settle: float = 20.0,
                  dial_timeout: float = 90.0, sim_retry: float = 2.0,
-                 sim_retries: int = 15) -> None:
+                 sim_retries: int = 15, step_timeout: float = 120.0) -> None:
         import random
 
         self.cfg = recovery
@@ -201,6 +203,14 @@ class Machine:
         self.dial_timeout = dial_timeout
         self.sim_retry = sim_retry
         self.sim_retries = sim_retries
+        self.step_timeout = step_timeout
+
+    def probe(self, state: ModemState, reason: str) -> Result:
+        """(Re)open the port, with a bound on how long setup and the SIM check may take."""
+        assert state.port is not None
+        return (self._to(state, Phase.PROBING, reason),
+                [CancelTimer(SETTLE), StartTimer(STEP, self.step_timeout),
+                 OpenPort(state.port)])
 
     # -- entry point
 
@@ -277,8 +287,7 @@ class Machine:
         why = f"recovery rung {rung.value} (try {tries[i]})"
         LOG.info("modem recovery: %s after: %s", why, state.last_error)
         if rung is Rung.REDIAL:
-            assert state.port is not None
-            return self._to(state, Phase.PROBING, why), [OpenPort(state.port)]
+            return self.probe(state, why)
         settle = StartTimer(SETTLE, self.settle)
         if rung is Rung.MODEM_RESET:
             return self._to(state, Phase.RESETTING, why), [ResetModem(), settle]
@@ -299,8 +308,8 @@ def _added(m: Machine, s: ModemState, e: Event) -> Result:
     assert isinstance(e, DeviceAdded)
     s = replace(s, port=e.port, data_port=e.data_port or e.port,
                 usb_path=e.usb_path or s.usb_path)
-    return (m._to(s, Phase.PROBING, f"modem found on {e.port}"),
-            [CancelTimer(ABSENT_WAIT), CancelTimer(SETTLE), OpenPort(e.port)])
+    new, acts = m.probe(s, f"modem found on {e.port}")
+    return new, [CancelTimer(ABSENT_WAIT), *acts]
 
 
 def _removed(m: Machine, s: ModemState, e: Event) -> Result:
@@ -480,7 +489,7 @@ def _recovering_timer(m: Machine, s: ModemState, e: Event) -> Result:
 def _resetting_timer(m: Machine, s: ModemState, e: Event) -> Result:
     assert isinstance(e, TimerFired)
     if e.name == SETTLE and s.port is not None:
-        return m._to(s, Phase.PROBING, "modem settled; probing it again"), [OpenPort(s.port)]
+        return m.probe(s, "modem settled; probing it again")
     return s, []
 
 
@@ -497,9 +506,16 @@ def _action_failed(m: Machine, s: ModemState, e: Event) -> Result:
 def _failed_timer(m: Machine, s: ModemState, e: Event) -> Result:
     assert isinstance(e, TimerFired)
     if e.name == RECHECK and s.port is not None:
-        return m._to(s, Phase.PROBING, "trying again after an authentication failure"), \
-            [OpenPort(s.port)]
+        return m.probe(s, "trying again after an authentication failure")
     return s, []
+
+
+def _step_timer(m: Machine, s: ModemState, e: Event) -> Result:
+    assert isinstance(e, TimerFired)
+    if e.name == STEP:
+        return m.fail(s, f"modem setup made no progress in {m.step_timeout:g}s "
+                      f"({s.phase.value})")
+    return _sim_timer(m, s, e) if s.phase is Phase.SIM_CHECK else (s, [])
 
 
 def _ppp_exit_any(m: Machine, s: ModemState, e: Event) -> Result:
@@ -526,7 +542,9 @@ TRANSITIONS: dict[tuple[Phase | None, type], Handler] = {
     (P.PROBING, AtFailed): _at_failed,
     (P.SIM_CHECK, SimReport): _sim,
     (P.SIM_CHECK, AtFailed): _at_failed,
-    (P.SIM_CHECK, TimerFired): _sim_timer,
+    (P.SIM_CHECK, TimerFired): _step_timer,
+    (P.PROBING, TimerFired): _step_timer,
+    (P.PIN_SENT, TimerFired): _step_timer,
     (P.SIM_FAILED, TimerFired): _sim_timer,
     (P.PIN_SENT, PinAccepted): _pin_ok,
     (P.PIN_SENT, PinRejected): _pin_bad,

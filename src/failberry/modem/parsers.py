@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,18 @@ def split_fields(payload: str) -> list[Field]:
             cur.append(ch)
     out.append(Field("".join(cur).strip(), quoted))
     return out
+
+
+def pick(lines: Sequence[str], prefix: str, parser: Callable[[str], T]) -> T | None:
+    """The first of `lines` with `prefix` that `parser` reads; line noise between a command
+    and its answer (a torn `+CSQ:`) is skipped, not fatal."""
+    for line in lines:
+        if line.upper().startswith(prefix):
+            try:
+                return parser(line)
+            except ValueError:
+                continue
+    return None
 
 
 def payload_of(line: str, prefix: str) -> str:

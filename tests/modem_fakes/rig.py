@@ -1,0 +1,190 @@
+"""The end-to-end rig: the fake ZTE modem (a subprocess on ptys), the real AT layer, machine,
+driver and part, the stand-in pppd inside a network namespace made for the test, USB through
+the recording pyusb backend, and a reboot recorder."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from failberry.bus import Bus, ModemStateChanged
+from failberry.config import ModemConfig, RecoveryConfig, Secret
+from failberry.modem.at import open_serial
+from failberry.modem.discovery import PathWatcher
+from failberry.modem.driver import Driver, RebootLog
+from failberry.modem.machine import Machine, Phase
+from failberry.modem.part import ModemPart
+from failberry.modem.ppp import PppRunner
+from failberry.status import Status
+from failberry.usbpower import SysfsUsbPower
+from modem_fakes.usbfake import RecordingBackend, fake_sysfs
+
+FAKES = Path(__file__).resolve().parent
+_COUNTER = itertools.count()
+
+FAST = RecoveryConfig(registration_timeout=2.0, redial_limit=1, modem_reset_limit=1,
+                      usb_rebind_limit=1, port_power_limit=1, reboots_per_day=1,
+                      backoff_initial=0.05, backoff_max=0.2, stable_after=600.0)
+
+
+class RebootRecorder:
+    """The reboot seam: remembers the request instead of rebooting."""
+
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+
+    def reboot(self, reason: str) -> None:
+        self.reasons.append(reason)
+
+
+class CpuWatch:
+    """Process CPU time over a window: a spinning loop would use about all of the wall."""
+
+    def __init__(self) -> None:
+        self.cpu = time.process_time()
+        self.wall = time.monotonic()
+
+    def used(self) -> tuple[float, float]:
+        return time.process_time() - self.cpu, time.monotonic() - self.wall
+
+    def assert_low(self, ratio: float = 0.25, slack: float = 0.5) -> None:
+        cpu, wall = self.used()
+        assert cpu <= ratio * wall + slack, f"{cpu:.2f}s CPU in {wall:.2f}s: spinning"
+
+
+class Rig:
+    """Everything for one end-to-end run; `async with Rig(...) as rig:`."""
+
+    def __init__(self, tmp: Path, scenario: dict[str, Any] | None = None, *,
+                 pin: str | None = None, recovery: RecoveryConfig = FAST,
+                 at_timeout: float = 1.0, poll_interval: float = 0.5,
+                 ganged: bool = False) -> None:
+        self.tmp = tmp
+        self.dev = tmp / "dev"
+        self.dev.mkdir()
+        self.scenario = scenario or {}
+        self.ns = f"fb-modem-{os.getpid()}-{next(_COUNTER)}"
+        self.cfg = ModemConfig(apn="internet", pin=Secret(pin) if pin else None)
+        self.backend = RecordingBackend(ganged=ganged)
+        self.sysroot = fake_sysfs(tmp / "sys")
+        self.rebooter = RebootRecorder()
+        self.recovery = recovery
+        self.at_timeout = at_timeout
+        self.poll_interval = poll_interval
+        self.modem: subprocess.Popen[bytes] | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.history: list[ModemStateChanged] = []
+
+    # -- lifecycle
+
+    async def __aenter__(self) -> Rig:
+        subprocess.run(["ip", "netns", "add", self.ns], check=True)
+        self.modem = subprocess.Popen([sys.executable, str(FAKES / "fake_modem.py"),
+                                       str(self.dev), json.dumps(self.scenario)])
+        for _ in range(200):
+            if (self.dev / "ctl").exists() and (self.dev / "ttyUSB1").exists():
+                break
+            await asyncio.sleep(0.02)
+        self.bus = Bus()
+        self.status = Status()
+        self.machine = Machine(self.recovery, has_pin=self.cfg.pin is not None,
+                               rand=random.Random(5).random, settle=3.0, dial_timeout=15.0,
+                               step_timeout=15.0)
+        ppp_argv = ["ip", "netns", "exec", self.ns, sys.executable,
+                    str(FAKES / "fake_pppd.py"), "--control", str(self.tmp)]
+        self.driver = Driver(
+            self.cfg, self.machine, status=self.status, bus=self.bus, opener=open_serial,
+            ppp=PppRunner(self.cfg, self.tmp / "ppp", argv=ppp_argv, stop_grace=3.0),
+            usb=SysfsUsbPower(self.sysroot, self.backend, off_time=0.05),
+            rebooter=self.rebooter, reboot_log=RebootLog(self.tmp / "reboots.json"),
+            poll_interval=self.poll_interval, at_timeout=self.at_timeout)
+        discovery = PathWatcher(str(self.dev / "ttyUSB1"), str(self.dev / "ttyUSB2"),
+                                usb_path="1-1.2", interval=0.2)
+        self.part = ModemPart(self.driver, discovery, self.bus)
+        changes = self.bus.subscribe(ModemStateChanged)
+
+        async def record() -> None:
+            while True:
+                self.history.append(await changes.get())
+
+        self._recorder = asyncio.create_task(record())
+        self.task = asyncio.create_task(self.part.run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for task in (self.task, self._recorder):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if self.modem is not None:
+            self.modem.send_signal(signal.SIGTERM)
+            self.modem.wait(10)
+        # pppd stand-ins are stopped by the part; anything left in the namespace dies here
+        pids = subprocess.run(["ip", "netns", "pids", self.ns], capture_output=True,
+                              text=True).stdout.split()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+        subprocess.run(["ip", "netns", "del", self.ns], check=False)
+
+    # -- helpers
+
+    def ctl(self, **order: Any) -> Any:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(str(self.dev / "ctl"))
+            s.sendall((json.dumps(order) + "\n").encode())
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        return json.loads(buf)
+
+    @property
+    def phase(self) -> Phase:
+        return self.driver.state.phase
+
+    async def wait_for(self, what: Any, timeout: float = 20.0, step: float = 0.05) -> None:
+        deadline = time.monotonic() + timeout
+        while not what():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out; modem {self.phase.value}: "
+                                     f"{self.driver.state.reason}; last error "
+                                     f"{self.driver.state.last_error}")
+            await asyncio.sleep(step)
+
+    async def wait_phase(self, phase: Phase, timeout: float = 20.0) -> None:
+        await self.wait_for(lambda: self.phase is phase, timeout)
+
+    def ppp0(self) -> dict[str, Any] | None:
+        out = subprocess.run(["ip", "-n", self.ns, "-j", "addr", "show", "dev", "ppp0"],
+                             capture_output=True, text=True)
+        if out.returncode != 0 or not out.stdout.strip():
+            return None
+        data: list[dict[str, Any]] = json.loads(out.stdout)
+        return data[0] if data else None
+
+    def ppp0_address(self) -> str | None:
+        link = self.ppp0()
+        if link is None or "UP" not in link.get("flags", []):
+            return None
+        for a in link.get("addr_info", []):
+            if a.get("family") == "inet":
+                return str(a["local"])
+        return None
+
+    def order_pppd_exit(self, status: int) -> None:
+        (self.tmp / "pppd-exit").write_text(f"{status}\n")
