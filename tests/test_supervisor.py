@@ -315,3 +315,17 @@ def test_secrets_never_reach_the_log(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "dialing with ******** and PIN ********" in err
     assert "hunter2" not in err and "4711" not in err
     assert "INFO" in err and "failberry.test" in err
+
+
+def test_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "failberry", "run", "-c",
+                               str(EXAMPLES / "minimal.toml"), "--port", str(port), "--listen",
+                               "127.0.0.1"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1
+    assert f"failberry: error: cannot listen on 127.0.0.1:{port}: Address already in use" in (
+        proc.stderr)
+    assert "Traceback" not in proc.stderr
