@@ -239,11 +239,16 @@ def test_pppd_exit_status(tmp_path: Path, status: int) -> None:
                                                for c in rig.history))
                 await rig.wait_phase(Phase.CONNECTED)
                 assert sum(rig.driver.state.ladder_counts.values()) == 0
-            elif outcome in (PppOutcome.FATAL, PppOutcome.AUTH):
+            elif outcome is PppOutcome.FATAL:  # our setup is wrong: no redial loop
                 await rig.wait_phase(Phase.FAILED)
                 assert want in (rig.driver.state.last_error or "")
                 await asyncio.sleep(1)
-                assert rig.phase is Phase.FAILED  # no redial loop
+                assert rig.phase is Phase.FAILED
+            elif outcome is PppOutcome.AUTH:  # credentials: retried after backoff_max only
+                await rig.wait_for(lambda: any(c.state == "failed" for c in rig.history))
+                assert want in (rig.driver.state.last_error or "")
+                await rig.wait_phase(Phase.CONNECTED)
+                assert sum(rig.driver.state.ladder_counts.values()) == 0  # no hardware rungs
             else:
                 await rig.wait_for(lambda: rig.driver.state.ladder_counts["redial"] == 1)
                 assert want in (rig.driver.state.last_error or "")

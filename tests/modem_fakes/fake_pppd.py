@@ -115,8 +115,12 @@ def main(argv: list[str]) -> int:
     def on_signal(signum: int, _frame: object) -> None:
         stop["sig"] = signum
 
+    def die(signum: int, _frame: object) -> None:
+        log(f"Terminating on signal {signum} while dialing")
+        sys.exit(5)
+
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, on_signal)
+        signal.signal(sig, die)  # until the link is up
     device, chat_file, ifname = parse_peer(peer)
     log(f"pppd 2.4.9 (stand-in) started on {device}")
     try:
@@ -133,6 +137,8 @@ def main(argv: list[str]) -> int:
     log("Serial connection established.")
     log(f"Using interface {ifname}")
     log(f"Connect: {ifname} <--> {device}")
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
     tun = make_tun(ifname)
     log(f"local  IP address {LOCAL}")
     log(f"remote IP address {REMOTE}")

@@ -69,7 +69,8 @@ class Rig:
     def __init__(self, tmp: Path, scenario: dict[str, Any] | None = None, *,
                  pin: str | None = None, recovery: RecoveryConfig = FAST,
                  at_timeout: float = 1.0, poll_interval: float = 0.5,
-                 ganged: bool = False) -> None:
+                 ganged: bool = False, start_part: bool = True) -> None:
+        self.start_part = start_part
         self.tmp = tmp
         self.dev = tmp / "dev"
         self.dev.mkdir()
@@ -119,7 +120,8 @@ class Rig:
                 self.history.append(await changes.get())
 
         self._recorder = asyncio.create_task(record())
-        self.task = asyncio.create_task(self.part.run())
+        if self.start_part:
+            self.task = asyncio.create_task(self.part.run())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
