@@ -19,7 +19,7 @@ from pathlib import Path
 from failberry.errors import FailberryError
 from failberry.image.rootfs import BOOT_LABEL, ROOT_LABEL
 from failberry.image.runner import Runner
-from failberry.units import format_size
+from failberry.units import format_size, human_size
 
 LOG = logging.getLogger(__name__)
 
@@ -94,15 +94,15 @@ def walk(root: Path) -> Iterator[Path]:
 
 
 def clamp_times(root: Path, epoch: int) -> int:
-    """Set atime and mtime of every path newer than `epoch` to it; the count changed."""
-    changed = 0
+    """Clamp every path's mtime to `epoch` (atime set equal); the count of mtimes clamped."""
+    clamped = 0
     for path in walk(root):
         st = os.lstat(path)
         if st.st_mtime > epoch or st.st_atime > epoch:
             mtime = min(int(st.st_mtime), epoch)
             os.utime(path, (mtime, mtime), follow_symlinks=False)
-            changed += 1
-    return changed
+            clamped += st.st_mtime > epoch
+    return clamped
 
 
 def debugfs_time_script(root: Path, epoch: int) -> tuple[str, int]:
@@ -137,12 +137,16 @@ def make_image(runner: Runner, out: Path, layout: Layout, ids: Ids, *, boot: Pat
                epoch: int) -> None:
     """Write the partition table, the FAT and the ext4 file systems into `out`."""
     used, inodes = tree_size(root)
-    # ext4 needs room for its metadata and the journal besides the files.
-    if used + used // 10 + 48 * MiB > layout.root_size:
+    # ext4's own share: inode tables (256 bytes per 16 KiB), the journal, directories' and
+    # extents' blocks; what is left must hold the first boot's logs until the root grows.
+    overhead = layout.root_size // 64 + 32 * MiB + used // 50
+    if used + overhead + 16 * MiB > layout.root_size:
         raise ImageTooSmall(
-            f"image.size: the root file system needs about {format_size(used)} "
-            f"({inodes} files) but its partition has {format_size(layout.root_size)}; "
+            f"image.size: the root file system needs about {human_size(used + overhead)} "
+            f"({inodes} files) but its partition has {human_size(layout.root_size)}; "
             f"raise image.size or drop extra_packages")
+    LOG.info("root file system: %s in %d files, partition %s", human_size(used), inodes,
+             human_size(layout.root_size))
     env = {"SOURCE_DATE_EPOCH": str(epoch), "E2FSPROGS_FAKE_TIME": str(epoch),
            "MTOOLS_SKIP_CHECK": "1", "TZ": "UTC"}
     with out.open("wb") as f:
@@ -154,8 +158,11 @@ def make_image(runner: Runner, out: Path, layout: Layout, ids: Ids, *, boot: Pat
              f"type=83\n")
     runner.run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", out],
                stdin=table.encode(), env=env)
-    runner.run(["mkfs.vfat", "--offset", str(layout.boot_start // SECTOR), "-i", ids.boot_volid,
-                "--invariant", "-n", BOOT_LABEL, out, str(layout.boot_size // 1024)], env=env)
+    # FAT32 with 2 KiB clusters: enough clusters for a proper FAT32 at 256 MiB (mkfs.vfat's
+    # own choice fails with --invariant at this size).
+    runner.run(["mkfs.vfat", "--offset", str(layout.boot_start // SECTOR), "-F", "32", "-s", "4",
+                "-i", ids.boot_volid, "--invariant", "-n", BOOT_LABEL, out,
+                str(layout.boot_size // 1024)], env=env)
     fat = f"{out}@@{layout.boot_start}"
     entries = sorted(boot.iterdir())
     if entries:
@@ -212,8 +219,8 @@ class Throughput:
         if now - self._last >= 5 or done >= self.total:
             self._last = now
             rate = done / max(now - self._start, 1e-6)
-            LOG.info("%s: %s of %s, %s/s", self.what, format_size(done),
-                     format_size(self.total), format_size(int(rate)))
+            LOG.info("%s: %s of %s, %s/s", self.what, human_size(done),
+                     human_size(self.total), human_size(rate))
 
 
 def compress_xz(runner: Runner, image: Path, dest: Path) -> None:
@@ -224,7 +231,7 @@ def compress_xz(runner: Runner, image: Path, dest: Path) -> None:
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
-    LOG.info("compressed: %s (%s)", dest, format_size(dest.stat().st_size))
+    LOG.info("compressed: %s (%s)", dest, human_size(dest.stat().st_size))
 
 
 def make_bmap(runner: Runner, image: Path, dest: Path) -> None:

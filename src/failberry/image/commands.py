@@ -161,7 +161,7 @@ def customise_rootfs(ctx: BuildContext) -> None:
 def clamp_times(ctx: BuildContext) -> None:
     """Every timestamp at most SOURCE_DATE_EPOCH (reproducible file systems)."""
     changed = assemble.clamp_times(ctx.root, ctx.epoch)
-    LOG.info("clamped the times of %d paths to %d", changed, ctx.epoch)
+    LOG.info("clamped %d modification times to %d", changed, ctx.epoch)
 
 
 def split_boot(ctx: BuildContext) -> None:
