@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from failberry.bus import UplinkHealth
 from failberry.modem.machine import PPP_EXIT, Phase, PppOutcome
 from failberry.modem.parsers import Signal, parse_csq, pick
 from modem_fakes.rig import CpuWatch, Rig
@@ -256,5 +257,22 @@ def test_pppd_exit_status(tmp_path: Path, status: int) -> None:
             await rig.wait_for(lambda: (rig.ppp0_address() is not None)
                                == (rig.phase is Phase.CONNECTED))
             watch.assert_low()
+
+    run(go())
+
+
+@pytest.mark.timeout(60)
+def test_no_traffic_from_the_probes_redials(tmp_path: Path) -> None:
+    async def go() -> None:
+        async with Rig(tmp_path) as rig:
+            await rig.wait_phase(Phase.CONNECTED)
+            rig.bus.publish(UplinkHealth("wired", False, "ignored: not ours"))
+            rig.bus.publish(UplinkHealth("mobile", False, "3 of 3 probes lost"))
+            await rig.wait_for(lambda: rig.driver.state.ladder_counts["redial"] == 1)
+            assert "no traffic passes: 3 of 3 probes lost" in (
+                rig.driver.state.last_error or "")
+            assert "lost" in [c.state for c in rig.history]
+            await rig.wait_phase(Phase.CONNECTED)
+            assert rig.ppp0_address() == "10.64.64.64"
 
     run(go())

@@ -1,0 +1,94 @@
+"""The smaller pieces: pppd's peer and chat files, discovery's choices, the reboot log."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from failberry.config import ModemConfig, Secret
+from failberry.modem.at import open_serial
+from failberry.modem.discovery import PathWatcher, candidate, choose_ports, probe_port
+from failberry.modem.driver import RebootLog
+from failberry.modem.events import DeviceAdded, DeviceRemoved
+from failberry.modem.ppp import chat_script, write_ppp_files
+from modem_fakes.rig import FAKES
+
+
+def test_chat_script_sets_apn_runs_init_and_dials() -> None:
+    cfg = ModemConfig(apn="internet.example", dial="*99***1#",
+                      init=('AT+CGDCONT=2,"IP","ims"', "AT^SYSCFG=2,2,3FFFFFFF,1,2"))
+    words = shlex.split(chat_script(cfg))
+    pairs = list(zip(words[::2], words[1::2], strict=True))
+    assert ("ABORT", "NO CARRIER") in pairs and ("ABORT", "BUSY") in pairs
+    sends = [send for expect, send in pairs if expect in ("", "OK")]
+    assert sends == ["AT", "ATE0", 'AT+CGDCONT=1,"IP","internet.example"',
+                     'AT+CGDCONT=2,"IP","ims"', "AT^SYSCFG=2,2,3FFFFFFF,1,2", "ATD*99***1#"]
+    assert pairs[-1] == ("CONNECT", "")
+
+
+def test_peer_file_is_private_and_complete(tmp_path: Path) -> None:
+    cfg = ModemConfig(apn="internet", username="web", password=Secret("s3cret"))
+    files = write_ppp_files(cfg, "/dev/ttyUSB2", tmp_path, "ppp0")
+    text = files.peer.read_text()
+    lines = text.splitlines()
+    assert lines[0] == "/dev/ttyUSB2"
+    assert "ifname ppp0" in lines and "nodefaultroute" in lines and "maxfail 1" in lines
+    assert 'user "web"' in lines and 'password "s3cret"' in lines
+    connect = next(ln for ln in lines if ln.startswith("connect "))
+    assert shlex.split(shlex.split(connect)[1])[-1] == str(files.chat)
+    assert files.peer.stat().st_mode & 0o777 == 0o600
+    assert files.chat.stat().st_mode & 0o777 == 0o600
+
+
+def test_candidates_from_udev_properties() -> None:
+    props = {"ID_VENDOR_ID": "19d2", "ID_MODEL_ID": "0031", "DEVNAME": "/dev/ttyUSB1",
+             "ID_USB_INTERFACE_NUM": "01"}
+    assert candidate(props, "1-1.2") is not None
+    assert candidate({**props, "ID_MODEL_ID": "2000"}, "1-1.2") is None  # CD-ROM mode
+    assert candidate({**props, "ID_VENDOR_ID": "0403"}, "1-1.3") is None  # an FTDI cable
+    extra = candidate({**props, "ID_VENDOR_ID": "abcd"}, "1-1.3", ["abcd:0031"])
+    assert extra is not None and extra.interface == 1
+    a = candidate({**props, "DEVNAME": "/dev/ttyUSB3", "ID_USB_INTERFACE_NUM": "03"}, "1-1.2")
+    b = candidate(props, "1-1.2")
+    assert a is not None and b is not None
+    assert choose_ports([a, b]) == (b, a)  # control: lowest interface; PPP: highest
+    assert choose_ports([a]) == (a, a)
+    assert choose_ports([]) is None
+
+
+@pytest.mark.timeout(30)
+def test_probing_and_watching_the_fake_modem(tmp_path: Path) -> None:
+    async def go() -> None:
+        proc = subprocess.Popen([sys.executable, str(FAKES / "fake_modem.py"), str(tmp_path),
+                                 json.dumps({})])
+        try:
+            while not (tmp_path / "ttyUSB1").exists():
+                await asyncio.sleep(0.02)
+            assert await probe_port(str(tmp_path / "ttyUSB1"), open_serial)
+            assert not await probe_port(str(tmp_path / "nothing"), open_serial)
+            watcher = PathWatcher(str(tmp_path / "ttyUSB1"), interval=0.05)
+            events = watcher.events()
+            assert isinstance(await anext(events), DeviceAdded)
+            (tmp_path / "ttyUSB1").unlink()  # the node vanishes
+            assert await anext(events) == DeviceRemoved(str(tmp_path / "ttyUSB1"))
+            await events.aclose()
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+    asyncio.run(go())
+
+
+def test_reboot_log_round_trip(tmp_path: Path) -> None:
+    log = RebootLog(tmp_path / "state" / "reboots.json")
+    assert log.load() == ()
+    log.save((1.0, 2.5))
+    assert log.load() == (1.0, 2.5)
+    (tmp_path / "state" / "reboots.json").write_text("{not json")
+    assert log.load() == ()
