@@ -6,6 +6,7 @@ supervisor must wait, never spin."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,8 @@ def test_pin_required_is_entered_once(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(60)
 def test_wrong_pin_is_not_retried(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+
     async def go() -> None:
         async with Rig(tmp_path, {"sim": "pin", "pin": "2468"}, pin="1111") as rig:
             await rig.wait_phase(Phase.SIM_FAILED)

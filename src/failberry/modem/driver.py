@@ -249,6 +249,7 @@ class Driver:
             return
         self.gen += 1
         gen = self.gen
+        self.last_reg.clear()  # a fresh port: the first URC of each kind counts again
         channel = AtChannel(serial, port, self._urc,
                             lambda gone: self._post_if(gen, ev.PortLost(gone.reason)))
         self.channel = channel
