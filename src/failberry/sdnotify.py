@@ -16,6 +16,7 @@ class Notifier:
     def __init__(self, address: str | None = None) -> None:
         self.address = address if address is not None else os.environ.get("NOTIFY_SOCKET", "")
         self._sock: socket.socket | None = None
+        self._failed: int | None = None  # errno of the last failed send
         if self.address:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
 
@@ -34,8 +35,14 @@ class Notifier:
         try:
             self._sock.sendto("\n".join(assignments).encode(), target)
         except OSError as e:
-            LOG.warning("cannot notify systemd at %s: %s", self.address, e)
+            # Once per kind of failure: the watchdog pings every few hundred milliseconds.
+            if e.errno != self._failed:
+                LOG.warning("cannot notify systemd at %s: %s", self.address, e)
+                self._failed = e.errno
             return False
+        if self._failed is not None:
+            LOG.info("notifying systemd at %s works again", self.address)
+            self._failed = None
         return True
 
     def close(self) -> None:
