@@ -92,3 +92,21 @@ def test_reboot_log_round_trip(tmp_path: Path) -> None:
     assert log.load() == (1.0, 2.5)
     (tmp_path / "state" / "reboots.json").write_text("{not json")
     assert log.load() == ()
+
+
+def test_part_from_config_uses_the_real_seams() -> None:
+    from failberry.bus import Bus
+    from failberry.config import Config
+    from failberry.modem.discovery import UdevDiscovery
+    from failberry.modem.part import ModemPart
+    from failberry.status import Status
+    from failberry.usbpower import SysfsUsbPower
+
+    auto = ModemPart.from_config(Config(modem=ModemConfig(apn="internet")), Status(), Bus())
+    assert auto.name == "modem" and auto.deadline >= 60
+    assert isinstance(auto.discovery, UdevDiscovery)
+    assert isinstance(auto.driver.usb, SysfsUsbPower)
+    assert auto.driver.ppp.argv == ["/usr/sbin/pppd"]
+    fixed = ModemPart.from_config(
+        Config(modem=ModemConfig(apn="internet", device="/dev/ttyUSB2")), Status(), Bus())
+    assert isinstance(fixed.discovery, PathWatcher) and fixed.discovery.path == "/dev/ttyUSB2"
