@@ -48,7 +48,7 @@ def test_run_health_ready_and_sigterm(tmp_path: Path) -> None:
     started = time.monotonic()
     proc = subprocess.Popen(
         [sys.executable, "-m", "failberry", "run", "-c", str(EXAMPLES / "minimal.toml"),
-         "--port", str(port), "--listen", "127.0.0.1"],
+         "--no-network", "--port", str(port), "--listen", "127.0.0.1"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         status = None
@@ -323,7 +323,8 @@ def test_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         proc = subprocess.run([sys.executable, "-m", "failberry", "run", "-c",
-                               str(EXAMPLES / "minimal.toml"), "--port", str(port), "--listen",
+                               str(EXAMPLES / "minimal.toml"), "--no-network", "--port",
+                               str(port), "--listen",
                                "127.0.0.1"], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 1
     assert f"failberry: error: cannot listen on 127.0.0.1:{port}: Address already in use" in (

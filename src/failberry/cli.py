@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-c", "--config", type=Path, default=Path("/etc/failberry/failberry.toml"))
     r.add_argument("--port", type=int, help="override health.port")
     r.add_argument("--listen", help="override health.listen")
+    r.add_argument("--no-network", action="store_true",
+                   help="leave routes, NAT and the firewall alone (trying it on a workstation)")
     r.set_defaults(func=cmd_run)
 
     s = sub.add_parser("status", help="show the running supervisor's status")
@@ -134,7 +136,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
     if args.port is not None and not 0 <= args.port <= 65535:
         raise UsageError(f"--port: {args.port} is not a port")
-    return supervisor.run(cfg, port=args.port, host=args.listen, config_path=args.config)
+    return supervisor.run(cfg, port=args.port, host=args.listen, config_path=args.config,
+                          manage_network=not args.no_network)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,16 +28,15 @@ class Part(Protocol):
         """Run until cancelled."""
 
 
-def build_parts(cfg: Config, status: Status, bus: Bus) -> list[Part]:
+def build_parts(cfg: Config, status: Status, bus: Bus, *,
+                manage_network: bool = True) -> list[Part]:
     """The real parts for this config, with real I/O seams."""
     parts: list[Part] = []
     # -- network: routes, NAT, firewall, link monitor, probes, failover (issue 6) --
     # The network part rewrites the routes, rules, iptables and sysctls of the namespace it
-    # runs in, so it starts only where that is wanted: on the Pi (failberryd.service sets
-    # FAILBERRY_MANAGE_NETWORK=1) or inside a test's namespace, never on a developer's host.
-    import os
-
-    if os.environ.get("FAILBERRY_MANAGE_NETWORK") == "1":
+    # runs in. That is the job on the Pi; `failberry run --no-network` (a workstation, the
+    # tests' root namespace) leaves them alone.
+    if manage_network:
         from failberry.net.part import build as build_network
 
         parts.append(build_network(cfg, status, bus))

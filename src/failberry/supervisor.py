@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import gc
 import logging
 import os
@@ -364,10 +365,14 @@ class Supervisor:
 
 
 def run(cfg: Config, port: int | None = None, host: str | None = None,
-        config_path: Path | None = None) -> int:
+        config_path: Path | None = None, manage_network: bool = True) -> int:
     """Run the supervisor until SIGTERM/SIGINT; the exit status."""
     raise_nofile()
+    if not manage_network:
+        LOG.warning("--no-network: routes, NAT and the firewall are left alone; "
+                    "the LAN is not routed")
+    factory = functools.partial(build_parts, manage_network=manage_network)
     sup = Supervisor(cfg, port=port, host=host, config_path=config_path,
-                     watchdog_period=watchdog_interval())
+                     watchdog_period=watchdog_interval(), parts=factory)
     asyncio.run(sup.run())
     return 0
