@@ -671,13 +671,29 @@ def _dyndns_checks(d: DyndnsConfig, issue: Callable[[str, str], None]) -> None:
                   f"{d.rfc2136.zone!r}")
 
 
-def parse(text: str, source: str = "failberry.toml", base_dir: Path | None = None) -> Config:
-    """Parse config text; raise ConfigError listing every problem found."""
+def _toml(text: str, source: str) -> dict[str, Any]:
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         # tomllib's message already carries "(at line L, column C)".
         raise ConfigError(source, [ConfigIssue("", f"TOML syntax error: {e}")]) from None
+
+
+def _read_text(path: Path) -> str:
+    """A config file's text; a missing, unreadable or non-UTF-8 file is a ConfigError."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(path), [ConfigIssue("", "no such file")]) from None
+    except OSError as e:
+        raise ConfigError(str(path), [ConfigIssue("", f"cannot read: {e.strerror}")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), [ConfigIssue("", "is not UTF-8 text")]) from None
+
+
+def parse(text: str, source: str = "failberry.toml", base_dir: Path | None = None) -> Config:
+    """Parse config text; raise ConfigError listing every problem found."""
+    data = _toml(text, source)
     loader = _Loader(base_dir or Path.cwd())
     cfg = loader.build(Config, data, "")
     if not loader.issues:
@@ -691,17 +707,7 @@ def parse(text: str, source: str = "failberry.toml", base_dir: Path | None = Non
 def load(path: Path | str) -> Config:
     """Read and parse a config file; a missing or unreadable file is a ConfigError too."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(str(path), [ConfigIssue("", "no such file")]) from None
-    except OSError as e:
-        raise ConfigError(str(path), [ConfigIssue("", f"cannot read: {e.strerror}")]) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(str(path), [ConfigIssue("", "is not UTF-8 text")]) from None
-    return parse(text, str(path), path.parent.resolve())
+    return parse(_read_text(path), str(path), path.parent.resolve())
 
 
 def parse_hostguard(text: str, source: str = "hostguard.toml") -> HostguardConfig:
@@ -710,10 +716,7 @@ def parse_hostguard(text: str, source: str = "hostguard.toml") -> HostguardConfi
     Other top-level tables of the full config are accepted and ignored, so the router's own
     file works too; a table the full config does not know is still an error (a typo such as
     `[hostgaurd]` must not silently give the defaults)."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(source, [ConfigIssue("", f"TOML syntax error: {e}")]) from None
+    data = _toml(text, source)
     loader = _Loader(Path.cwd())
     known = {_toml_key(f.name) for f in dataclasses.fields(Config)}
     for key in data:
@@ -735,12 +738,5 @@ def parse_hostguard(text: str, source: str = "hostguard.toml") -> HostguardConfi
 def load_hostguard(path: Path | str) -> HostguardConfig:
     """Read a file and parse its `[hostguard]` table (see `parse_hostguard`)."""
     path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise ConfigError(str(path), [ConfigIssue("", "no such file")]) from None
-    except OSError as e:
-        raise ConfigError(str(path), [ConfigIssue("", f"cannot read: {e.strerror}")]) from None
-    except UnicodeDecodeError:
-        raise ConfigError(str(path), [ConfigIssue("", "is not UTF-8 text")]) from None
+    text = _read_text(path)
     return parse_hostguard(text, str(path))
