@@ -89,7 +89,9 @@ def walk(root: Path) -> Iterator[Path]:
         dirnames.sort()
         base = Path(dirpath)
         yield base
-        for name in sorted(filenames):
+        # os.walk lists a symlink to a directory among the directories and never enters it.
+        links = [d for d in dirnames if (base / d).is_symlink()]
+        for name in sorted(filenames + links):
             yield base / name
 
 
@@ -105,21 +107,52 @@ def clamp_times(root: Path, epoch: int) -> int:
     return clamped
 
 
-def debugfs_time_script(root: Path, epoch: int) -> tuple[str, int]:
-    """debugfs commands pinning ctime and atime of every inode (mke2fs copies the source
-    inode's ctime, which no user-space call can set); skipped names it cannot quote."""
+def debugfs_list_script(root: Path) -> tuple[str, int]:
+    """debugfs commands listing every directory (`ls -p`), which names each entry's inode;
+    and the count of directories skipped because debugfs cannot quote their names."""
     lines = []
     skipped = 0
-    for path in walk(root):
-        rel = "/" + str(path.relative_to(root)) if path != root else "/"
+    for dirpath, dirnames, _ in os.walk(root):
+        dirnames.sort()
+        rel = "/" + str(Path(dirpath).relative_to(root)) if Path(dirpath) != root else "/"
         if any(c in rel for c in '"\n\\') or rel.strip() != rel:
             skipped += 1
             continue
-        lines.append(f'sif "{rel}" ctime @{epoch}')
-        lines.append(f'sif "{rel}" atime @{epoch}')
-    lines.append(f'sif "/lost+found" ctime @{epoch}')
-    lines.append(f'sif "/lost+found" atime @{epoch}')
+        lines.append(f'ls -p "{rel}"')
     return "\n".join(lines) + "\n", skipped
+
+
+def parse_ls_p(output: str) -> set[int]:
+    """Inode numbers from `ls -p` lines (`/INO/MODE/UID/GID/NAME/SIZE/`)."""
+    inodes = set()
+    for line in output.splitlines():
+        fields = line.split("/")
+        if len(fields) >= 7 and line.startswith("/") and fields[1].isdigit():
+            inodes.add(int(fields[1]))
+    return inodes
+
+
+def debugfs_time_script(inodes: set[int], epoch: int) -> str:
+    """debugfs commands pinning ctime and atime of the inodes: mke2fs copies the source
+    inode's ctime, which no user-space call can set. By number, because a path would
+    follow a symlink to its target."""
+    return "".join(f"sif <{ino}> ctime @{epoch}\nsif <{ino}> atime @{epoch}\n"
+                   for ino in sorted(inodes))
+
+
+def pin_inode_times(runner: Runner, fs: str, root: Path, epoch: int,
+                    env: dict[str, str]) -> None:
+    """Set every inode's ctime and atime in the ext4 file system `fs` to `epoch`."""
+    script, skipped = debugfs_list_script(root)
+    if skipped:
+        LOG.warning("%d directories with quotes or backslashes in their names keep their "
+                    "entries' build-time ctime", skipped)
+    listing = runner.run(["debugfs", "-f", "-", fs], stdin=script.encode(), capture=True,
+                         env=env).stdout.decode("utf-8", "replace")
+    inodes = parse_ls_p(listing)
+    runner.run(["debugfs", "-w", "-f", "-", fs],
+               stdin=debugfs_time_script(inodes, epoch).encode(), env=env)
+    LOG.info("pinned the times of %d inodes", len(inodes))
 
 
 def tree_size(root: Path) -> tuple[int, int]:
@@ -172,11 +205,7 @@ def make_image(runner: Runner, out: Path, layout: Layout, ids: Ids, *, boot: Pat
                 "-E", f"offset={layout.root_start},nodiscard,hash_seed={ids.hash_seed},"
                 "root_owner=0:0",
                 "-d", root, out, str(layout.root_size // EXT4_BLOCK)], env=env)
-    script, skipped = debugfs_time_script(root, epoch)
-    if skipped:
-        LOG.warning("%d paths with quotes or backslashes keep their build-time ctime", skipped)
-    runner.run(["debugfs", "-w", "-f", "-", f"{out}?offset={layout.root_start}"],
-               stdin=script.encode(), env=env)
+    pin_inode_times(runner, f"{out}?offset={layout.root_start}", root, epoch, env)
     runner.run(["e2fsck", "-fn", f"{out}?offset={layout.root_start}"], env=env)
 
 

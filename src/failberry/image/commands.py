@@ -160,14 +160,14 @@ def customise_rootfs(ctx: BuildContext) -> None:
 
 def clamp_times(ctx: BuildContext) -> None:
     """Every timestamp at most SOURCE_DATE_EPOCH (reproducible file systems)."""
-    changed = assemble.clamp_times(ctx.root, ctx.epoch)
+    changed = assemble.clamp_times(ctx.root, ctx.epoch) + assemble.clamp_times(ctx.boot,
+                                                                               ctx.epoch)
     LOG.info("clamped %d modification times to %d", changed, ctx.epoch)
 
 
 def split_boot(ctx: BuildContext) -> None:
     """/boot/firmware's files move to the FAT partition; the mount point stays."""
     assemble.split_boot(ctx.root, ctx.boot)
-    assemble.clamp_times(ctx.boot, ctx.epoch)
 
 
 def assemble_image(ctx: BuildContext) -> None:
@@ -218,8 +218,8 @@ BUILD_STEPS: tuple[Step[BuildContext], ...] = (
     Step("bootstrap_base", bootstrap_base),
     Step("unpack_base", unpack_base),
     Step("customise_rootfs", customise_rootfs),
-    Step("clamp_times", clamp_times),
     Step("split_boot", split_boot),
+    Step("clamp_times", clamp_times),
     Step("assemble_image", assemble_image),
     Step("publish_image", publish_image),
     Step("compress_image", compress_image),

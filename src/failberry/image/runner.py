@@ -5,6 +5,7 @@ error, and on failure raises CommandFailed naming the command, its status and th
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import shlex
@@ -112,13 +113,22 @@ class Runner:
 def _communicate(proc: subprocess.Popen[bytes], stdin: bytes | None, capture: bool,
                  timeout: float | None) -> bytes:
     if stdin is not None and proc.stdin:
-        proc.stdin.write(stdin)
-        proc.stdin.close()
+        # Fed from a thread: a program that answers while it reads (debugfs) would otherwise
+        # fill the stdout pipe while we still block writing its input.
+        threading.Thread(target=_feed, args=(proc.stdin, stdin), daemon=True).start()
     stdout = b""
     if capture and proc.stdout:
         stdout = proc.stdout.read()
     proc.wait(timeout=timeout)
     return stdout
+
+
+def _feed(pipe: IO[bytes], data: bytes) -> None:
+    # A program that exits early breaks the pipe; its status says why.
+    with contextlib.suppress(BrokenPipeError):
+        pipe.write(data)
+    with contextlib.suppress(BrokenPipeError):
+        pipe.close()
 
 
 def _stop(proc: subprocess.Popen[bytes], grace: float = TERM_GRACE) -> None:
