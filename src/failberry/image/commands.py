@@ -33,6 +33,7 @@ LOG = logging.getLogger(__name__)
 SOURCE_DIR = Path(__file__).resolve().parents[3]
 BUILD_TOOLS = ("mmdebstrap", "tar", "sfdisk", "mkfs.vfat", "mcopy", "mke2fs", "debugfs",
                "e2fsck", "update-binfmts")
+BASE_IMAGE_TOOLS = ("sfdisk", "mcopy", "debugfs", "e2fsck", "xz")
 COMPRESS_TOOLS = ("xz", "bmaptool")
 
 
@@ -50,6 +51,7 @@ class BuildContext:
     source_dir: Path
     runner: Runner
     compress: bool = False
+    base_image: Path | None = None
     epoch: int = 0
     workdir: Path = Path()
     spec: rootfs.BaseSpec | None = None
@@ -85,12 +87,13 @@ def default_cache_dir() -> Path:
 
 def check_tools(ctx: BuildContext) -> None:
     """Every program the build runs is installed (one message listing the missing ones)."""
-    needed = BUILD_TOOLS + (COMPRESS_TOOLS if ctx.compress else ())
+    needed = (BASE_IMAGE_TOOLS if ctx.base_image else BUILD_TOOLS) + (
+        COMPRESS_TOOLS if ctx.compress else ())
     missing = [t for t in needed if shutil.which(t) is None]
     if missing:
         raise ToolsMissing(f"not installed: {', '.join(missing)}; run `bash scripts/setup.sh` "
                            "(Debian packages in scripts/apt/build.txt)")
-    if os.geteuid() != 0:
+    if os.geteuid() != 0 and not ctx.base_image:
         raise UsageError("failberry build: run as root (files in the image belong to root and "
                          "other users; the build needs binfmt_misc for qemu-user)")
 
@@ -226,9 +229,29 @@ BUILD_STEPS: tuple[Step[BuildContext], ...] = (
 )
 
 
+def customise_base_image(ctx: BuildContext) -> None:
+    """--base-image: a Raspberry Pi OS image customised in place, unmounted (baseimage.py)."""
+    from failberry.image.baseimage import customise_base_image as customise
+
+    assert ctx.base_image is not None
+    ctx.cache_dir.mkdir(parents=True, exist_ok=True)
+    ctx.customised = customise(ctx.cfg, ctx.base_image, ctx.partial,
+                               source_dir=ctx.source_dir, out_dir=ctx.output.parent,
+                               cache_dir=ctx.cache_dir)
+
+
+BASE_IMAGE_STEPS: tuple[Step[BuildContext], ...] = (
+    Step("check_tools", check_tools),
+    Step("make_workdir", make_workdir, remove_workdir),
+    Step("customise_base_image", customise_base_image),
+    Step("publish_image", publish_image),
+    Step("compress_image", compress_image),
+)
+
+
 def build(ctx: BuildContext) -> Timeline:
-    """Run the build steps on `ctx`."""
-    return run_steps(BUILD_STEPS, ctx)
+    """Run the build steps on `ctx` (the base-image steps with --base-image)."""
+    return run_steps(BASE_IMAGE_STEPS if ctx.base_image else BUILD_STEPS, ctx)
 
 
 @contextlib.contextmanager
@@ -251,12 +274,14 @@ def _allocated(path: Path) -> int:
 
 def cmd_build(args: argparse.Namespace) -> int:
     """Build an image."""
-    if args.base_image is not None:
-        raise NotBuiltYet("--base-image is handled by the base-image path (image-custom)")
     cfg = config_mod.load(args.config)
+    base_image = args.base_image.resolve() if args.base_image else None
+    if base_image is not None and not base_image.is_file():
+        raise UsageError(f"--base-image: {args.base_image}: no such file")
     ctx = BuildContext(cfg=cfg, output=args.output.resolve(),
                        cache_dir=(args.cache_dir or default_cache_dir()).resolve(),
-                       source_dir=SOURCE_DIR, runner=Runner(), compress=args.compress)
+                       source_dir=SOURCE_DIR, runner=Runner(), compress=args.compress,
+                       base_image=base_image)
     started = time.monotonic()
     timeline = build(ctx)
     print(summary(ctx, timeline, time.monotonic() - started))
