@@ -379,32 +379,59 @@ def interrupted_dir(slow_dir: Path) -> Iterator[Path]:
     shutil.rmtree(where, ignore_errors=True)
 
 
+def _mmdebstrap_dirs() -> set[str]:
+    return {p.name for p in Path("/tmp").glob("mmdebstrap.*")}
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+        except OSError:
+            continue
+        if text in args:
+            found.append(args)
+    return found
+
+
 @pytest.mark.slow
 @pytest.mark.root
 @pytest.mark.timeout(900)
 def test_interrupted_build_leaves_nothing_and_a_rerun_succeeds(built: tuple[Path, str],
                                                               slow_dir: Path,
-                                                              interrupted_dir: Path) -> None:
+                                                              interrupted_dir: Path,
+                                                              tmp_path: Path) -> None:
     cfg = slow_dir / "fbtest.toml"
     out = interrupted_dir / "fbtest.img"
+    cold_cache = tmp_path / "cold-cache"
     before = _mounts_and_loops()
-    for step in ("unpack_base", "assemble_image"):
+    scratch_before = _mmdebstrap_dirs()
+    # (cache, the line after which SIGINT comes): mid-mmdebstrap (dpkg running under
+    # qemu-user in its namespace), mid-tar, mid-mke2fs/debugfs.
+    cases = ((cold_cache, r"packages: \d+ unpacked"), (CACHE, r"\] unpack_base$"),
+             (CACHE, r"\] assemble_image$"))
+    for cache, trigger in cases:
         proc = subprocess.Popen(
             [sys.executable, "-m", "failberry", "build", "-c", str(cfg), "-o", str(out),
-             "--cache-dir", str(CACHE)], stderr=subprocess.PIPE, text=True)
+             "--cache-dir", str(cache)], stderr=subprocess.PIPE, text=True)
         assert proc.stderr is not None
         log = []
         for line in proc.stderr:
             log.append(line)
-            if re.search(rf"\] {step}$", line.strip()):
-                time.sleep(1.5)  # well inside the step (tar, mke2fs are running)
+            if re.search(trigger, line.strip()):
+                time.sleep(1.5)  # well inside the step
                 proc.send_signal(signal.SIGINT)
                 break
-        rest = proc.communicate(timeout=120)[1]
+        rest = proc.communicate(timeout=180)[1]
         assert proc.returncode == 130, "".join(log) + rest
         assert "interrupted" in rest
-        assert list(interrupted_dir.iterdir()) == [], f"left after SIGINT in {step}"
+        assert list(interrupted_dir.iterdir()) == [], f"left after SIGINT at {trigger}"
+        assert [p.name for p in cache.glob("*.partial*")] == []
         assert str(interrupted_dir) not in _mounts_and_loops()
         assert _mounts_and_loops().count("\n") <= before.count("\n")
+        assert _processes_mentioning(str(interrupted_dir)) == []
+    assert _mmdebstrap_dirs() <= scratch_before, "mmdebstrap left its scratch directory"
+    assert not any(cold_cache.glob("base-*.tar")), "an interrupted bootstrap is not cached"
     _build(cfg, out, timeout=600)
     assert out.with_name(out.name + ".sha256").is_file()

@@ -9,6 +9,7 @@ import fcntl
 import logging
 import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -274,6 +275,8 @@ def _allocated(path: Path) -> int:
 
 def cmd_build(args: argparse.Namespace) -> int:
     """Build an image."""
+    # A SIGTERM (a CI timeout, systemd) unwinds like Ctrl-C: the teardowns run.
+    signal.signal(signal.SIGTERM, _interrupt)
     cfg = config_mod.load(args.config)
     base_image = args.base_image.resolve() if args.base_image else None
     if base_image is not None and not base_image.is_file():
@@ -286,6 +289,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     timeline = build(ctx)
     print(summary(ctx, timeline, time.monotonic() - started))
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def summary(ctx: BuildContext, timeline: Timeline, seconds: float) -> str:

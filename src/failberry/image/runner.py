@@ -61,8 +61,10 @@ class Runner:
         tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         out_file: IO[bytes] | None = stdout_to.open("wb") if stdout_to else None
         try:
+            # Its own process group: an interruption is passed on to the whole group (see
+            # _stop), as a terminal's Ctrl-C would be; mmdebstrap relies on that.
             proc = subprocess.Popen(
-                args, cwd=cwd, env=full_env,
+                args, cwd=cwd, env=full_env, process_group=0,
                 stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
                 stdout=out_file if out_file else (subprocess.PIPE if capture
                                                   else subprocess.DEVNULL),
@@ -97,7 +99,7 @@ class Runner:
         stop it with `stop()`."""
         args = tuple(str(a) for a in argv)
         LOG.info("starting: %s", shlex.join(args))
-        proc = subprocess.Popen(args, cwd=cwd, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(args, cwd=cwd, stdin=subprocess.DEVNULL, process_group=0,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 env={**os.environ, **self.env})
         threading.Thread(target=_read_lines, args=(proc.stdout, collections.deque(maxlen=1),
@@ -106,7 +108,7 @@ class Runner:
 
     @staticmethod
     def stop(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL after `grace` seconds; reaps the process."""
+        """Stop a spawned program and its group (SIGINT, SIGTERM, SIGKILL); reap it."""
         _stop(proc, grace)
 
 
@@ -132,15 +134,18 @@ def _feed(pipe: IO[bytes], data: bytes) -> None:
 
 
 def _stop(proc: subprocess.Popen[bytes], grace: float = TERM_GRACE) -> None:
-    if proc.poll() is not None:
-        return
-    LOG.info("stopping pid %d", proc.pid)
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    """SIGINT to the child's process group (what Ctrl-C sends; mmdebstrap ignores signals
+    itself and cleans up when its children stop), then SIGTERM, then SIGKILL; reaped."""
+    for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, 10.0), (signal.SIGKILL, None)):
+        if proc.poll() is not None:
+            return
+        LOG.info("stopping pid %d with %s", proc.pid, signal.Signals(sig).name)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _read_lines(stream: IO[bytes] | None, tail: collections.deque[str],
