@@ -190,6 +190,24 @@ def test_user_networking_puts_qemu_on_the_configured_lan() -> None:
     assert boottest.slirp_net(cfg) == ("10.9.0.0/16", "10.9.255.254", "10.9.0.1")
 
 
+def test_qemu_command_lines_forward_health_and_ssh_to_the_configured_address(
+        tmp_path: Path) -> None:
+    files = boottest.BootFiles(tmp_path / "vmlinuz", tmp_path / "initrd", "console=ttyS1,115200 "
+                               "root=LABEL=fbroot rw", tmp_path)
+    cfg = _cfg('[health]\nport = 9100\n')
+    virt = boottest.qemu_argv("virt", files, tmp_path / "x.img", cfg, health_port=4000,
+                              ssh_port=4001)
+    line = " ".join(virt)
+    assert "-M virt" in line and "console=ttyAMA0" in line and "ttyS1" not in line
+    assert "hostfwd=tcp:127.0.0.1:4000-192.168.1.2:9100" in line
+    assert "hostfwd=tcp:127.0.0.1:4001-192.168.1.2:22" in line
+    assert "snapshot=on" in line  # the image is never written
+    pi = " ".join(boottest.qemu_argv("raspi3b", files, tmp_path / "x.img", cfg,
+                                     health_port=4000, ssh_port=4001))
+    assert "-M raspi3b" in pi and "bcm2837-rpi-3-b.dtb" in pi and "console=ttyS1,115200" in pi
+    assert "-serial null -serial stdio" in pi  # the Linux console is the second UART
+
+
 def test_boot_report_lists_the_console_only_on_failure() -> None:
     report = boottest.BootReport("virt", milestones=[("kernel", 1.0)], console=["hello"])
     assert "hello" not in report.render() and report.ok
@@ -364,6 +382,18 @@ def test_boot_test_reaches_health_and_logs_in_with_the_key_only(built: tuple[Pat
     assert re.search(r"\d+\.\ds\s+ssh login", res.stdout)
     assert out.with_name(out.name + ".sha256").read_text().split()[0] == hashlib.sha256(
         out.read_bytes()).hexdigest(), "boot-test must not write the image"
+
+
+@pytest.mark.slow
+@pytest.mark.root
+@pytest.mark.timeout(600)
+def test_the_same_image_boots_on_qemus_raspberry_pi_3(built: tuple[Path, str]) -> None:
+    out, _ = built
+    res = run_cli(["boot-test", str(out), "--machine", "raspi3b", "--timeout", "400"],
+                  timeout=550)
+    assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-3000:]
+    for milestone in ("kernel", "root mounted", "systemd", "failberryd"):
+        assert re.search(rf"\d+\.\ds\s+{milestone}$", res.stdout, re.MULTILINE), res.stdout
 
 
 def _mounts_and_loops() -> str:
