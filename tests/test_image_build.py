@@ -461,7 +461,7 @@ def test_interrupted_build_leaves_nothing_and_a_rerun_succeeds(built: tuple[Path
         assert str(interrupted_dir) not in _mounts_and_loops()
         assert _mounts_and_loops().count("\n") <= before.count("\n")
         assert _processes_mentioning(str(interrupted_dir)) == []
-    assert _mmdebstrap_dirs() <= scratch_before, "mmdebstrap left its scratch directory"
+    assert _mmdebstrap_dirs() <= scratch_before, "mmdebstrap left a scratch directory in /tmp"
     assert not any(cold_cache.glob("base-*.tar")), "an interrupted bootstrap is not cached"
     _build(cfg, out, timeout=600)
     assert out.with_name(out.name + ".sha256").is_file()

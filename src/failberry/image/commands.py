@@ -130,6 +130,7 @@ def bootstrap_base(ctx: BuildContext) -> None:
     ctx.cache_dir.mkdir(parents=True, exist_ok=True)
     ctx.base_tar = rootfs.cached_base(ctx.cache_dir, ctx.spec)
     with _locked(ctx.cache_dir / ".lock"):
+        rootfs.remove_stale_partials(ctx.cache_dir)
         if ctx.base_tar.exists():
             LOG.info("base: cached %s (%s)", ctx.base_tar.name,
                      human_size(ctx.base_tar.stat().st_size))

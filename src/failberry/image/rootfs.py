@@ -185,13 +185,27 @@ def bootstrap(runner: Runner, spec: BaseSpec, dest: Path, workdir: Path, *,
     progress = InstallProgress()
     LOG.info("bootstrapping Debian %s %s with %d packages (a cold build takes minutes)",
              spec.suite, spec.arch, len(spec.packages))
+    # mmdebstrap's scratch root and gpg home go into the build's scratch directory, which
+    # the build removes even when mmdebstrap is interrupted before it cleans up.
+    tmpdir = workdir / "tmp"
+    tmpdir.mkdir(exist_ok=True)
     try:
-        runner.run(argv, env={"SOURCE_DATE_EPOCH": str(epoch)}, on_line=progress.line)
+        runner.run(argv, env={"SOURCE_DATE_EPOCH": str(epoch), "TMPDIR": str(tmpdir)},
+                   on_line=progress.line)
         if not runner.dry_run:
             os.replace(partial, dest)
     finally:
         partial.unlink(missing_ok=True)
     LOG.info("base cached: %s (%d packages set up)", dest, progress.configured)
+
+
+def remove_stale_partials(cache_dir: Path) -> None:
+    """Partial base tarballs of builds that were killed (their pid is gone)."""
+    for stale in cache_dir.glob("base-*.partial-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            LOG.info("removing %s left by a killed build", stale.name)
+            stale.unlink(missing_ok=True)
 
 
 def unpack(runner: Runner, tarball: Path, root: Path) -> None:
