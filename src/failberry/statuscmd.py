@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 import urllib.error
 import urllib.request
@@ -29,7 +30,9 @@ def status_url(config_path: Path) -> str:
     """The local /status URL from the config's health port (defaults without a config)."""
     from failberry import config
 
-    if config_path.exists():
+    # The config is 0600 (it holds secrets): an admin without sudo cannot read it, and
+    # then the default port is the best guess; --url overrides it.
+    if config_path.exists() and os.access(config_path, os.R_OK):
         health = config.load(config_path).health
         host, port = health.listen, health.port
     else:

@@ -88,8 +88,13 @@ done
 
 # 2. SSH host keys, unique to this card.
 if ls /etc/ssh/sshd_config >/dev/null 2>&1; then
+    # ed25519 and ECDSA only: every OpenSSH client of the last decade takes them, and an RSA
+    # key costs several seconds of the first boot on a Pi (and under emulation).
     log "generating SSH host keys"
-    ssh-keygen -A
+    for t in ed25519 ecdsa; do
+        key=/etc/ssh/ssh_host_${{t}}_key
+        [ -s $key ] || ssh-keygen -q -t $t -N '' -f $key
+    done
 fi
 
 # 3. machine-id: systemd made a transient one because the file is empty; keep it.
@@ -161,7 +166,10 @@ def sshd_dropin() -> str:
             "KbdInteractiveAuthentication no\n"
             "PermitRootLogin no\n"
             "PubkeyAuthentication yes\n"
-            "PermitEmptyPasswords no\n")
+            "PermitEmptyPasswords no\n"
+            # Only the host keys the first boot makes (no RSA; see the first-boot script).
+            "HostKey /etc/ssh/ssh_host_ed25519_key\n"
+            "HostKey /etc/ssh/ssh_host_ecdsa_key\n")
 
 
 def sudoers(user: str) -> str:
