@@ -261,7 +261,8 @@ def test_boot_partition_and_file_systems_are_sound(
         customised: tuple[Image, object, FakeFetcher]) -> None:
     img, _, _ = customised
     assert img.boot_file("ssh") == ""
-    assert img.boot_file("cmdline.txt") == CMDLINE
+    # Kernel interface names, as on a built image: the LAN file matches eth0.
+    assert img.boot_file("cmdline.txt") == CMDLINE.rstrip("\n") + " net.ifnames=0\n"
     assert "enable_uart=1" in img.boot_file("config.txt")
     assert [p.type for p in read_mbr(img.path)] == [0x0C, 0x83]
     subprocess.run(["e2fsck", "-f", "-n", img.root], check=True, capture_output=True,

@@ -82,6 +82,14 @@ def copy_delta(fs: Ext4, staging: Path, result: CustomiseResult) -> int:
     return len(commands)
 
 
+def kernel_interface_names(cmdline: str) -> str:
+    """cmdline.txt with `net.ifnames=0` added (the one line, other words kept in order)."""
+    words = cmdline.split()
+    if "net.ifnames=0" in words:
+        return cmdline
+    return " ".join([*words, "net.ifnames=0"]) + "\n"
+
+
 def customise_base_image(cfg: Config, image_in: Path, image_out_tmp: Path, *,
                          source_dir: Path, out_dir: Path, cache_dir: Path,
                          fetch: DebFetcher = apt_fetch) -> CustomiseResult:
@@ -108,7 +116,16 @@ def customise_base_image(cfg: Config, image_in: Path, image_out_tmp: Path, *,
         fs.check()
         # Raspberry Pi OS enables sshd when this file is on the boot partition; the unit is
         # enabled in the root too, so either way the admin can log in.
-        Fat(image_out_tmp, boot).write("ssh", b"", Path(tmp))
+        fat = Fat(image_out_tmp, boot)
+        fat.write("ssh", b"", Path(tmp))
+        # failberry's LAN file matches the kernel's name (eth0), as on a built image; without
+        # net.ifnames=0 udev (already in the initramfs, where no file of the root can stop
+        # it) renames the interface (enxMAC on a Pi, enp0s2 under QEMU) and the LAN never
+        # gets its address.
+        cmdline = fat.read("cmdline.txt")
+        if cmdline is None:
+            raise ImageError(f"{image_in}: no cmdline.txt on the boot partition")
+        fat.write("cmdline.txt", kernel_interface_names(cmdline.decode()).encode(), Path(tmp))
     LOG.info("customised base image: %d paths, %d removed, %d debugfs commands, %d packages "
              "for the first boot", len(result.entries), len(result.removed), count, len(debs))
     return result
