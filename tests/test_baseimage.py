@@ -318,3 +318,12 @@ def test_apt_fetches_what_an_arm64_system_lacks(tmp_path: Path) -> None:
     assert names["python3-pyroute2"].endswith("_all.deb")
     for deb in debs:
         assert sh("dpkg-deb", "-f", deb, "Architecture").strip() in ("arm64", "all")
+
+
+def test_kernel_interface_names_is_added_once_and_keeps_the_line() -> None:
+    from failberry.image.baseimage import kernel_interface_names
+
+    line = "console=serial0,115200 root=PARTUUID=5e1f0a4d-02 rootwait\n"
+    once = kernel_interface_names(line)
+    assert once == "console=serial0,115200 root=PARTUUID=5e1f0a4d-02 rootwait net.ifnames=0\n"
+    assert kernel_interface_names(once) == once
