@@ -181,7 +181,7 @@ def test_config_txt_and_cmdline_for_qemu() -> None:
                                                "initrd.img-6.1.0-50-arm64")
     pi = "console=tty0 console=ttyS1,115200 root=LABEL=fbroot rw net.ifnames=0 cma=64M rootwait"
     assert boottest.virt_cmdline(pi, "ttyAMA0") == (
-        "root=LABEL=fbroot rw net.ifnames=0 rootwait console=ttyAMA0")
+        "root=LABEL=fbroot rw net.ifnames=0 rootwait systemd.show_status=1 console=ttyAMA0")
 
 
 def test_user_networking_puts_qemu_on_the_configured_lan() -> None:
@@ -205,6 +205,7 @@ def test_qemu_command_lines_forward_health_and_ssh_to_the_configured_address(
     pi = " ".join(boottest.qemu_argv("raspi3b", files, tmp_path / "x.img", cfg,
                                      health_port=4000, ssh_port=4001))
     assert "-M raspi3b" in pi and "bcm2837-rpi-3-b.dtb" in pi and "console=ttyS1,115200" in pi
+    assert "systemd.journald.forward_to_console=1" in pi
     assert "-serial null -serial stdio" in pi  # the Linux console is the second UART
 
 

@@ -324,6 +324,8 @@ def cmd_boot_test(args: argparse.Namespace) -> int:
     """Boot-test an image."""
     from failberry.image.boottest import BootTestOptions, boot_test
 
+    # SIGTERM unwinds like Ctrl-C, so QEMU is stopped and the scratch directory removed.
+    signal.signal(signal.SIGTERM, _interrupt)
     report = boot_test(BootTestOptions(
         image=args.image, timeout=args.timeout, machine=args.machine, ssh_key=args.ssh_key))
     print(report.render())
