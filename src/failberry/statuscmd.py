@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from failberry.errors import FailberryError
+from failberry.units import human_size
 
 TIMEOUT = 3.0
 _WILDCARDS = ("0.0.0.0", "::", "127.0.0.1", "::1")
@@ -95,12 +96,7 @@ def _duration(secs: Any) -> str:
 def _bytes(n: Any) -> str:
     if not isinstance(n, int | float):
         return "?"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"
+    return human_size(n)
 
 
 def _uplink_line(name: str, u: Mapping[str, Any]) -> str:
