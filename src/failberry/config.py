@@ -224,6 +224,21 @@ def _base64(value: str) -> str:
     return value
 
 
+def _abs_path(value: str) -> str:
+    return value if value.startswith("/") else _bad(f"{value!r} is not an absolute path")
+
+
+def _command(value: object) -> tuple[str, ...]:
+    argv = _str_list(lambda s: s if s else _bad("must not be empty"))(value)
+    if not argv:
+        raise ValueError("must name a program")
+    return argv
+
+
+def _dev_path(value: str) -> str:
+    return value if value.startswith("/dev/") else _bad("must be a path under /dev")
+
+
 def _usb_id(value: str) -> str:
     vid, sep, pid = value.partition(":")
     ok = sep and len(vid) == 4 and len(pid) == 4
@@ -324,6 +339,12 @@ class ModemConfig:
     password: Secret | None = opt(None, _str(_no_quotes))
     usb_ids: tuple[str, ...] = opt((), _str_list(_usb_id),
                                    doc="extra vendor:product ids to treat as modems")
+    enabled: bool = opt(True, doc="false: no modem part; the mobile interface is brought up "
+                                  "by something else")
+    at_port: str = opt("", _optional_str(_dev_path),
+                       doc="AT port kept for monitoring while the data port carries PPP; "
+                           "empty: found automatically")
+    pppd: str = opt("/usr/sbin/pppd", _str(_abs_path), doc="the pppd program")
 
 
 @dataclass(frozen=True)
@@ -432,6 +453,16 @@ class RecoveryConfig:
     backoff_initial: float = opt(5.0, _duration(0.01, 3600))
     backoff_max: float = opt(300.0, _duration(0.01, 86400))
     stable_after: float = opt(600.0, _duration(1, 86400), doc="reset the ladder after this")
+    reboot_command: tuple[str, ...] = opt(("systemctl", "reboot"), _command,
+                                          doc="the command the last rung runs")
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    """`[paths]`: where the supervisor keeps runtime files and state that survives reboots."""
+
+    run_dir: str = opt("/run/failberry", _str(_abs_path))
+    state_dir: str = opt("/var/lib/failberry", _str(_abs_path))
 
 
 @dataclass(frozen=True)
@@ -465,6 +496,7 @@ class Config:
     dyndns: DyndnsConfig = section(DyndnsConfig)
     recovery: RecoveryConfig = section(RecoveryConfig)
     hostguard: HostguardConfig = section(HostguardConfig)
+    paths: PathsConfig = section(PathsConfig)
 
 
 # ---------------------------------------------------------------------------------------------
