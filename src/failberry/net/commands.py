@@ -17,16 +17,19 @@ LOG = logging.getLogger(__name__)
 
 
 def clean(state_dir: Path) -> list[str]:
-    """Remove every route, rule and chain failberry owns; restore saved sysctls."""
+    """Remove every route, rule and chain (IPv4 and IPv6) failberry owns; restore saved
+    sysctls."""
     from pyroute2 import IPRoute
 
     from failberry.net.apply_routes import RouteApplier
     from failberry.net.firewall import IptcFirewall
+    from failberry.net.firewall6 import Ip6tcFirewall
     from failberry.net.sysctl import ProcSysctl, SysctlManager
 
     with IPRoute() as nl:
         changes = RouteApplier(nl).clean()
     changes += IptcFirewall().clean()
+    changes += Ip6tcFirewall().clean()
     changes += SysctlManager(ProcSysctl(), state_dir).restore()
     return changes
 
@@ -47,7 +50,7 @@ def apply_once(cfg_path: Path, active: str | None, state_dir: Path) -> list[str]
     from failberry import config
     from failberry.net import plan
     from failberry.net.apply_routes import RouteApplier
-    from failberry.net.firewall import IptcFirewall
+    from failberry.net.firewall6 import dual_stack
     from failberry.net.sysctl import ProcSysctl, SysctlManager
 
     cfg = config.load(cfg_path)
@@ -57,7 +60,7 @@ def apply_once(cfg_path: Path, active: str | None, state_dir: Path) -> list[str]
         want = plan.plan(cfg, links, active)
         changes = routes.apply(want.routes, want.rules)
     changes += SysctlManager(ProcSysctl(), state_dir).apply(want.sysctls)
-    changes += IptcFirewall().sync(want.chains)
+    changes += dual_stack(cfg).sync(want.chains)
     return changes
 
 

@@ -96,6 +96,7 @@ class NetworkPart:
                                               c.probe_interval, HealthTracker(th))
         self._lock = asyncio.Lock()
         self._published: str | None = None
+        self._left: str | None = None  # the last uplink that carried the LAN
         self._over_cap = False
         self._recheck: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -113,6 +114,7 @@ class NetworkPart:
         tasks = []
         try:
             await self._reconcile("start")
+            await self._drop_unnated()
             tasks = [asyncio.create_task(self._probe_loop(u), name=f"probe-{n}")
                      for n, u in self.uplinks.items()]
             tasks += [asyncio.create_task(self._events(), name="net-events"),
@@ -130,6 +132,13 @@ class NetworkPart:
             self.usage.maybe_persist(self.s.clock(), force=True)
             await self._blocking(self._clean_sync)
             self._pool.shutdown()
+
+    async def _drop_unnated(self) -> None:
+        # NAT exists now; LAN flows that went out before it keep their private source.
+        try:
+            await self.s.flusher.drop_unnated(self.cfg.lan.address)
+        except Exception as e:  # noqa: BLE001  a failed clean-up must not stop the part
+            LOG.warning("could not delete un-NATed LAN flows: %s", e)
 
     def _clean_sync(self) -> None:
         for change in (self.routes.clean() + self.s.firewall.clean() + self.sysctls.restore()):
@@ -231,13 +240,18 @@ class NetworkPart:
         changes = await self._blocking(self._apply, desired)
         for change in changes:
             LOG.info("%s (%s)", change, why)
-        if decision.changed:
-            old = self.uplinks[previous] if previous else None
-            if old is not None and old.address:
+        if decision.active is not None and self._left not in (None, decision.active):
+            # Flows NATed through the uplink we left go only once another one carries the
+            # LAN: with no uplink at all they may still resume where they were.
+            old = self.uplinks[self._left]
+            if old.address:
                 try:
                     await self.s.flusher.flush_nat(old.address)
                 except Exception as e:  # noqa: BLE001  a failed flush must not stop failover
                     LOG.warning("could not flush flows NATed to %s: %s", old.address, e)
+        if decision.active is not None:
+            self._left = decision.active
+        if decision.changed:
             self.bus.publish(ActiveUplinkChanged(decision.active, previous, decision.reason))
         addr = links[self.uplinks[decision.active].spec.interface].address \
             if decision.active else None
@@ -287,8 +301,8 @@ def build(cfg: Config, status: Status, bus: Bus, state_dir: Path = STATE_DIR,
     """The part with real seams: pyroute2, python-iptables, /proc/sys, conntrack, sockets."""
     from pyroute2 import IPRoute
 
-    from failberry.net.conntrack import ConntrackTool
-    from failberry.net.firewall import IptcFirewall
+    from failberry.net.conntrack import NetlinkConntrack
+    from failberry.net.firewall6 import dual_stack
     from failberry.net.sysctl import ProcSysctl
     from failberry.probes import SocketProber
 
@@ -297,6 +311,6 @@ def build(cfg: Config, status: Status, bus: Bus, state_dir: Path = STATE_DIR,
     def links() -> list[tuple[int, str]]:
         return [(m["index"], m.get_attr("IFLA_IFNAME")) for m in nl.get_links()]
 
-    seams = Seams(nl, IptcFirewall(), ProcSysctl(), ConntrackTool(), SocketProber(),
+    seams = Seams(nl, dual_stack(cfg), ProcSysctl(), NetlinkConntrack(), SocketProber(),
                   LinkMonitor(IPRoute, links))
     return NetworkPart(cfg, status, bus, seams, state_dir=state_dir, usage_path=usage_path)
