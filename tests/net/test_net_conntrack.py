@@ -5,6 +5,7 @@ to the old uplink go, never the router's own, and nothing goes while no other up
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import select
@@ -54,10 +55,8 @@ class Stream:
         while not self.stop.wait(0.02):
             if self.paused.is_set():
                 continue
-            try:
+            with contextlib.suppress(OSError):  # no route while no uplink is up
                 self.tx.sendto(b"x", (SERVER, self.dport))
-            except OSError:
-                pass  # no route while no uplink is up
 
     def sources(self, seconds: float) -> list[str]:
         """The source address of every datagram that arrives in the next `seconds`."""

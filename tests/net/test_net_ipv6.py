@@ -61,7 +61,7 @@ def save6(topo: Topology) -> str:
                      if not line.startswith("#"))
 
 
-def reaches(topo: Topology, ns: str, addr: str, port: int, dev: str | None = None,
+def reaches(topo: Topology, ns: str, addr: str, port: int, dev: str | None = None, *,
             timeout: float = 1.0) -> bool:
     """A TCP handshake from namespace `ns` to [addr]:port completes (the listener's backlog
     completes it; nobody needs to accept)."""
