@@ -103,13 +103,13 @@ def reply_dst(line: str) -> str:
     """The reply tuple's destination: the NAT address, or the LAN source if not NATed."""
     found = re.findall(r"dst=(\S+)", line)
     assert len(found) == 2, line
-    return found[1]
+    return str(found[1])
 
 
 def entry_id(line: str) -> str:
     m = re.search(r"id=(\d+)", line)
     assert m, line
-    return m.group(1)
+    return str(m.group(1))
 
 
 @pytest.mark.root

@@ -9,14 +9,16 @@ import re
 import select
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 from topology import PY, ROOT, Part, Topology, config_text, topology_fixture
 
 from failberry import config
+from failberry.errors import FailberryError
 from failberry.net import firewall6
+from failberry.net.plan import ChainSpec
 
 PI_WIRED6 = "2001:db8:1::2"
 WISP6 = "2001:db8:1::1"
@@ -242,3 +244,41 @@ def test_no_ipv6_in_the_kernel_means_nothing_to_do(tmp_path: Path) -> None:
     cfg = config.parse(GATEWAY.format(mode="gateway"))
     assert fw.sync(firewall6.chains(cfg)) == []
     assert fw.clean() == []
+
+
+class _Fake:
+    def __init__(self, name: str, fail: bool = False) -> None:
+        self.name = name
+        self.fail = fail
+        self.synced: list[tuple[ChainSpec, ...]] = []
+
+    def sync(self, chains: Sequence[ChainSpec]) -> list[str]:
+        self.synced.append(tuple(chains))
+        if self.fail:
+            raise FailberryError(f"{self.name} broken")
+        return [f"{self.name} synced"]
+
+    def clean(self) -> list[str]:
+        if self.fail:
+            raise FailberryError(f"{self.name} broken")
+        return [f"{self.name} cleaned"]
+
+    def counters(self, table: str, chain: str) -> list[tuple[int, int]]:
+        return [(1, 2)] if self.name == "v4" else []
+
+
+def test_dual_stack_applies_each_family_even_when_the_other_fails() -> None:
+    chains6 = firewall6.chains(config.parse(GATEWAY.format(mode="gateway")))
+    v4, v6 = _Fake("v4"), _Fake("v6")
+    fw = firewall6.DualStackFirewall(v4, v6, chains6)
+    assert fw.sync(()) == ["v4 synced", "v6 synced"]
+    assert v6.synced == [chains6] and v4.synced == [()]
+    assert fw.clean() == ["v4 cleaned", "v6 cleaned"]
+    assert fw.counters("filter", "fb-mobile-out") == [(1, 2)]
+    broken = firewall6.DualStackFirewall(v4, _Fake("v6", fail=True), chains6)
+    with pytest.raises(FailberryError, match="v6 broken"):
+        broken.sync(())
+    assert len(v4.synced) == 2  # IPv4 applied all the same
+    broken = firewall6.DualStackFirewall(_Fake("v4", fail=True), v6, chains6)
+    with pytest.raises(FailberryError, match="v4 broken"):
+        broken.clean()

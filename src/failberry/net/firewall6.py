@@ -13,7 +13,7 @@ nothing and clean-up removes exactly them and their jumps."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +119,8 @@ class Ip6tcFirewall(IptcFirewall):
 
 class DualStackFirewall:
     """The part's firewall: the IPv4 chains it is given, plus this config's fixed IPv6 chains,
-    applied, cleaned and repaired together (IPv6 first, so it is closed before IPv4 opens)."""
+    applied, cleaned and repaired together. Each family is tried even when the other fails, so
+    a broken ip6tables never keeps the IPv4 firewall and NAT from being applied."""
 
     def __init__(self, v4: Firewall, v6: Firewall, chains6: Sequence[ChainSpec]) -> None:
         self.v4 = v4
@@ -128,15 +129,30 @@ class DualStackFirewall:
 
     def sync(self, chains: Sequence[ChainSpec]) -> list[str]:
         """Make our IPv4 chains equal to these and the IPv6 ones to the config's."""
-        return self.v6.sync(self.chains6) + self.v4.sync(chains)
+        return _both(lambda: self.v4.sync(chains), lambda: self.v6.sync(self.chains6))
 
     def clean(self) -> list[str]:
         """Remove every chain we own, IPv4 and IPv6."""
-        return self.v4.clean() + self.v6.clean()
+        return _both(self.v4.clean, self.v6.clean)
 
     def counters(self, table: str, chain: str) -> list[tuple[int, int]]:
         """(packets, bytes) of each rule of an IPv4 chain; empty if it does not exist."""
         return self.v4.counters(table, chain)
+
+
+def _both(*calls: Callable[[], list[str]]) -> list[str]:
+    changes: list[str] = []
+    error: FailberryError | None = None
+    for call in calls:
+        try:
+            changes += call()
+        except FailberryError as e:
+            error = error or e
+    if error is not None:
+        for change in changes:  # the caller logs changes only when nothing failed
+            LOG.info("%s (before the error below)", change)
+        raise error
+    return changes
 
 
 def dual_stack(cfg: Config, v4: Firewall | None = None) -> DualStackFirewall:
