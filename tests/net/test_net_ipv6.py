@@ -150,6 +150,10 @@ def test_uplinks_closed_to_ipv6_lan_open_and_stop_restores(topo6: Topology,
         assert exposure(topo) == OPEN_ALL
         part = Part(topo, tmp_path, config_text())
         part.active("wired")
+        # Forget every neighbour, so the uplink side has to get through neighbour discovery
+        # again (the allowed port is reachable only if it does).
+        for ns in ("pi", "lan", "wisp", "misp"):
+            topo.sh(ns, "ip -6 neigh flush all")
         assert exposure(topo) == FILTERED
         assert "-A INPUT -j fb-input" in save6(topo)
         assert part.stop() == 0

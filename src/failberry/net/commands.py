@@ -23,13 +23,12 @@ def clean(state_dir: Path) -> list[str]:
 
     from failberry.net.apply_routes import RouteApplier
     from failberry.net.firewall import IptcFirewall
-    from failberry.net.firewall6 import Ip6tcFirewall
+    from failberry.net.firewall6 import DualStackFirewall, Ip6tcFirewall
     from failberry.net.sysctl import ProcSysctl, SysctlManager
 
     with IPRoute() as nl:
         changes = RouteApplier(nl).clean()
-    changes += IptcFirewall().clean()
-    changes += Ip6tcFirewall().clean()
+    changes += DualStackFirewall(IptcFirewall(), Ip6tcFirewall(), ()).clean()
     changes += SysctlManager(ProcSysctl(), state_dir).restore()
     return changes
 
