@@ -10,6 +10,7 @@ import json
 import re
 import select
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -201,9 +202,17 @@ def test_no_flush_without_another_uplink_flush_on_a_real_switch(
 
 FLUSH = """
 import asyncio, json, subprocess, sys
-from failberry.net.conntrack import NetlinkConntrack, nat_flows_to
+from pyroute2 import Conntrack
+from failberry.net.conntrack import NetlinkConntrack
+from failberry.net.ctnetlink import CtNetlink
+with CtNetlink() as c:
+    ours = {(f.proto, f.src, f.dst, f.reply_src, f.reply_dst, f.status, f.id) for f in c.dump()}
+with Conntrack() as c:
+    theirs = {(e.tuple_orig.proto, e.tuple_orig.saddr, e.tuple_orig.daddr, e.tuple_reply.saddr,
+               e.tuple_reply.daddr, e.status, e.id) for e in c.dump_entries()}
 ct = NetlinkConntrack()
-out = {"first": asyncio.run(ct.flush_nat(sys.argv[1])),
+out = {"decoded": len(ours), "same as pyroute2": ours == theirs,
+       "first": asyncio.run(ct.flush_nat(sys.argv[1])),
        "again": asyncio.run(ct.flush_nat(sys.argv[1])),
        "unnated": asyncio.run(ct.drop_unnated("192.168.50.1/24"))}
 def gone_first(flows, local):
@@ -243,13 +252,15 @@ def test_flush_keeps_the_routers_own_flows_and_tolerates_nothing_and_gone(
                           SERVER], capture_output=True, text=True, cwd=ROOT, timeout=30)
     assert out.returncode == 0, out.stderr
     got: dict[str, Any] = json.loads(out.stdout)
+    assert got["decoded"] >= 3 and got["same as pyroute2"]
     assert got["first"] == 1 and got["again"] == 0 and got["unnated"] == 0
     assert got["raced"] == 0  # both own entries vanished before the delete: not an error
     assert not entry(topo, 40002)
 
 
 def test_selection_is_pure_and_leaves_the_router_alone() -> None:
-    from failberry.net.conntrack import IPS_SRC_NAT, Flow, nat_flows_to, unnated_flows
+    from failberry.net.conntrack import IPS_SRC_NAT, nat_flows_to, unnated_flows
+    from failberry.net.ctnetlink import Flow
 
     nat = IPS_SRC_NAT
     local = frozenset({"192.168.50.1", "203.0.113.2", "127.0.0.1"})
@@ -268,3 +279,39 @@ def test_selection_is_pure_and_leaves_the_router_alone() -> None:
              bcast, foreign]
     assert nat_flows_to(flows, "203.0.113.2", local) == [lan_natted]
     assert unnated_flows(flows, "192.168.50.1/24", local) == [leaked]
+
+
+def test_decoder_reads_what_pyroute2_encodes_and_deletes_by_the_same_bytes() -> None:
+    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple, nfct_msg
+
+    from failberry.net.ctnetlink import Flow, parse_entry
+
+    msg = nfct_msg.create_from(
+        tuple_orig=NFCTAttrTuple(saddr="192.168.50.10", daddr="192.0.2.80", proto=17,
+                                 sport=40000, dport=5000),
+        tuple_reply=NFCTAttrTuple(saddr="192.0.2.80", daddr="203.0.113.2", proto=17,
+                                  sport=5000, dport=40000),
+        status=0x1B8, id=12345)
+    msg["nfgen_family"] = socket.AF_INET
+    msg.encode()
+    data = bytes(msg.data)
+    flow = parse_entry(data, 20, len(data))
+    assert flow == Flow(17, "192.168.50.10", "192.0.2.80", "192.0.2.80", "203.0.113.2", 0x1B8,
+                        12345)
+    assert flow is not None
+    # A delete carries the entry's own attributes: pyroute2 reads them back as sent.
+    back = nfct_msg(struct.pack("=IHHII", 20 + len(flow.key), 0x102, 5, 1, 0) + bytes(4)
+                    + flow.key)
+    back.decode()
+    assert back.get_attr("CTA_ID") == 12345
+    orig = back.get_attr("CTA_TUPLE_ORIG").get_attr("CTA_TUPLE_PROTO")
+    assert (orig.get_attr("CTA_PROTO_SRC_PORT"), orig.get_attr("CTA_PROTO_DST_PORT")) == \
+        (40000, 5000)
+    assert back.get_attr("CTA_TUPLE_REPLY") is None
+    ipv6 = nfct_msg.create_from(
+        tuple_orig=NFCTAttrTuple(family=socket.AF_INET6, saddr="fd00::1", daddr="2001:db8::1",
+                                 proto=17),
+        tuple_reply=NFCTAttrTuple(family=socket.AF_INET6, saddr="2001:db8::1",
+                                  daddr="fd00::1", proto=17))
+    ipv6.encode()
+    assert parse_entry(bytes(ipv6.data), 20, len(ipv6.data)) is None

@@ -1,4 +1,4 @@
-"""Conntrack clean-ups through ctnetlink (pyroute2's `NFCTSocket`), never a subprocess.
+"""Conntrack clean-ups through ctnetlink (`failberry.net.ctnetlink`), never a subprocess.
 
 - On a switch, forget the LAN flows NATed through the uplink we left, so their clients reconnect
   at once through the new one instead of sending into a NAT binding that names the old address.
@@ -13,15 +13,14 @@ the dump and the delete is what we wanted anyway, not an error."""
 from __future__ import annotations
 
 import asyncio
-import errno
 import ipaddress
 import logging
 import socket
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from failberry.errors import FailberryError
+from failberry.net.ctnetlink import CtNetlink, Flow
 
 LOG = logging.getLogger(__name__)
 
@@ -45,20 +44,6 @@ class FlowFlusher(Protocol):
 
     async def drop_unnated(self, lan: str) -> int:
         """Delete the flows from the `lan` prefix that left un-NATed; how many."""
-
-
-@dataclass(frozen=True)
-class Flow:
-    """One IPv4 conntrack entry: its original and reply tuples' addresses and its status."""
-
-    proto: int
-    src: str
-    dst: str
-    reply_src: str
-    reply_dst: str
-    status: int
-    id: int | None = None
-    key: Any = field(default=None, compare=False, repr=False)  # CTA_TUPLE_ORIG, to delete by
 
 
 def _mine(f: Flow, local: frozenset[str]) -> bool:
@@ -86,27 +71,6 @@ def unnated_flows(flows: Iterable[Flow], lan: str, local: frozenset[str]) -> lis
     return [f for f in flows if not f.status & (IPS_SRC_NAT | IPS_DST_NAT)
             and f.reply_dst == f.src and ipaddress.IPv4Address(f.src) in net
             and not _mine(f, local) and _routed(f.dst, net, local)]
-
-
-def _plain(nla: Any) -> dict[str, Any]:
-    """A dumped nla as the `{'attrs': [...]}` form pyroute2 encodes, to send a tuple back."""
-    return {"attrs": [[name, _plain(v) if hasattr(v, "get_attr") else v]
-                      for name, v in nla["attrs"]]}
-
-
-def _flow(msg: Any) -> Flow | None:
-    orig, reply = msg.get_attr("CTA_TUPLE_ORIG"), msg.get_attr("CTA_TUPLE_REPLY")
-    if orig is None or reply is None:
-        return None
-    oip, rip = orig.get_attr("CTA_TUPLE_IP"), reply.get_attr("CTA_TUPLE_IP")
-    proto = orig.get_attr("CTA_TUPLE_PROTO")
-    addrs = (oip.get_attr("CTA_IP_V4_SRC"), oip.get_attr("CTA_IP_V4_DST"),
-             rip.get_attr("CTA_IP_V4_SRC"), rip.get_attr("CTA_IP_V4_DST"))
-    if None in addrs or proto is None:
-        return None
-    return Flow(int(proto.get_attr("CTA_PROTO_NUM") or 0), *addrs,
-                status=int(msg.get_attr("CTA_STATUS") or 0), id=msg.get_attr("CTA_ID"),
-                key=_plain(orig))
 
 
 def local_addresses() -> frozenset[str]:
@@ -151,23 +115,12 @@ class NetlinkConntrack:
         LOG.log(level, "deleted %d conntrack entries " + what, n, arg)
 
     def _delete(self, what: str, select: Selector) -> int:
-        from pyroute2.netlink.exceptions import NetlinkError
-        from pyroute2.netlink.nfnetlink.nfctsocket import NFCTSocket
-
         try:
             local = self.local()
-            with NFCTSocket(nfgen_family=socket.AF_INET) as ct:
-                flows = [f for f in map(_flow, ct.dump()) if f is not None]
-                gone = 0
-                for f in select(flows, local):
-                    try:
-                        # With its id, only this very entry goes, not a new one that has
-                        # taken the same tuple since the dump.
-                        ct.entry("del", tuple_orig=f.key, id=f.id)
-                        gone += 1
-                    except NetlinkError as e:
-                        if e.code != errno.ENOENT:  # already gone: fine
-                            raise
-                return gone
-        except (NetlinkError, OSError) as e:
+            with CtNetlink() as ct:
+                # Each delete names the entry's id: only that very entry goes, not a new one
+                # that has taken the same tuple since the dump; one that is gone already is
+                # what we wanted.
+                return sum(ct.delete(f) for f in select(ct.dump(), local))
+        except OSError as e:
             raise ConntrackError(f"delete {what}", e) from e
