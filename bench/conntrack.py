@@ -12,7 +12,7 @@ Run as root: .venv/bin/python bench/conntrack.py [-n 10] [--flows 1000]
 
 Measured on the 2-core CI kind of machine, shared with other jobs (n=20, 1000 flows): flush
 p50 65 ms (conntrack -D 41 ms; pyroute2's NFCTSocket codec, tried first, about 960 ms); nothing
-to delete p50 20 ms (conntrack -D 16 ms, and exit status 1 before 1.4.8); re-apply with nothing
+to delete p50 20 ms (conntrack -D 16 ms, exiting with status 1); re-apply with nothing
 changed p50 12.6 ms IPv4 alone, 24.4 ms with IPv6 (x1.94), once every 5 s.
 """
 
