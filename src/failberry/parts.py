@@ -51,4 +51,8 @@ def build_parts(cfg: Config, status: Status, bus: Bus, *,
         from failberry.dyndns.part import DyndnsPart
         parts.append(DyndnsPart.from_config(cfg, status, bus))
     # -- end dynamic DNS --
+    # -- the Pi's own health: under-voltage, temperature, SD card (issue 19) --
+    from failberry.pihealth.part import PiHealthPart
+    parts.append(PiHealthPart.from_config(cfg, status, bus))
+    # -- end Pi health --
     return parts

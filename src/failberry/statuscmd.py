@@ -116,6 +116,42 @@ def _uplink_line(name: str, u: Mapping[str, Any]) -> str:
     return " ".join(words)
 
 
+def _pihealth_lines(pi: Mapping[str, Any], now: float) -> list[str]:
+    """The Pi's power, temperature and SD card; a field the board lacks is left out."""
+    words: list[str] = []
+    power = pi.get("power")
+    if isinstance(power, Mapping):
+        text = "UNDER-VOLTAGE NOW, " if power.get("undervoltage") else ""
+        text += (f"under-voltage {power.get('events_total', 0)}x "
+                 f"({_duration(power.get('seconds_total'))}) since boot, "
+                 f"{power.get('events_last_hour', 0)}x in the last hour")
+        if power.get("last_seen_at") is not None and not power.get("undervoltage"):
+            text += f", last {_ago(power.get('last_seen_at'), now)}"
+        words.append(text)
+    temp = pi.get("temperature")
+    if isinstance(temp, Mapping) and isinstance(temp.get("max_celsius"), int | float):
+        words.append(f"{temp['max_celsius']:.0f} °C" + (" HOT" if temp.get("hot") else ""))
+    storage = pi.get("storage")
+    if isinstance(storage, Mapping):
+        if storage.get("root_readonly"):
+            words.append("ROOT READ-ONLY")
+        elif storage.get("root_readonly") is False:
+            words.append("root rw")
+        if isinstance(storage.get("errors_total"), int):
+            words.append(f"{storage['errors_total']} SD errors")
+    if not words:
+        return ["pi: no power or temperature sensors on this board"]
+    lines = ["pi: " + ", ".join(words)]
+    if isinstance(storage, Mapping) and storage.get("last_error"):
+        lines.append(f"  last SD error {_ago(storage.get('last_error_at'), now)}: "
+                     f"{storage['last_error']}")
+    alerts = pi.get("alerts") or []
+    if isinstance(alerts, list) and alerts and isinstance(alerts[-1], Mapping):
+        last = alerts[-1]
+        lines.append(f"  last warning {_ago(last.get('at'), now)}: {last.get('message', '')}")
+    return lines
+
+
 def render(doc: Mapping[str, Any], now: float | None = None) -> list[str]:
     """The one-screen summary of a /status document."""
     now = time.time() if now is None else now
@@ -174,6 +210,9 @@ def render(doc: Mapping[str, Any], now: float | None = None) -> list[str]:
                      f", confirmed {_ago(dyn.get('last_confirmed'), now)}")
         if dyn.get("last_error"):
             lines.append(f"  last error: {dyn['last_error']}")
+    pi = (doc.get("parts") or {}).get("pihealth")
+    if isinstance(pi, Mapping):
+        lines.extend(_pihealth_lines(pi, now))
     stale = [n for n, p in (doc.get("parts") or {}).items()
              if isinstance(p, Mapping) and p.get("stale")]
     if stale:
