@@ -493,7 +493,7 @@ def _celsius(value: object) -> float:
 class PihealthConfig:
     """`[pihealth]`: the Pi's own health: under-voltage, temperature, SD card errors."""
 
-    interval: float = opt(5.0, _duration(0.5, 600), doc="read sysfs and the kernel log")
+    interval: float = opt(5.0, _duration(0.1, 600), doc="read sysfs and the kernel log")
     temperature_warning: float = opt(80.0, _celsius, doc="degrees Celsius; the firmware "
                                      "throttles at 80-85")
     alert_interval: float = opt(900.0, _duration(0, 86400),
