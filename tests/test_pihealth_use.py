@@ -229,3 +229,32 @@ def test_config_check_accepts_the_section(tmp_path: Path) -> None:
     proc = run_cli(["config", "check", "-c", str(f)])
     assert proc.returncode == 2 and "pihealth.temperature_warning" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_build_parts_includes_pi_health() -> None:
+    from failberry.parts import build_parts
+
+    cfg = config.parse('[modem]\napn = "x"\n[pihealth]\ntemperature_warning = 70\n')
+    [pih] = [p for p in build_parts(cfg, Status(), Bus(), manage_network=False)
+             if p.name == "pihealth"]
+    assert isinstance(pih, PiHealthPart) and pih.cfg.temperature_warning == 70.0
+
+
+def test_this_machine_is_another_board(tmp_path: Path) -> None:
+    """The real /sys, /dev/kmsg and /proc/mounts of this (non-Pi) machine: read without an
+    error, and the report and the status command make sense of whatever is there."""
+    status = Status(state="running")
+    part = PiHealthPart(status, Bus())
+    part.open()
+    part.poll()
+    part.report()
+    part.close()
+    report = status.parts["pihealth"]
+    assert set(report.detail) <= {"warnings", "power", "throttle", "temperature", "storage",
+                                  "kernel_log", "alerts"}
+    assert report.detail["storage"]["root_readonly"] in (True, False)
+    doc = {"status": "ok", "reason": "running", "state": "running", "version": "0.1.0",
+           "uptime_s": 1, "parts": status.snapshot()["parts"]}
+    assert statuscmd.render(doc)[-1].startswith("pi: ")
+    check = promtool(metrics.render(doc))
+    assert check.returncode == 0, check.stdout + check.stderr
