@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -397,3 +398,52 @@ def test_running_part_follows_the_log_and_the_bus(tmp_path: Path,
     assert alert.message.startswith("modem reset: under-voltage seen ")
     assert alert.message.endswith(" s before; check the power supply")
     assert any(r.getMessage() == alert.message for r in caplog.records)
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("skew", [500.0, -300.0])
+def test_kernel_clock_apart_from_ours_is_measured(tmp_path: Path, skew: float) -> None:
+    """On a Pi the printk clock runs raw while NTP slews CLOCK_MONOTONIC: after weeks they
+    are minutes apart. Records read the moment they arrive (a pipe here, /dev/kmsg on the
+    Pi, both polled by the loop) measure the difference, so lines read late still place the
+    brown-out right."""
+    import time
+
+    fifo = tmp_path / "kmsg"
+    os.mkfifo(fifo)
+
+    async def scenario() -> HealthAlert:
+        bus = Bus()
+        q = bus.subscribe(HealthAlert)
+        status = Status(state="running")
+        part = PiHealthPart(status, bus, PihealthConfig(interval=60.0), sys_root=tmp_path,
+                            kmsg=fifo, mounts=tmp_path / "mounts")
+        task = asyncio.create_task(part.run())
+        while "pihealth" not in status.parts:
+            await asyncio.sleep(0.01)
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        try:
+            def kline(ago: float, text: str) -> bytes:
+                return f"6,1,{int((time.monotonic() - ago + skew) * 1e6)},-;{text}\n".encode()
+
+            os.write(fd, kline(0.0, "usb 1-1.2: new high-speed USB device number 5"))
+            while not part._offsets:
+                await asyncio.sleep(0.01)
+            # Read late (as at a poll): the brown-out 12 s ago, over 11 s ago.
+            os.write(fd, kline(12.0, UV) + kline(11.0, OK))
+            while part.power.events_total == 0 or part.power.active:
+                await asyncio.sleep(0.01)
+        finally:
+            os.close(fd)
+        bus.publish(ModemStateChanged("resetting", "recovering", "rung modem_reset"))
+        while True:
+            alert = await asyncio.wait_for(q.get(), 5)
+            if alert.kind is AlertKind.MODEM_POWER:
+                break
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return alert
+
+    alert = asyncio.run(scenario())
+    assert re.fullmatch(r"modem reset: under-voltage seen 1[12] s before; check the power supply",
+                        alert.message), alert.message

@@ -1,4 +1,4 @@
-"""The kernel log, record by record: `/dev/kmsg` on the Pi, or a file a test writes and appends.
+"""The kernel log, record by record: `/dev/kmsg` on the Pi, or a pipe or a file a test writes.
 
 A `/dev/kmsg` record is `PRIO,SEQ,TIMESTAMP_US,FLAGS[,...];MESSAGE` followed by optional
 continuation lines that start with a space (`KEY=value` metadata; ignored here), see the
@@ -61,6 +61,9 @@ class KmsgSource(Protocol):
     def close(self) -> None:
         """Let go of the file."""
 
+    def fileno(self) -> int | None:
+        """A descriptor that polls readable when a record arrives; None: poll by interval."""
+
 
 class DevKmsg:
     """`/dev/kmsg`, opened non-blocking: each read() returns one record, EAGAIN the end.
@@ -107,6 +110,55 @@ class DevKmsg:
             os.close(self._fd)
             self._fd = None
 
+    def fileno(self) -> int | None:
+        """The device: poll(2) says readable when a record arrives."""
+        return self._fd
+
+
+def _split(partial: bytes, data: bytes) -> tuple[list[Record], bytes]:
+    lines = (partial + data).split(b"\n")
+    rest = lines.pop()  # an unfinished last line waits for its newline
+    out = []
+    for raw in lines:
+        rec = parse(raw.decode("utf-8", "replace"))
+        if rec is not None:
+            out.append(rec)
+    return out, rest
+
+
+class FifoKmsg:
+    """A named pipe carrying `/dev/kmsg`-format lines (a relay, or a test). Opened read-write
+    so it never reads end-of-file or polls hung up while no writer has it open."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._partial = b""
+        self._fd: int | None = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def read_new(self) -> list[Record]:
+        """The complete lines written since the last call."""
+        chunks = []
+        while self._fd is not None:
+            try:
+                data = os.read(self._fd, 65536)
+            except BlockingIOError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+        out, self._partial = _split(self._partial, b"".join(chunks))
+        return out
+
+    def close(self) -> None:
+        """Close the pipe."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def fileno(self) -> int | None:
+        """The pipe: readable when a writer wrote."""
+        return self._fd
+
 
 class TailFile:
     """A text file of `/dev/kmsg`-format lines, followed like `tail -F`: lines appended later
@@ -130,17 +182,15 @@ class TailFile:
         except FileNotFoundError:
             return []
         self._pos += len(data)
-        lines = (self._partial + data).split(b"\n")
-        self._partial = lines.pop()  # an unfinished last line waits for its newline
-        out = []
-        for raw in lines:
-            rec = parse(raw.decode("utf-8", "replace"))
-            if rec is not None:
-                out.append(rec)
+        out, self._partial = _split(self._partial, data)
         return out
 
     def close(self) -> None:
         """Nothing is held open between calls."""
+
+    def fileno(self) -> int | None:
+        """A regular file always polls readable: it is read every interval instead."""
+        return None
 
 
 class NoKmsg:
@@ -153,6 +203,10 @@ class NoKmsg:
     def close(self) -> None:
         """Nothing to close."""
 
+    def fileno(self) -> int | None:
+        """Nothing to wait on."""
+        return None
+
 
 def open_source(path: Path) -> tuple[KmsgSource, str | None]:
     """The reader for `path` (a character device: DevKmsg; else a followed file), and why
@@ -161,9 +215,11 @@ def open_source(path: Path) -> tuple[KmsgSource, str | None]:
         st = os.stat(path)
         if stat.S_ISCHR(st.st_mode):
             return DevKmsg(path), None
+        if stat.S_ISFIFO(st.st_mode):
+            return FifoKmsg(path), None
         if stat.S_ISREG(st.st_mode):
             return TailFile(path), None
-        return NoKmsg(), f"{path} is neither a character device nor a file"
+        return NoKmsg(), f"{path} is not a character device, a pipe or a file"
     except FileNotFoundError:
         return NoKmsg(), f"{path} does not exist"
     except OSError as e:

@@ -74,6 +74,10 @@ class PiHealthPart:
         # Subscribe now, not in run(): a climb published before the loop starts us still counts.
         self._modem = bus.subscribe(ModemStateChanged)
         self.source: KmsgSource | None = None
+        # The printk clock minus ours, measured on records read the moment they arrived. The
+        # printk clock is sched_clock: on a Pi it runs with the raw counter while NTP slews
+        # CLOCK_MONOTONIC (minutes apart after weeks up); on x86 VMs it follows MONOTONIC.
+        self._offsets: collections.deque[float] = collections.deque(maxlen=16)
         self._fresh()
 
     @classmethod
@@ -91,6 +95,9 @@ class PiHealthPart:
         self.root_readonly: bool | None = None
         self.root_device: str | None = None
         self._counted = 0.0
+        self._greeted = False  # the alerts for what the history and first poll found
+        self._history_under = False  # the kernel log's history ends in under-voltage
+        self._history_errors = 0
 
     # -- the clocks
 
@@ -98,6 +105,10 @@ class PiHealthPart:
         if mono is None:
             return None
         return self.clock.time() - (self.clock.monotonic() - mono)
+
+    def _ours(self, printk: float) -> float:
+        """A kernel log timestamp on our monotonic clock."""
+        return printk - (max(self._offsets) if self._offsets else 0.0)
 
     # -- reading
 
@@ -112,12 +123,18 @@ class PiHealthPart:
                      "errors", self.kmsg_problem)
         for rec in self.source.read_new():
             self._record(rec, live=False)
+        self._history_under = self.power.active
+        self._history_errors = self.errors.total
+
+    def _greet(self) -> None:
+        """After the first poll: one alert for what was already wrong when we started."""
+        self._greeted = True
         now = self.clock.monotonic()
-        if self.errors.total:
+        if self._history_errors:
             self._alert(AlertKind.SD_ERROR, Severity.CRITICAL,
-                        f"SD card: {self.errors.total} error(s) in the kernel log since boot, "
-                        f"last: {self.errors.last_text}")
-        if self.power.since is not None:
+                        f"SD card: {self._history_errors} error(s) in the kernel log since "
+                        f"boot, last: {self.errors.last_text}")
+        if self._history_under and self.power.since is not None:
             self._alert(AlertKind.UNDERVOLTAGE, Severity.WARNING,
                         f"under-voltage since {now - self.power.since:.0f} s; check the power "
                         "supply")
@@ -128,12 +145,14 @@ class PiHealthPart:
             self.source.close()
             self.source = None
 
-    def _record(self, rec: Record, live: bool) -> None:
+    def _record(self, rec: Record, live: bool, prompt: bool = False) -> None:
+        now = self.clock.monotonic()
+        if prompt and rec.at is not None:
+            self._offsets.append(rec.at - now)
         kind = classify(rec.text)
         if kind is None:
             return
-        now = self.clock.monotonic()
-        at = now if rec.at is None else min(rec.at, now)
+        at = now if rec.at is None else min(self._ours(rec.at), now)
         if kind is Line.SD_ERROR:
             self.errors.add(rec.text, at)
             if live:
@@ -150,6 +169,12 @@ class PiHealthPart:
                         "supply")
         elif was and not self.power.active and live:
             LOG.info("voltage normalised (%s)", source)
+
+    def kmsg_ready(self) -> None:
+        """The kernel log's descriptor polls readable: take the records in as they arrive."""
+        if self.source is not None:
+            for rec in self.source.read_new():
+                self._record(rec, live=True, prompt=True)
 
     def drain_kmsg(self) -> None:
         """Take in the kernel log lines that arrived since the last call."""
@@ -190,6 +215,8 @@ class PiHealthPart:
             LOG.info("the root file system is writable again")
         self.root_readonly = readonly
         self.root_device = None if mount is None else mount.device
+        if not self._greeted:
+            self._greet()
 
     # -- the modem ladder
 
@@ -294,6 +321,9 @@ class PiHealthPart:
         """Poll every interval; answer modem ladder climbs as they come."""
         loop = asyncio.get_running_loop()
         self.open()
+        fd = None if self.source is None else self.source.fileno()
+        if fd is not None:
+            loop.add_reader(fd, self.kmsg_ready)
         try:
             while True:
                 self.poll()
@@ -307,4 +337,6 @@ class PiHealthPart:
                     if self.on_modem(ev) is not None:
                         self.report()
         finally:
+            if fd is not None:
+                loop.remove_reader(fd)
             self.close()
