@@ -447,3 +447,13 @@ def test_kernel_clock_apart_from_ours_is_measured(tmp_path: Path, skew: float) -
     alert = asyncio.run(scenario())
     assert re.fullmatch(r"modem reset: under-voltage seen 1[12] s before; check the power supply",
                         alert.message), alert.message
+
+
+def test_hwmon_driver_loaded_after_the_start_is_found(tmp_path: Path) -> None:
+    pi, clock = PiTree(tmp_path), FakeClock()
+    part = _part(pi, clock)
+    part.poll()
+    assert "power" not in part.detail()
+    pi.hwmon(alarm=1)
+    part.poll()
+    assert part.detail()["power"]["undervoltage"] is True

@@ -34,12 +34,12 @@ class Sysfs:
     def __init__(self, root: Path = Path("/sys")) -> None:
         self.root = root
         self._alarm: Path | None = None
-        self._looked = False
 
     def undervoltage_alarm_path(self) -> Path | None:
-        """`in1_lcrit_alarm` of the rpi_volt hwmon device, or None (looked up once)."""
-        if not self._looked:
-            self._looked = True
+        """`in1_lcrit_alarm` of the rpi_volt hwmon device, or None. Looked up until found: the
+        driver is a module that may load after we start."""
+        if self._alarm is None or not self._alarm.exists():
+            self._alarm = None
             for hwmon in sorted((self.root / "class" / "hwmon").glob("hwmon*")):
                 if _read(hwmon / "name") != RPI_VOLT:
                     continue
