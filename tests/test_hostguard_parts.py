@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -323,3 +325,61 @@ def test_watch_command_notifies_systemd_and_stops_on_sigterm(tmp_path: Path) -> 
     while (target / probe.PROBE_FILE).exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not (target / probe.PROBE_FILE).exists()
+
+
+def _comm(pid: int) -> str:
+    return Path(f"/proc/{pid}/comm").read_text().strip()
+
+
+def _wait_for(what: str, check: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def test_probe_child_takes_no_signal_and_waits_its_turn(tmp_path: Path) -> None:
+    """A probe child blocked in the mount ignores every signal but SIGKILL/SIGSTOP (a fatal
+    one would turn a FUSE or NFS wait into D state), sits in its own session (no Ctrl-C from the
+    terminal), and a second child for the same mount waits for the first one's slot (in S)
+    instead of queueing behind its locks."""
+    fifo = tmp_path / probe.PROBE_FILE
+    os.mkfifo(fifo)  # opening it for writing blocks until a reader comes: a hang
+    first, second = probe.ProbeWorker(str(tmp_path)), probe.ProbeWorker(str(tmp_path))
+    first.spawn()
+    try:
+        assert first.go()
+        _wait_for("first child never blocked on the FIFO",
+                  lambda: dstate.DStateScanner().task(first.pid) == ("S", "wait_for_partner",
+                                                                      "hostguard-probe"))
+        assert os.getsid(first.pid) == first.pid
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
+                    signal.SIGUSR1, signal.SIGPIPE, signal.SIGALRM):
+            os.kill(first.pid, sig)
+        time.sleep(0.2)
+        assert dstate.DStateScanner().task(first.pid) == ("S", "wait_for_partner",
+                                                          "hostguard-probe")
+        second.spawn()
+        assert second.go()
+        _wait_for("second child never waited for the slot",
+                  lambda: _comm(second.pid) == "hostguard-wait")
+        task = dstate.DStateScanner().task(second.pid)
+        assert task is not None and task[0] == "S", task
+        # The mount answers: the first probe completes (a FIFO cannot be fsynced: an error
+        # reply, which is an answer), then the second one gets the slot and answers too.
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            for worker in (first, second):
+                select.select([worker.reply_r], [], [], 10)
+                reply = worker.read_reply()
+                assert reply is not None and not reply.ok and "Invalid argument" in reply.error
+        finally:
+            os.close(reader)
+        assert _comm(second.pid) == "hostguard-probe"
+    finally:
+        for worker in (first, second):
+            worker.abandon()
+        _release_fifo(fifo)
+        for worker in (first, second):
+            if worker.pid:
+                assert _reaped(worker.pid, timeout=10)
