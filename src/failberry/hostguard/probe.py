@@ -7,14 +7,14 @@ kernel; the watcher only notices that no answer came in time. It never waits for
 it reaps with WNOHANG and walks away.
 
 It never signals the child either, and the child takes no signal from anyone else (it blocks
-every signal and leaves the terminal's session). A writer blocked on a FUSE (or NFS) mount
-waits interruptibly, in state S, until a fatal signal arrives; from then on it waits
-uninterruptibly, in D, until the mount answers, and with `kernel.hung_task_panic = 1` a task
-in D for hung_task_timeout_secs panics the host: killing a probe child that waits on a hung
-mount would cause the very panic that a `--dry-run` promises not to. So a child is only ever
-asked to quit (over its pipe, or by the pipe's end of file when the watcher is gone) and leaves
-by itself once the mount answers. systemd must not SIGKILL it either: the shipped unit has
-`KillMode=process`.
+every signal and leaves the terminal's session). A writer blocked on a FUSE mount waits
+interruptibly, in state S, until a fatal signal arrives (fuse/dev.c, request_wait_answer); from
+then on it waits uninterruptibly, in D, until the daemon answers, and with
+`kernel.hung_task_panic = 1` a task in D for hung_task_timeout_secs panics the host: killing a
+probe child that waits on a hung mount would cause the very panic that a `--dry-run` promises
+not to. So a child is only ever asked to quit (over its pipe, or by the pipe's end of file when
+the watcher is gone) and leaves by itself once the mount answers. systemd must not SIGKILL it
+either: the shipped unit has `KillMode=process`.
 
 A child left behind that way still holds the probe file's locks; a new watcher's child that
 opened the same file would queue behind it in D. So each probe first takes the mount's slot,
