@@ -78,7 +78,8 @@ def test_status_finds_the_supervisor_running_this_config(tmp_path: Path) -> None
 def test_address_choice() -> None:
     book = AddressBook()
     for ev in (AddressChanged("eth1", "203.0.113.2"), AddressChanged("eth1", "fe80::1", 6),
-               AddressChanged("eth1", "2001:db8::2/64", 6), AddressChanged("eth1", "2001:db8::3", 6),
+               AddressChanged("eth1", "2001:db8::2/64", 6),
+               AddressChanged("eth1", "2001:db8::3", 6),
                AddressChanged("ppp0", "100.64.0.2"), AddressChanged("ppp0", "2001:db8:2::2", 6)):
         book.add(ev)
     ups = [("wired", "eth1"), ("mobile", "ppp0")]
