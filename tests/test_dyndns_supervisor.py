@@ -144,3 +144,19 @@ def test_two_instances_with_their_own_paths_do_not_collide(pi: PiNs) -> None:
             assert not (pi.work / f"run{i}" / "supervisor.json").exists()
     finally:
         subprocess.run(["ip", "netns", "del", other], check=False)
+
+
+def test_net_clean_restores_sysctls_saved_in_the_configs_run_dir(pi: PiNs) -> None:
+    """Issue 9: `failberry net clean -c FILE` looks for the saved sysctls in FILE's
+    paths.run_dir (it used /run/failberry whatever the config said)."""
+    run_dir = pi.work / "elsewhere"
+    cfg = pi.config("clean", run_dir=run_dir)
+    run_dir.mkdir()
+    (run_dir / "sysctl-saved.json").write_text('{"net/ipv4/ip_forward": "0"}')
+    sh(pi.pi, "sysctl -qw net.ipv4.ip_forward=1")
+    out = subprocess.run(["ip", "netns", "exec", pi.pi, PY, "-m", "failberry", "net", "clean",
+                          "-c", str(cfg)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "sysctl net/ipv4/ip_forward: 1 -> 0 (restored)" in out.stdout
+    assert sh(pi.pi, "sysctl -n net.ipv4.ip_forward").strip() == "0"
+    assert not (run_dir / "sysctl-saved.json").exists()

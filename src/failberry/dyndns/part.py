@@ -110,6 +110,7 @@ class DyndnsPart:
         `paths.state_dir` unless `state_path` says otherwise. `watch`: no network part runs,
         so read netlink itself."""
         from pyroute2 import IPRoute
+        from pyroute2.netlink.exceptions import NetlinkError
 
         from failberry.net.monitor import addresses
         from failberry.net.plan import uplinks
@@ -122,8 +123,11 @@ class DyndnsPart:
         state = StateFile(state_path or Path(cfg.paths.state_dir) / STATE_FILE, d)
 
         def lister() -> list[AddressChanged]:
-            with IPRoute() as nl:
-                return addresses(nl)
+            try:
+                with IPRoute() as nl:
+                    return addresses(nl)
+            except NetlinkError as e:  # an OSError in all but name
+                raise OSError(e.code, str(e)) from None
 
         monitor = None
         if watch:
