@@ -213,10 +213,14 @@ def run(n: int, work: Path) -> int:
             netns.popns()
         doc = pi.status(port)
         attempts = sum(r["attempts"] for r in doc["dyndns"]["records"])
-        # 2 at start, n + 2 + 1 for A (warm-up, trials, back to the configured address), n AAAA
-        print(f"# failberry sent {attempts} updates for {2 * n + 5} address changes; "
+        # 2 at start; A: 2 warm-up and n trials, each run then back to the configured address;
+        # n AAAA
+        print(f"# failberry sent {attempts} updates for {2 * n + 6} address changes; "
               f"dyndns state {doc['dyndns']['state']}", file=sys.stderr)
         pi.stop(proc)
+        for line in pi.log(cfg).splitlines():
+            if "failberry.dyndns" in line and ("WARNING" in line or "ERROR" in line):
+                print(f"# {line}", file=sys.stderr)
         return table([("failberry A: monitor -> network part -> rfc2136", a),
                       ("failberry AAAA: monitor -> bus -> rfc2136", aaaa),
                       ("hook: netlink -> nsupdate (reference)", ref)], n)
