@@ -296,9 +296,10 @@ class NetworkPart:
                            over_cap=self._over_cap)
 
 
-def build(cfg: Config, status: Status, bus: Bus, state_dir: Path = STATE_DIR,
-          usage_path: Path = USAGE_FILE) -> NetworkPart:
-    """The part with real seams: pyroute2, python-iptables, /proc/sys, conntrack, sockets."""
+def build(cfg: Config, status: Status, bus: Bus, state_dir: Path | None = None,
+          usage_path: Path | None = None) -> NetworkPart:
+    """The part with real seams: pyroute2, python-iptables, /proc/sys, conntrack, sockets.
+    Its files go to `paths.run_dir` and `paths.state_dir` unless given."""
     from pyroute2 import IPRoute
 
     from failberry.net.conntrack import NetlinkConntrack
@@ -313,4 +314,5 @@ def build(cfg: Config, status: Status, bus: Bus, state_dir: Path = STATE_DIR,
 
     seams = Seams(nl, dual_stack(cfg), ProcSysctl(), NetlinkConntrack(), SocketProber(),
                   LinkMonitor(IPRoute, links))
-    return NetworkPart(cfg, status, bus, seams, state_dir=state_dir, usage_path=usage_path)
+    return NetworkPart(cfg, status, bus, seams, state_dir=state_dir or Path(cfg.paths.run_dir),
+                       usage_path=usage_path or Path(cfg.paths.state_dir) / USAGE_FILE.name)
