@@ -195,7 +195,7 @@ def test_silent_modem_climbs_to_cfun_then_usb_power(tmp_path: Path) -> None:
                        if t.bmRequestType == 0x23]
             assert packets == [bytes([0x23, 0x01, 0x08, 0x00, 0x02, 0x00, 0x00, 0x00]),
                                bytes([0x23, 0x03, 0x08, 0x00, 0x02, 0x00, 0x00, 0x00])]
-            assert len(rig.rebooter.reasons) == 1
+            assert len(rig.recorder.reasons) == 1
             assert rig.driver.state.ladder_counts == {
                 "redial": 1, "modem_reset": 1, "usb_rebind": 1, "port_power": 1, "reboot": 1}
             states = [c.state for c in rig.history]

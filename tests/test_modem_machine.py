@@ -11,6 +11,7 @@ from failberry.modem.machine import (
     PPP_EXIT,
     REGISTRATION,
     STABLE,
+    STEP,
     Machine,
     ModemState,
     Phase,
@@ -77,7 +78,9 @@ def test_plugged_in_to_connected() -> None:
     assert s.phase is Phase.SIM_CHECK and acts == [ev.QuerySim()]
     s, acts = feed(m, s, ev.SimReport(SimState.READY))
     assert s.phase is Phase.REGISTERING
-    assert acts == [ev.QueryRegistration(), ev.StartTimer(REGISTRATION, 60.0)]
+    # setup is over: its step bound is cancelled, or it fires later in another SIM check
+    assert acts == [ev.CancelTimer(STEP), ev.QueryRegistration(),
+                    ev.StartTimer(REGISTRATION, 60.0)]
     s, acts = feed(m, s, ev.RegistrationReport(Registration("+CREG", RegStat.SEARCHING)))
     assert s.phase is Phase.REGISTERING and acts == []
     s, acts = feed(m, s, HOME)
@@ -124,10 +127,12 @@ def test_sim_missing_or_locked(sim: SimState, text: str) -> None:
     s, acts = feed(m, ModemState(), ADDED, ev.PortReady(), ev.SimReport(sim))
     assert s.phase is Phase.SIM_FAILED and text in (s.last_error or "")
     assert ev.EnterPin() not in acts
-    if sim is SimState.MISSING:  # looked at again, slowly, in case someone inserts one
-        assert ev.StartTimer("recheck", RECOVERY.backoff_max) in acts
-        s, acts = feed(m, s, ev.TimerFired("recheck"))
-        assert s.phase is Phase.SIM_CHECK and acts == [ev.QuerySim()]
+    # looked at again with backoff, in case someone inserts or unlocks one; no hardware rung
+    assert ev.StartTimer("recheck", RECOVERY.backoff_initial) in acts
+    assert ev.CancelTimer(STEP) in acts
+    s, acts = feed(m, s, ev.TimerFired("recheck"))
+    assert s.phase is Phase.SIM_CHECK
+    assert acts == [ev.StartTimer(STEP, m.step_timeout), ev.QuerySim()]
 
 
 def test_sim_busy_is_retried_a_bounded_number_of_times() -> None:

@@ -127,10 +127,11 @@ class UdevDiscovery:
     """`[modem] device = "auto"`: pyudev enumeration, then its netlink monitor."""
 
     def __init__(self, opener: Callable[[str], SerialPort], extra_ids: Iterable[str] = (),
-                 settle: float = 2.0) -> None:
+                 settle: float = 2.0, at_port: str | None = None) -> None:
         self.opener = opener
         self.extra_ids = tuple(extra_ids)
         self.settle = settle
+        self.at_port = at_port  # `[modem] at_port`: the control/monitoring port, if set
         self.current: tuple[Candidate, Candidate] | None = None
 
     def scan(self, context: Any) -> list[Candidate]:
@@ -196,9 +197,13 @@ class UdevDiscovery:
             with contextlib.suppress(Exception):
                 loop.remove_reader(monitor.fileno())
 
-    @staticmethod
-    def _added(found: tuple[Candidate, Candidate]) -> DeviceAdded:
+    def _added(self, found: tuple[Candidate, Candidate]) -> DeviceAdded:
         control, data = found
-        LOG.info("modem %s on %s: AT on %s (interface %d), PPP on %s", control.usb_id,
-                 control.usb_path, control.node, control.interface, data.node)
-        return DeviceAdded(control.node, data.node, control.usb_path)
+        node = self.at_port or control.node
+        if node == data.node:
+            LOG.warning("modem %s: only %s answers AT; no monitoring while PPP runs (set "
+                        "[modem] at_port if the stick has another AT port)", control.usb_id,
+                        node)
+        LOG.info("modem %s on %s: AT on %s, PPP on %s", control.usb_id, control.usb_path,
+                 node, data.node)
+        return DeviceAdded(node, data.node, control.usb_path)
