@@ -250,14 +250,15 @@ class AtChannel:
             pending.future.set_exception(final_error(pending.label, line))
 
     async def command(self, command: str, timeout: float = 5.0,
-                      label: str | None = None) -> list[str]:
+                      label: str | None = None, resync: bool = True) -> list[str]:
         """Send `command`; its information lines on success, or AtError/AtTimeout/PortGone.
         `label` replaces the command in errors and logs (it may hold the PIN). A channel left
-        out of step by an earlier timeout resynchronises first (AtTimeout if it cannot)."""
+        out of step by an earlier timeout resynchronises first (AtTimeout if it cannot),
+        unless `resync` is False (a reset is worth sending to a modem that seems silent)."""
         async with self._lock:
             if self.gone is not None:
                 raise self.gone
-            if self.stale:
+            if self.stale and resync:
                 await self._resync(min(timeout, 2.0))
             return await self._send(command, timeout, label or command)
 

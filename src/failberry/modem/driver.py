@@ -309,7 +309,7 @@ class Driver:
             self._post_if(gen, ev.ActionFailed("modem_reset", "no AT port open; nothing sent"))
             return
         try:
-            await self.session.cmd("AT+CFUN=1,1", 2 * self.at_timeout)
+            await self.session.cmd("AT+CFUN=1,1", 2 * self.at_timeout, resync=False)
         except PortGone:
             pass  # sent; the stick often drops the port before it answers: that is the reset
         except (AtError, AtTimeout) as exc:

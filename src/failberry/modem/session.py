@@ -71,21 +71,23 @@ class Session:
         self.unknown: dict[str, set[str]] = {}  # per stick (IMEI): commands it lacks
         self.stick = ""
         self.zcdrun_sent: set[str] = set()
+        self.inflight: set[str] = set()
 
     async def cmd(self, command: str, timeout: float | None = None,
-                  label: str | None = None) -> list[str]:
+                  label: str | None = None, resync: bool = True) -> list[str]:
         """One command; PortGone when no port is open."""
         if self.channel is None:
             raise PortGone("modem", "port not open")
-        return await self.channel.command(command, timeout or self.at_timeout, label)
+        return await self.channel.command(command, timeout or self.at_timeout, label, resync)
 
     async def optional(self, command: str, learn: bool = False) -> list[str] | None:
         """A command whose failure is not a fault: None if it failed or timed out (the
         channel then resynchronises before the next one). With `learn`, a stick that does
         not know the command is never asked again."""
         known = self.unknown.setdefault(self.stick, set())
-        if command in known:
-            return None
+        if command in known or command in self.inflight:
+            return None  # unknown to this stick, or already asked by a concurrent poll
+        self.inflight.add(command)
         try:
             return await self.cmd(command)
         except AtError as exc:
@@ -100,6 +102,8 @@ class Session:
             LOG.info("modem: %s", exc)
             self.info["last_error"] = str(exc)
             return None
+        finally:
+            self.inflight.discard(command)
 
     async def identity(self, command: str) -> str:
         """The free-text answer of +CGMI/+CGMM/+CGSN, or "" if none came."""
