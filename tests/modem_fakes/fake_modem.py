@@ -52,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "slow": {},
     "drop": {},
     "cpinr": False,
+    "pin_plain_error": False,  # a wrong PIN gets ERROR, not +CME ERROR: 16
     "pin_tries": 3,
 }
 
@@ -187,7 +188,7 @@ class Modem:
                 self.reply(port, "OK")
             else:
                 s["pin_tries"] -= 1
-                self.reply(port, "+CME ERROR: 16")
+                self.reply(port, "ERROR" if s["pin_plain_error"] else "+CME ERROR: 16")
         elif up == "AT+CREG?":
             self.reply(port, f'+CREG: 2,{reg},"00C3","0000A13B",2', "OK")
         elif up == "AT+CGREG?":

@@ -74,7 +74,9 @@ class Rig:
                  ganged: bool = False, start_part: bool = True,
                  opener: Callable[[str], SerialPort] = open_serial,
                  rebooter: Rebooter | None = None, step_timeout: float = 15.0,
-                 single_port: bool = False) -> None:
+                 single_port: bool = False, machine_opts: dict[str, Any] | None = None
+                 ) -> None:
+        self.machine_opts = machine_opts or {}
         self.start_part = start_part
         self.opener = opener
         self.step_timeout = step_timeout
@@ -110,7 +112,7 @@ class Rig:
         self.status = Status()
         self.machine = Machine(self.recovery, has_pin=self.cfg.pin is not None,
                                rand=random.Random(5).random, settle=3.0, dial_timeout=15.0,
-                               step_timeout=self.step_timeout)
+                               **{"step_timeout": self.step_timeout, **self.machine_opts})
         ppp_argv = ["ip", "netns", "exec", self.ns, sys.executable,
                     str(FAKES / "fake_pppd.py"), "--control", str(self.tmp)]
         self.driver = Driver(

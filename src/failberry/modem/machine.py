@@ -190,7 +190,9 @@ class Machine:
         if rung is None:
             if state.port is None:
                 return self.to(state, Phase.ABSENT, "waiting for the modem to appear"), []
-            return self.fail(state, state.last_error or "recovery pending")
+            # No rung allowed: still look at the modem now and then (not a rung, not
+            # counted), or a modem that came good would never be used again.
+            return self.probe(state, "no recovery rung allowed; looking at the modem again")
         i = RUNGS.index(rung)
         tries = tuple(n + 1 if j == i else n for j, n in enumerate(state.tries))
         state = replace(state, tries=tries, attempts=state.attempts + 1, pending_rung=None)

@@ -138,7 +138,7 @@ class Session:
     async def sim(self) -> SimState:
         """What `AT+CPIN?` says; AtTimeout/PortGone when there is no answer at all."""
         try:
-            lines = await self.cmd("AT+CPIN?", 10.0)
+            lines = await self.cmd("AT+CPIN?", 2 * self.at_timeout)
         except CmeError as exc:
             self.info["last_error"] = str(exc)
             return (SimState.MISSING if exc.code in CME_SIM_MISSING
@@ -165,7 +165,7 @@ class Session:
         rejection; silence, `ERROR` or other codes leave it unknown whether the SIM saw it."""
         before = await self.pin_tries()
         try:
-            await self.cmd(f'AT+CPIN="{pin}"', 10.0, label="AT+CPIN=<pin>")
+            await self.cmd(f'AT+CPIN="{pin}"', 2 * self.at_timeout, label="AT+CPIN=<pin>")
         except CmeError as exc:
             if exc.code == CME_INCORRECT_PASSWORD:
                 return PinOutcome.REJECTED, str(exc)
