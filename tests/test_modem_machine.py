@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from failberry.config import RecoveryConfig
@@ -9,6 +11,7 @@ from failberry.modem import events as ev
 from failberry.modem.machine import (
     BACKOFF,
     PPP_EXIT,
+    REBOOT_WAIT,
     REGISTRATION,
     STABLE,
     STEP,
@@ -278,3 +281,66 @@ def test_unknown_events_are_ignored() -> None:
     m, _ = machine()
     s, acts = feed(m, ModemState(), ev.PinAccepted(), ev.TimerFired("nothing"))
     assert s == ModemState() and acts == []
+
+
+def test_start_over_skips_rungs_whose_limit_is_zero() -> None:
+    rec = RecoveryConfig(redial_limit=0, modem_reset_limit=1, usb_rebind_limit=0,
+                         port_power_limit=0, reboots_per_day=0, backoff_initial=1.0)
+    m, _ = machine(recovery=rec)
+    s, _ = feed(m, ModemState(), ADDED, ev.AtFailed("AT", "silent", silent=True))
+    assert s.pending_rung is Rung.MODEM_RESET
+    s, _ = feed(m, s, ev.TimerFired(BACKOFF), ev.TimerFired("settle"),
+                   ev.AtFailed("AT", "silent", silent=True))
+    # every allowed rung used: start over at the lowest one allowed, not at redial
+    assert s.pending_rung is Rung.MODEM_RESET and s.ladder_counts["modem_reset"] == 0
+
+
+def test_nothing_allowed_waits_then_looks_again_without_counting() -> None:
+    rec = RecoveryConfig(redial_limit=0, modem_reset_limit=0, usb_rebind_limit=0,
+                         port_power_limit=0, reboots_per_day=0, backoff_initial=1.0,
+                         backoff_max=300.0)
+    m, _ = machine(recovery=rec)
+    s, acts = feed(m, ModemState(), ADDED, ev.AtFailed("AT", "silent", silent=True))
+    assert s.pending_rung is None and ev.StartTimer(BACKOFF, 300.0) in acts
+    s, acts = feed(m, s, ev.TimerFired(BACKOFF))
+    assert s.phase is Phase.PROBING and ev.OpenPort("/dev/ttyUSB1") in acts
+    assert sum(s.ladder_counts.values()) == 0
+
+
+def test_failed_reboot_goes_on_and_a_hung_one_is_noticed() -> None:
+    m, _ = machine()
+    s, _ = feed(m, ModemState(), ADDED, ev.PortReady(), ev.SimReport(SimState.READY))
+    s = replace(s, tries=(2, 1, 1, 1, 0), attempts=5)
+    s, _ = feed(m, s, ev.TimerFired(REGISTRATION))
+    assert s.pending_rung is Rung.REBOOT
+    s, acts = feed(m, s, ev.TimerFired(BACKOFF))
+    assert s.phase is Phase.REBOOTING and ev.StartTimer(REBOOT_WAIT, m.reboot_wait) in acts
+    after, _ = feed(m, s, ev.ActionFailed("reboot", "`systemctl reboot` exited with status 1"))
+    assert after.phase is Phase.RECOVERING and "reboot failed" in (after.last_error or "")
+    back, _ = feed(m, after, ADDED)  # and a stick showing up is used again
+    assert back.phase is Phase.PROBING
+    hung, _ = feed(m, s, ev.TimerFired(REBOOT_WAIT))
+    assert hung.phase is Phase.RECOVERING and "still running" in (hung.last_error or "")
+
+
+def test_pin_unsure_is_resent_at_most_twice() -> None:
+    m, _ = machine(has_pin=True)
+    s, _ = feed(m, ModemState(), ADDED, ev.PortReady())
+    sent = 0
+    for _ in range(5):
+        s, acts = feed(m, s, ev.SimReport(SimState.PIN))
+        if ev.EnterPin() not in acts:
+            break
+        sent += 1
+        s, acts = feed(m, s, ev.PinUnsure("no final result within 10s"))
+        assert s.phase is Phase.SIM_FAILED and not s.pin_rejected
+        s, _ = feed(m, s, ev.TimerFired("recheck"))
+    assert sent == 2 and s.phase is Phase.SIM_FAILED and "last try" in s.reason
+
+
+def test_task_crash_is_a_fault() -> None:
+    m, _ = machine()
+    s, _ = feed(m, ModemState(), ADDED)
+    s, _ = feed(m, s, ev.TaskFailed("modem-open", "RuntimeError('bug')"))
+    assert s.phase is Phase.RECOVERING
+    assert "internal error in modem-open" in (s.last_error or "")
