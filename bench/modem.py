@@ -109,7 +109,8 @@ REGISTERS_AFTER = 0.3
 async def cold_start(runs: int) -> tuple[float, float]:
     """Median seconds from DeviceAdded to connected: cold stick (URC with <n>), and a warm
     stick plus the time the cold one takes to register."""
-    cold, warm = [], []
+    cold: list[float] = []
+    warm: list[float] = []
     for scenario, out in (({"reg": 2, "urc_n": True, "register_after": REGISTERS_AFTER}, cold),
                           ({}, warm)):
         for _ in range(runs):
