@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from failberry.config import RecoveryConfig
 from failberry.modem.adapters import CommandReboot
 from failberry.modem.at import SerialPort, open_serial
 from failberry.modem.machine import Phase
-from modem_fakes.rig import CpuWatch, Rig
+from modem_fakes.rig import FAST, CpuWatch, Rig
 
 pytestmark = [pytest.mark.root]
 
@@ -41,9 +42,11 @@ def test_registration_urc_with_n_dials_at_once(tmp_path: Path) -> None:
         # A cold stick: searching at first, registered 0.5 s later, announced by a URC that
         # carries <n>. The poll is far away, so only reading the URC right can dial.
         scenario = {"reg": 2, "urc_n": True, "register_after": 0.5}
-        async with Rig(tmp_path, scenario, poll_interval=60.0) as rig:
+        patient = replace(FAST, registration_timeout=60.0)  # no redial comes to the rescue
+        async with Rig(tmp_path, scenario, poll_interval=60.0, recovery=patient) as rig:
             await rig.wait_phase(Phase.CONNECTED, timeout=8)
             assert rig.ppp0_address() == "10.64.64.64"
+            assert sum(rig.driver.state.ladder_counts.values()) == 0
             assert any("registered (home, +CREG)" in r for r in reasons(rig))
 
     run(go())
