@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from failberry.config import RecoveryConfig
-from failberry.modem import simcheck
+from failberry.modem import link, simcheck
 from failberry.modem.events import (
     Action,
     ActionFailed,
@@ -32,12 +32,10 @@ from failberry.modem.events import (
     PortReady,
     PppExited,
     PppUp,
-    QueryRegistration,
     Reboot,
     RegistrationReport,
     ResetModem,
     SimReport,
-    StartPpp,
     StartTimer,
     StopPpp,
     TaskFailed,
@@ -54,7 +52,6 @@ from failberry.modem.ladder import (
     SystemClock,
     describe_ppp_exit,
 )
-from failberry.modem.parsers import RegStat
 from failberry.modem.state import (
     ABSENT_WAIT,
     ALL_TIMERS,
@@ -255,91 +252,6 @@ def _at_failed(m: Machine, s: ModemState, e: Event) -> Result:
     return m.fail(s, f"{what}: {e.command}: {e.error}")
 
 
-def _registration(m: Machine, s: ModemState, e: Event) -> Result:
-    assert isinstance(e, RegistrationReport)
-    reg = e.registration
-    if reg.stat.registered:
-        assert s.data_port is not None
-        how = "roaming" if reg.stat in (RegStat.ROAMING, RegStat.CSFB_NOT_PREFERRED_ROAMING) \
-            else "home"
-        return (m.to(s, Phase.DIALING, f"registered ({how}, {reg.kind}); dialing",
-                      ppp_running=True),
-                [CancelTimer(REGISTRATION), CancelTimer(RECHECK),
-                 StartTimer(DIAL, m.dial_timeout), StartPpp(s.data_port)])
-    if reg.stat is RegStat.DENIED:
-        why = f"registration denied by the network ({reg.kind})"
-        if s.phase is Phase.DENIED:
-            return s, []
-        # Resetting hardware does not make a network accept a SIM: wait and look again.
-        return (m.to(s, Phase.DENIED, why, last_error=why),
-                [CancelTimer(REGISTRATION), StartTimer(RECHECK, m.cfg.registration_timeout)])
-    return s, []
-
-
-def _registering_timer(m: Machine, s: ModemState, e: Event) -> Result:
-    assert isinstance(e, TimerFired)
-    if e.name == REGISTRATION:
-        return m.fail(s, f"not registered after {m.cfg.registration_timeout:g}s")
-    return s, []
-
-
-def _denied_timer(m: Machine, s: ModemState, e: Event) -> Result:
-    assert isinstance(e, TimerFired)
-    if e.name == RECHECK:
-        return s, [QueryRegistration(), StartTimer(RECHECK, m.cfg.registration_timeout)]
-    return s, []
-
-
-def _ppp_up(m: Machine, s: ModemState, e: Event) -> Result:
-    assert isinstance(e, PppUp)
-    return (m.to(s, Phase.CONNECTED, f"{e.interface} up with {e.address}",
-                  interface=e.interface, address=e.address,
-                  connected_since=m.clock.monotonic(), ppp_running=True),
-            [CancelTimer(DIAL), StartTimer(STABLE, m.cfg.stable_after)])
-
-
-def _ppp_exit(m: Machine, s: ModemState, e: Event) -> Result:
-    assert isinstance(e, PppExited)
-    s = replace(s, ppp_running=False, interface=None, address=None, connected_since=None)
-    why = describe_ppp_exit(e.status)
-    outcome = PPP_EXIT.get(e.status, ("", PppOutcome.RETRY))[1]
-    if s.phase is Phase.LOST:
-        return m.fail(s, s.last_error or why)
-    if s.phase not in (Phase.DIALING, Phase.CONNECTED):
-        return s, []
-    if outcome is PppOutcome.FATAL:
-        return (m.to(s, Phase.FAILED, f"{why}; fix the setup, not retrying", last_error=why),
-                [CancelTimer(t) for t in ALL_TIMERS])
-    if outcome is PppOutcome.AUTH:
-        return (m.to(s, Phase.FAILED, f"{why}; check modem.username/password",
-                      last_error=why),
-                [*(CancelTimer(t) for t in ALL_TIMERS), StartTimer(RECHECK, m.cfg.backoff_max)])
-    if outcome is PppOutcome.REDIAL and s.data_port is not None:
-        return (m.to(s, Phase.DIALING, f"{why}; dialing again", ppp_running=True),
-                [StartTimer(DIAL, m.dial_timeout), StartPpp(s.data_port)])
-    return m.fail(s, why)
-
-
-def _dial_timer(m: Machine, s: ModemState, e: Event) -> Result:
-    assert isinstance(e, TimerFired)
-    if e.name == DIAL:
-        return m.fail(s, f"no PPP link within {m.dial_timeout:g}s of dialing")
-    return s, []
-
-
-def _connected_timer(m: Machine, s: ModemState, e: Event) -> Result:
-    assert isinstance(e, TimerFired)
-    if e.name == STABLE:
-        LOG.info("modem link stable for %gs; recovery ladder reset", m.cfg.stable_after)
-        return replace(s, tries=(0,) * len(RUNGS), attempts=0, reason="link stable"), []
-    return s, []
-
-
-def _traffic(m: Machine, s: ModemState, e: Event) -> Result:
-    assert isinstance(e, TrafficFailed)
-    return m.fail(s, f"connected but no traffic passes: {e.reason}")
-
-
 def _recovering_timer(m: Machine, s: ModemState, e: Event) -> Result:
     assert isinstance(e, TimerFired)
     return m.climb(s) if e.name == BACKOFF else (s, [])
@@ -391,15 +303,6 @@ def _task_failed(m: Machine, s: ModemState, e: Event) -> Result:
     return m.fail(s, f"internal error in {e.task}: {e.error}")
 
 
-def _ppp_exit_any(m: Machine, s: ModemState, e: Event) -> Result:
-    # pppd ending while we are elsewhere (absent, being stopped): only note it.
-    return replace(s, ppp_running=False, interface=None, address=None), []
-
-
-def _stray_ppp_up(m: Machine, s: ModemState, e: Event) -> Result:
-    return replace(s, ppp_running=True), [StopPpp()]
-
-
 P = Phase
 TRANSITIONS: dict[tuple[Phase | None, type], Handler] = {
     (P.ABSENT, DeviceAdded): _added,
@@ -423,19 +326,19 @@ TRANSITIONS: dict[tuple[Phase | None, type], Handler] = {
     (P.PIN_SENT, PinRejected): simcheck.pin_bad,
     (P.PIN_SENT, PinUnsure): simcheck.pin_unsure,
     (P.PIN_SENT, AtFailed): _at_failed,
-    (P.REGISTERING, RegistrationReport): _registration,
-    (P.REGISTERING, TimerFired): _registering_timer,
+    (P.REGISTERING, RegistrationReport): link.registration,
+    (P.REGISTERING, TimerFired): link.registering_timer,
     (P.REGISTERING, AtFailed): _at_failed,
-    (P.DENIED, RegistrationReport): _registration,
-    (P.DENIED, TimerFired): _denied_timer,
+    (P.DENIED, RegistrationReport): link.registration,
+    (P.DENIED, TimerFired): link.denied_timer,
     (P.DENIED, AtFailed): _at_failed,
-    (P.DIALING, PppUp): _ppp_up,
-    (P.DIALING, PppExited): _ppp_exit,
-    (P.DIALING, TimerFired): _dial_timer,
-    (P.CONNECTED, PppExited): _ppp_exit,
-    (P.CONNECTED, TrafficFailed): _traffic,
-    (P.CONNECTED, TimerFired): _connected_timer,
-    (P.LOST, PppExited): _ppp_exit,
+    (P.DIALING, PppUp): link.ppp_up,
+    (P.DIALING, PppExited): link.ppp_exit,
+    (P.DIALING, TimerFired): link.dial_timer,
+    (P.CONNECTED, PppExited): link.ppp_exit,
+    (P.CONNECTED, TrafficFailed): link.traffic,
+    (P.CONNECTED, TimerFired): link.connected_timer,
+    (P.LOST, PppExited): link.ppp_exit,
     (P.RECOVERING, TimerFired): _recovering_timer,
     (P.RESETTING, TimerFired): _resetting_timer,
     (P.RESETTING, ActionFailed): _action_failed,
@@ -444,6 +347,6 @@ TRANSITIONS: dict[tuple[Phase | None, type], Handler] = {
     (P.REBOOTING, TimerFired): _rebooting_timer,
     (None, TaskFailed): _task_failed,
     (P.FAILED, TimerFired): _failed_timer,
-    (None, PppExited): _ppp_exit_any,
-    (P.ABSENT, PppUp): _stray_ppp_up,
+    (None, PppExited): link.ppp_exit_any,
+    (P.ABSENT, PppUp): link.stray_ppp_up,
 }
