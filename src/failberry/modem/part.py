@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 from dataclasses import replace
@@ -15,7 +16,7 @@ from failberry.config import Config
 from failberry.modem import events as ev
 from failberry.modem.adapters import CommandReboot, RebootLog
 from failberry.modem.at import open_serial
-from failberry.modem.discovery import Discovery, PathWatcher, UdevDiscovery
+from failberry.modem.discovery import Discovery, PathWatcher, UdevDiscovery, find_at_port
 from failberry.modem.driver import Driver
 from failberry.modem.machine import Machine
 from failberry.modem.ppp import PppRunner
@@ -53,11 +54,14 @@ class ModemPart:
                         usb=SysfsUsbPower(), rebooter=CommandReboot(cfg.recovery.reboot_command),
                         reboot_log=RebootLog(Path(cfg.paths.state_dir) / "reboots.json"))
         at_port = m.at_port or None
-        discovery: Discovery = (
-            UdevDiscovery(open_serial, m.usb_ids, at_port=at_port) if m.device == "auto"
-            # a configured device is the data port; `at_port` (if set) is set up and
-            # watched while pppd holds the device
-            else PathWatcher(at_port or m.device, data_path=m.device))
+        discovery: Discovery
+        if m.device == "auto":
+            discovery = UdevDiscovery(open_serial, m.usb_ids, at_port=at_port)
+        elif at_port:  # set up and monitor on at_port; PPP on the configured device
+            discovery = PathWatcher(at_port, data_path=m.device)
+        else:  # look for another AT port of the same stick in sysfs
+            discovery = PathWatcher(m.device, data_path=m.device,
+                                    locate=functools.partial(find_at_port, opener=open_serial))
         return cls(driver, discovery, bus)
 
     async def _discover(self) -> None:
