@@ -69,7 +69,7 @@ def test_stick_left_in_data_mode_is_escaped_not_reset(tmp_path: Path,
             assert got["escapes"] == 1  # +++ between guard times brought it back
             assert got["cfun_reset"] == 0 and not rig.recorder.reasons
             assert rig.driver.state.ladder_counts["modem_reset"] == 0
-            assert rig.driver.hangups == [True]
+            assert list(rig.driver.hangups) == [True]
             assert "ATH" in got["log"]
             assert rig.ppp0_address() == "10.64.64.64"
 

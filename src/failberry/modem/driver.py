@@ -6,6 +6,7 @@ lives in `session`; the reboot command and the reboot log in `adapters`."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -70,7 +71,8 @@ class Driver:
         self.session = Session(at_timeout, self.info)
         self.last_reg: dict[str, RegStat] = {}
         self.steps = 0
-        self.hangups: list[bool] = []  # command_mode results after each pppd exit
+        # command_mode's result after each pppd exit, the last few (for status and tests)
+        self.hangups: collections.deque[bool] = collections.deque(maxlen=16)
 
     @property
     def channel(self) -> AtChannel | None:
