@@ -145,16 +145,22 @@ def test_sim_problems_are_rechecked_without_hardware_rungs(tmp_path: Path, sim: 
     run(go())
 
 
-@pytest.mark.timeout(60)
-def test_pin_command_unanswered_is_not_a_rejection(tmp_path: Path) -> None:
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(("counter", "dropped"), [(False, 1), (True, 3)],
+                         ids=["no-counter", "pin-counter"])
+def test_pin_command_unanswered_is_not_a_rejection(tmp_path: Path, counter: bool,
+                                                   dropped: int) -> None:
     async def go() -> None:
-        scenario = {"sim": "pin", "pin": "2468", "drop": {"AT+CPIN=": 1}}
+        # Without a PIN counter an unanswered PIN is sent again (at most twice in all); with
+        # one that shows the SIM never counted it, as often as it goes unanswered.
+        scenario = {"sim": "pin", "pin": "2468", "drop": {"AT+CPIN=": dropped},
+                    "cpinr": counter}
         async with Rig(tmp_path, scenario, pin="2468") as rig:
-            await rig.wait_phase(Phase.CONNECTED, timeout=30)
+            await rig.wait_phase(Phase.CONNECTED, timeout=60)
             got = rig.ctl(op="get")
-            assert got["log"].count("AT+CPIN=<pin>") == 2  # the first never reached the SIM
-            assert got["pin_attempts"] == 1
-            assert not rig.driver.state.pin_rejected
+            assert got["log"].count("AT+CPIN=<pin>") == dropped + 1  # dropped ones never
+            assert got["pin_attempts"] == 1  # reached the SIM
+            assert not rig.driver.state.pin_rejected and rig.driver.state.pin_unsure == 0
             assert any("PIN entry got no clear answer" in r for r in reasons(rig))
 
     run(go())

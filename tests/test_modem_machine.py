@@ -344,3 +344,18 @@ def test_task_crash_is_a_fault() -> None:
     s, _ = feed(m, s, ev.TaskFailed("modem-open", "RuntimeError('bug')"))
     assert s.phase is Phase.RECOVERING
     assert "internal error in modem-open" in (s.last_error or "")
+
+
+def test_pin_not_seen_by_the_sim_is_not_counted_and_ready_forgets() -> None:
+    m, _ = machine(has_pin=True)
+    s, _ = feed(m, ModemState(), ADDED, ev.PortReady())
+    for _ in range(4):
+        s, acts = feed(m, s, ev.SimReport(SimState.PIN))
+        assert ev.EnterPin() in acts
+        s, _ = feed(m, s, ev.PinUnsure("no final result", seen=False), ev.TimerFired("recheck"))
+    assert s.pin_unsure == 0
+    s, _ = feed(m, s, ev.SimReport(SimState.PIN), ev.PinUnsure("silence"),
+                ev.TimerFired("recheck"))
+    assert s.pin_unsure == 1
+    s, _ = feed(m, s, ev.SimReport(SimState.PIN), ev.PinAccepted(), ev.SimReport(SimState.READY))
+    assert s.phase is Phase.REGISTERING and s.pin_unsure == 0

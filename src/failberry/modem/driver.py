@@ -251,7 +251,8 @@ class Driver:
         elif outcome is PinOutcome.REJECTED:
             self._post_if(gen, ev.PinRejected(16, error))
         else:
-            self._post_if(gen, ev.PinUnsure(error))
+            self._post_if(gen, ev.PinUnsure(error, seen=None if outcome is PinOutcome.UNSURE
+                                            else False))
 
     async def _query_registration(self, gen: int, report: bool = True) -> None:
         try:

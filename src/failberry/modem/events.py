@@ -73,9 +73,11 @@ class PinRejected:
 @dataclass(frozen=True)
 class PinUnsure:
     """AT+CPIN=<pin> got no clear answer (silence, a plain ERROR) and the SIM's PIN counter
-    did not go down: the SIM may never have seen it, so this is not a rejection."""
+    did not go down: the SIM may never have seen it, so this is not a rejection. `seen`
+    False when the counter shows the SIM did not count it."""
 
     error: str
+    seen: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ class PinOutcome(enum.Enum):
     ACCEPTED = "accepted"
     REJECTED = "rejected"  # +CME ERROR: 16, or the SIM's PIN counter went down
     UNSURE = "unsure"  # anything else: the SIM may never have seen it
+    NOT_SEEN = "not seen"  # no clear answer, but the PIN counter shows the SIM did not count it
 
 
 class Session:
@@ -178,8 +179,11 @@ class Session:
             after = await self.pin_tries()
         except (AtTimeout, PortGone):
             after = None
-        if before is not None and after is not None and after < before:
-            return PinOutcome.REJECTED, f"{error}; PIN tries left went from {before} to {after}"
+        if before is not None and after is not None:
+            if after < before:
+                return PinOutcome.REJECTED, (f"{error}; PIN tries left went from {before} "
+                                             f"to {after}")
+            return PinOutcome.NOT_SEEN, f"{error}; PIN tries left still {after}"
         return PinOutcome.UNSURE, error
 
     async def registrations(self) -> list[Registration]:

@@ -59,8 +59,9 @@ def sim(m: Machine, s: ModemState, e: Event) -> Result:
     assert isinstance(e, SimReport)
     state = e.sim
     if state is SimState.READY:
+        # A SIM that is ready has its PIN counter back at full: unsure entries are forgotten.
         return (m.to(s, Phase.REGISTERING, "SIM ready; waiting for registration",
-                     sim_rechecks=0),
+                     sim_rechecks=0, pin_unsure=0),
                 [CancelTimer(STEP), QueryRegistration(),
                  StartTimer(REGISTRATION, m.cfg.registration_timeout)])
     if state is SimState.PIN:
@@ -116,5 +117,6 @@ def pin_bad(m: Machine, s: ModemState, e: Event) -> Result:
 def pin_unsure(m: Machine, s: ModemState, e: Event) -> Result:
     """Nobody knows whether the SIM saw the PIN: not a rejection; look again later."""
     assert isinstance(e, PinUnsure)
-    s = replace(s, pin_unsure=s.pin_unsure + 1, pin_sent=False)
+    counted = 0 if e.seen is False else 1  # the PIN counter says the SIM never saw it
+    s = replace(s, pin_unsure=s.pin_unsure + counted, pin_sent=False)
     return sim_failed(m, s, f"PIN entry got no clear answer ({e.error})")
