@@ -17,6 +17,8 @@ class DeviceAdded:
     port: str
     data_port: str | None = None
     usb_path: str | None = None  # sysfs device name such as "1-1.2"
+    data: str = "ppp"  # the data path (`datapath.DataPath` value)
+    net: str | None = None  # the stick's network interface (ncm, ecm, hilink)
 
 
 @dataclass(frozen=True)

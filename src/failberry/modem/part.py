@@ -56,7 +56,7 @@ class ModemPart:
         at_port = m.at_port or None
         discovery: Discovery
         if m.device == "auto":
-            discovery = UdevDiscovery(open_serial, m.usb_ids, at_port=at_port)
+            discovery = UdevDiscovery(open_serial, m.usb_ids, at_port=at_port, data=m.data)
         elif at_port:  # set up and monitor on at_port; PPP on the configured device
             discovery = PathWatcher(at_port, data_path=m.device)
         else:  # look for another AT port of the same stick in sysfs
