@@ -15,8 +15,13 @@ from __future__ import annotations
 import enum
 import logging
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from failberry.modem.session import Session
 
 LOG = logging.getLogger(__name__)
 
@@ -139,6 +144,17 @@ def usb_device_of(sys_dir: Path) -> Path | None:
     return None
 
 
+def net_of_tty(node: str, sysroot: Path = Path("/sys")) -> str | None:
+    """The network interface of the stick a tty belongs to, from sysfs (it is found again
+    after every re-enumeration, whatever the kernel named it); None when there is none."""
+    name = os.path.basename(os.path.realpath(node))
+    device = usb_device_of(sysroot / "class" / "tty" / name)
+    if device is None:
+        return None
+    nets = read_stick(device).nets
+    return nets[0] if nets else None
+
+
 def plan(stick: Stick, data: str = "auto") -> Plan | None:
     """The path to drive `stick` by (`data` = "auto" decides from what it presents), or
     None when it offers none (storage only, or the configured path does not fit)."""
@@ -164,3 +180,82 @@ def plan(stick: Stick, data: str = "auto") -> Plan | None:
                     "no network interface" if net is None else "no serial port")
         return None
     return Plan(path, () if path is DataPath.HILINK else ttys, net)
+
+
+class DataRunner(Protocol):
+    """What carries the data once the stick is registered: pppd (`ppp.PppRunner`), the AT
+    bearer with DHCP (`bearer.BearerRunner`) or the HiLink API. The machine starts it with
+    StartPpp and stops it with StopPpp, whatever it is."""
+
+    @property
+    def exclusive(self) -> bool:
+        """Does it need the data port to itself (pppd)? Else the AT port stays open."""
+
+    @property
+    def running(self) -> bool:
+        """Is it running?"""
+
+    @property
+    def why(self) -> str:
+        """Why the last run ended, in its own words ("" to go by the status)."""
+
+    async def run(self, port: str, on_up: Callable[[str, str], None]) -> int:
+        """Carry data until it ends; `on_up(interface, address)`; a pppd-style status."""
+
+    async def stop(self) -> None:
+        """Make `run` end."""
+
+    def attach(self, session: Session) -> None:
+        """The driver's AT session."""
+
+    def select(self, data: str, net: str | None) -> None:
+        """Discovery found a stick with this data path and network interface."""
+
+    def urc(self, line: str) -> None:
+        """An unsolicited line from the AT port."""
+
+
+class Switch:
+    """`[modem] data = "auto"`: the runner for the path discovery found."""
+
+    def __init__(self, runners: Mapping[str, DataRunner], default: str = "ppp") -> None:
+        self.runners = dict(runners)
+        self.current = self.runners[default]
+
+    @property
+    def exclusive(self) -> bool:
+        """The current runner's."""
+        return self.current.exclusive
+
+    @property
+    def running(self) -> bool:
+        """The current runner's."""
+        return self.current.running
+
+    @property
+    def why(self) -> str:
+        """The current runner's."""
+        return self.current.why
+
+    async def run(self, port: str, on_up: Callable[[str, str], None]) -> int:
+        """Run the current runner."""
+        return await self.current.run(port, on_up)
+
+    async def stop(self) -> None:
+        """Stop every runner (one may still be winding down after a switch)."""
+        for runner in self.runners.values():
+            await runner.stop()
+
+    def attach(self, session: Session) -> None:
+        """Give every runner the session."""
+        for runner in self.runners.values():
+            runner.attach(session)
+
+    def select(self, data: str, net: str | None) -> None:
+        """Switch to the runner for `data` (the ppp one for a path without its own)."""
+        self.current = self.runners.get(data, self.current)
+        self.current.select(data, net)
+
+    def urc(self, line: str) -> None:
+        """To the current runner."""
+        self.current.urc(line)

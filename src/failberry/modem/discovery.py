@@ -175,8 +175,11 @@ class PathWatcher:
     re-enumerated stick gets a new node) is the add/remove event. Polls once a `interval`."""
 
     def __init__(self, path: str, data_path: str | None = None, usb_path: str | None = None,
-                 interval: float = 1.0, locate: Locate | None = None) -> None:
+                 interval: float = 1.0, locate: Locate | None = None, *, data: str = "ppp",
+                 net: str | None = None) -> None:
         self.path = path
+        self.data = data  # the data path and network interface DeviceAdded carries
+        self.net = net
         self.data_path = data_path
         self.usb_path = usb_path
         self.interval = interval
@@ -201,7 +204,7 @@ class PathWatcher:
                     control, usb_path = (await self.locate(self.path) if self.locate
                                          else (None, None))
                     yield DeviceAdded(control or self.path, self.data_path or self.path,
-                                      usb_path or self.usb_path)
+                                      usb_path or self.usb_path, self.data, self.net)
                 seen = now
             await asyncio.sleep(self.interval)
 

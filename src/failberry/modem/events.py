@@ -99,9 +99,11 @@ class PppUp:
 
 @dataclass(frozen=True)
 class PppExited:
-    """pppd exited with `status` (man pppd, EXIT STATUS)."""
+    """pppd exited with `status` (man pppd, EXIT STATUS); or a bearer ended with a status of
+    the same meaning and its own words in `why`."""
 
     status: int
+    why: str = ""
 
 
 @dataclass(frozen=True)

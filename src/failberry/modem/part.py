@@ -16,6 +16,9 @@ from failberry.config import Config
 from failberry.modem import events as ev
 from failberry.modem.adapters import CommandReboot, RebootLog
 from failberry.modem.at import open_serial
+from failberry.modem.bearer import BearerRunner
+from failberry.modem.datapath import DataRunner, Switch
+from failberry.modem.dhcp import DhcpClient
 from failberry.modem.discovery import Discovery, PathWatcher, UdevDiscovery, find_at_port
 from failberry.modem.driver import Driver
 from failberry.modem.machine import Machine
@@ -25,6 +28,20 @@ from failberry.status import Status
 from failberry.usbpower import SysfsUsbPower
 
 LOG = logging.getLogger(__name__)
+
+def data_runner(cfg: Config) -> DataRunner:
+    """What carries data for `[modem] data`: pppd, the AT bearer with DHCP, or (auto) the
+    one discovery picks for the stick found."""
+    m = cfg.modem
+    run_dir = Path(cfg.paths.run_dir)
+    ppp = PppRunner(m, run_dir / "ppp", cfg.uplink.mobile.interface, argv=(m.pppd,))
+    bearer = BearerRunner(m, DhcpClient(run_dir / "dhcp"))
+    if m.data == "ppp" or (m.data == "auto" and m.device != "auto"):
+        return ppp  # a configured device without `data` is the PPP port it always was
+    if m.data in ("ncm", "ecm"):
+        return bearer
+    return Switch({"ppp": ppp, "ncm": bearer, "ecm": bearer})
+
 
 class ModemPart:
     """Keeps the mobile link up; reports as `modem`."""
@@ -48,8 +65,7 @@ class ModemPart:
         m = cfg.modem
         machine = Machine(cfg.recovery, has_pin=m.pin is not None,
                           rand=random.SystemRandom().random)
-        ppp = PppRunner(m, Path(cfg.paths.run_dir) / "ppp", cfg.uplink.mobile.interface,
-                        argv=(m.pppd,))
+        ppp = data_runner(cfg)
         driver = Driver(m, machine, status=status, bus=bus, opener=open_serial, ppp=ppp,
                         usb=SysfsUsbPower(), rebooter=CommandReboot(cfg.recovery.reboot_command),
                         reboot_log=RebootLog(Path(cfg.paths.state_dir) / "reboots.json"))
@@ -57,6 +73,9 @@ class ModemPart:
         discovery: Discovery
         if m.device == "auto":
             discovery = UdevDiscovery(open_serial, m.usb_ids, at_port=at_port, data=m.data)
+        elif m.data in ("ncm", "ecm"):  # bearer and monitoring on one AT port
+            port = at_port or m.device
+            discovery = PathWatcher(port, data_path=port, data=m.data)
         elif at_port:  # set up and monitor on at_port; PPP on the configured device
             discovery = PathWatcher(at_port, data_path=m.device)
         else:  # look for another AT port of the same stick in sysfs
