@@ -109,6 +109,7 @@ def test_part_from_config_uses_the_real_seams() -> None:
     from failberry.modem.bearer import BearerRunner
     from failberry.modem.datapath import Switch
     from failberry.modem.discovery import UdevDiscovery
+    from failberry.modem.hilink import HilinkRunner
     from failberry.modem.part import ModemPart
     from failberry.modem.ppp import PppRunner
     from failberry.status import Status
@@ -134,6 +135,11 @@ def test_part_from_config_uses_the_real_seams() -> None:
     assert isinstance(ncm.driver.ppp, BearerRunner)
     assert isinstance(ncm.discovery, PathWatcher) and ncm.discovery.data == "ncm"
     assert ncm.discovery.data_path == "/dev/ttyUSB2"  # bearer and monitoring on one port
+    assert isinstance(switch.runners["hilink"], HilinkRunner)
+    assert auto.driver.hilink is not None and auto.driver.hilink.runner is switch.runners["hilink"]
+    hl = ModemPart.from_config(Config(modem=ModemConfig(apn="internet", data="hilink")),
+                               Status(), Bus())
+    assert isinstance(hl.driver.ppp, HilinkRunner) and hl.driver.hilink is not None
 
 
 def stick_sysfs(root: Path) -> Path:

@@ -24,6 +24,7 @@ from failberry.modem.adapters import (  # re-exported: the seams' old home
 from failberry.modem.at import AtChannel, SerialPort
 from failberry.modem.datapath import DataRunner
 from failberry.modem.errors import AtError, AtTimeout, ModemError, PortGone, UsbPowerError
+from failberry.modem.hilink import HilinkBackend
 from failberry.modem.machine import Machine
 from failberry.modem.parsers import REG_PREFIXES, Registration, RegStat, parse_registration
 from failberry.modem.parsers import parse_vendor_access_tech as vendor_access_tech
@@ -37,6 +38,7 @@ __all__ = ["CommandReboot", "Driver", "RebootLog", "Rebooter", "read_counters"]
 LOG = logging.getLogger(__name__)
 
 PART = "modem"
+HILINK_ACTIONS = (ev.OpenPort, ev.QuerySim, ev.EnterPin, ev.QueryRegistration, ev.ResetModem)
 POLLED = (Phase.REGISTERING, Phase.DENIED, Phase.DIALING, Phase.CONNECTED)
 
 
@@ -70,6 +72,7 @@ class Driver:
         self.info: dict[str, Any] = {}
         self.session = Session(at_timeout, self.info)
         ppp.attach(self.session)  # the bearer paths speak AT over the driver's session
+        self.hilink: HilinkBackend | None = None  # answers for a stick without AT (HiLink)
         self.last_reg: dict[str, RegStat] = {}
         self.steps = 0
         # command_mode's result after each pppd exit, the last few (for status and tests)
@@ -160,6 +163,12 @@ class Driver:
             self._cancel_timer(action.name)
             return
         LOG.info("modem action %s (%s)", type(action).__name__, self.state.reason)
+        if self._hilink() is not None and isinstance(action, HILINK_ACTIONS):
+            if isinstance(action, ev.OpenPort):
+                self._close_channel()  # a new generation: stale answers are dropped
+            assert self.hilink is not None
+            self._spawn(self.hilink.perform(self, action, self.gen), "hilink")
+            return
         if isinstance(action, ev.OpenPort):
             self._close_channel()
             self._spawn(self._open(action.port, self.gen), "open")
@@ -187,6 +196,9 @@ class Driver:
                         "power")
         elif isinstance(action, ev.Reboot):
             self._spawn(self._reboot(action.reason), "reboot")
+
+    def _hilink(self) -> HilinkBackend | None:
+        return self.hilink if self.info.get("data_path") == "hilink" else None
 
     def _cancel_timer(self, name: str) -> None:
         handle = self.timers.pop(name, None)
@@ -359,7 +371,10 @@ class Driver:
     async def poll(self) -> None:
         """Refresh signal, operator and registration while an AT port is open (the control
         port, or the monitoring port while the data port carries PPP), then report."""
-        if self.channel is not None and self.state.phase in POLLED:
+        api = self._hilink()
+        if api is not None and self.state.phase in POLLED:
+            await api.poll(self)
+        elif self.channel is not None and self.state.phase in POLLED:
             gen = self.gen
             try:
                 await self.session.signal_and_operator()

@@ -21,6 +21,7 @@ from failberry.modem.datapath import DataRunner, Switch
 from failberry.modem.dhcp import DhcpClient
 from failberry.modem.discovery import Discovery, PathWatcher, UdevDiscovery, find_at_port
 from failberry.modem.driver import Driver
+from failberry.modem.hilink import HilinkApi, HilinkBackend, HilinkRunner
 from failberry.modem.machine import Machine
 from failberry.modem.ppp import PppRunner
 from failberry.modem.state import ModemState
@@ -29,18 +30,24 @@ from failberry.usbpower import SysfsUsbPower
 
 LOG = logging.getLogger(__name__)
 
-def data_runner(cfg: Config) -> DataRunner:
-    """What carries data for `[modem] data`: pppd, the AT bearer with DHCP, or (auto) the
-    one discovery picks for the stick found."""
+def data_runner(cfg: Config) -> tuple[DataRunner, HilinkBackend]:
+    """What carries data for `[modem] data`: pppd, the AT bearer with DHCP, the HiLink API
+    with DHCP, or (auto) the one discovery picks for the stick found; and the HiLink backend
+    that answers the machine for a stick without AT."""
     m = cfg.modem
     run_dir = Path(cfg.paths.run_dir)
     ppp = PppRunner(m, run_dir / "ppp", cfg.uplink.mobile.interface, argv=(m.pppd,))
     bearer = BearerRunner(m, DhcpClient(run_dir / "dhcp"))
+    api = HilinkApi()
+    hilink = HilinkRunner(api, DhcpClient(run_dir / "dhcp"))
+    backend = HilinkBackend(api, hilink)
     if m.data == "ppp" or (m.data == "auto" and m.device != "auto"):
-        return ppp  # a configured device without `data` is the PPP port it always was
+        return ppp, backend  # a configured device without `data` is the PPP port it was
     if m.data in ("ncm", "ecm"):
-        return bearer
-    return Switch({"ppp": ppp, "ncm": bearer, "ecm": bearer})
+        return bearer, backend
+    if m.data == "hilink":
+        return hilink, backend
+    return Switch({"ppp": ppp, "ncm": bearer, "ecm": bearer, "hilink": hilink}), backend
 
 
 class ModemPart:
@@ -65,10 +72,11 @@ class ModemPart:
         m = cfg.modem
         machine = Machine(cfg.recovery, has_pin=m.pin is not None,
                           rand=random.SystemRandom().random)
-        ppp = data_runner(cfg)
+        ppp, hilink = data_runner(cfg)
         driver = Driver(m, machine, status=status, bus=bus, opener=open_serial, ppp=ppp,
                         usb=SysfsUsbPower(), rebooter=CommandReboot(cfg.recovery.reboot_command),
                         reboot_log=RebootLog(Path(cfg.paths.state_dir) / "reboots.json"))
+        driver.hilink = hilink
         at_port = m.at_port or None
         discovery: Discovery
         if m.device == "auto":
