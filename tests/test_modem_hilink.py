@@ -42,6 +42,7 @@ def test_device_added_to_lease_with_status(tmp_path: Path) -> None:
             assert (d["data_path"], d["signal_dbm"], d["operator"], d["access_tech"],
                     d["registration"], d["model"]) == \
                 ("hilink", -67, "Vodafone UK", "LTE", "home", "E3372h-320")
+            assert d["private_address"] is True  # behind the stick's own NAT
 
             # A stale token: 125003, a new handshake, the POST repeated once.
             rig.api.token = "stale"

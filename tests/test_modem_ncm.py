@@ -51,6 +51,8 @@ def test_device_added_to_lease_then_silent_wedge_is_redialed(tmp_path: Path,
             s = rig.driver.state
             assert s.interface == "wwan0" and in_pool(s.address)
             assert rig.address() == s.address  # the lease is on the interface
+            # and its router where the network part learns a gateway from
+            assert "default via 10.99.0.1 dev wwan0 metric 4000" in rig.routes()
             assert await asyncio.to_thread(rig.ping)  # and traffic passes
             log = rig.ctl(op="get")["log"]
             up = 'AT^NDISDUP=1,1,"internet"' if vendor == "huawei" else "AT+ZECMCALL=1"

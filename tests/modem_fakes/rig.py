@@ -212,6 +212,11 @@ class Rig:
             return str(a["local"])
         return None
 
+    def routes(self) -> str:
+        """`ip route` in the Pi namespace."""
+        return subprocess.run(["ip", "-n", self.ns, "route"], capture_output=True,
+                              text=True).stdout
+
     def channel_open(self) -> bool:
         """Is the driver's AT channel open?"""
         return self.driver.channel is not None

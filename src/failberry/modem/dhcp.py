@@ -1,7 +1,8 @@
 """DHCP on the stick's network interface (NCM, ECM, HiLink): busybox's `udhcpc` (Debian
 package `udhcpc`) run in the foreground as a child, with a script failberry writes that puts
-the address on the interface and tells us what it did on stdout. Routes and DNS stay with
-failberry's network part, as with pppd.
+the address on the interface, and the router as a default route of metric 4000 in `main`
+(where the network part learns an uplink's gateway), and tells us what it did on stdout.
+DNS stays with failberry's network part, as with pppd.
 
 udhcpc keeps the lease (renewals, rebinding, a new discovery after losing it); we follow its
 `bound`, `renew`, `deconfig`, `leasefail` and `nak` calls."""
@@ -23,9 +24,11 @@ from failberry.modem.errors import ModemError
 LOG = logging.getLogger(__name__)
 
 TAG = "failberry-dhcp"
+METRIC = 4000  # the default route's metric in `main`: below every other uplink's
 SCRIPT = f"""#!/bin/sh
 # failberry's udhcpc script: the address on the stick's interface, reported on stdout.
-# Routes and DNS are left to failberry's network part.
+# The router goes in as a default route of metric {METRIC} in `main`, where the network
+# part learns the uplink's gateway from (its rules keep `main`'s defaults out of the way).
 case "$1" in
   deconfig)
     ip -4 addr flush dev "$interface"
@@ -34,9 +37,13 @@ case "$1" in
   bound)
     ip -4 addr flush dev "$interface"
     ip addr add "$ip/${{mask:-$subnet}}" dev "$interface"
+    [ -n "$router" ] && ip route replace default via "${{router%% *}}" dev "$interface" \
+        metric {METRIC}
     echo "{TAG} bound $ip ${{mask:-$subnet}} ${{router%% *}} $dns" ;;
   renew)
     ip addr replace "$ip/${{mask:-$subnet}}" dev "$interface"
+    [ -n "$router" ] && ip route replace default via "${{router%% *}}" dev "$interface" \
+        metric {METRIC}
     echo "{TAG} renew $ip ${{mask:-$subnet}} ${{router%% *}} $dns" ;;
   *)
     echo "{TAG} $1" ;;

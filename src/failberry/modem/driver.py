@@ -24,6 +24,7 @@ from failberry.modem.adapters import (  # re-exported: the seams' old home
 from failberry.modem.at import AtChannel, SerialPort
 from failberry.modem.datapath import DataRunner
 from failberry.modem.errors import AtError, AtTimeout, ModemError, PortGone, UsbPowerError
+from failberry.modem.follow import private_address
 from failberry.modem.hilink import HilinkBackend
 from failberry.modem.machine import Machine
 from failberry.modem.parsers import REG_PREFIXES, Registration, RegStat, parse_registration
@@ -403,6 +404,7 @@ class Driver:
             sim=self.info.get("sim"), signal_dbm=self.info.get("signal_dbm"),
             operator=self.info.get("operator"), access_tech=self.info.get("access_tech"),
             registration=self.info.get("registration"), interface=s.interface,
-            address=s.address, bytes_in=rx, bytes_out=tx, ladder_rung=rung,
+            address=s.address, private_address=private_address(s.address), bytes_in=rx,
+            bytes_out=tx, ladder_rung=rung,
             ladder_counts=s.ladder_counts, last_error=s.last_error or self.info.get(
                 "last_error"))

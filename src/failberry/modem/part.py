@@ -36,7 +36,9 @@ def data_runner(cfg: Config) -> tuple[DataRunner, HilinkBackend]:
     that answers the machine for a stick without AT."""
     m = cfg.modem
     run_dir = Path(cfg.paths.run_dir)
-    ppp = PppRunner(m, run_dir / "ppp", cfg.uplink.mobile.interface, argv=(m.pppd,))
+    ifname = cfg.uplink.mobile.interface
+    ppp = PppRunner(m, run_dir / "ppp", "ppp0" if ifname == "auto" else ifname,
+                    argv=(m.pppd,))
     bearer = BearerRunner(m, DhcpClient(run_dir / "dhcp"))
     api = HilinkApi()
     hilink = HilinkRunner(api, DhcpClient(run_dir / "dhcp"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -28,6 +29,7 @@ from failberry.bus import (
 )
 from failberry.config import Config
 from failberry.failover import Failover, UplinkView
+from failberry.modem.follow import follow, resolve_mobile
 from failberry.net import plan as netplan
 from failberry.net.apply_routes import Netlink, RouteApplier
 from failberry.net.conntrack import FlowFlusher
@@ -118,7 +120,9 @@ class NetworkPart:
             tasks = [asyncio.create_task(self._probe_loop(u), name=f"probe-{n}")
                      for n, u in self.uplinks.items()]
             tasks += [asyncio.create_task(self._events(), name="net-events"),
-                      asyncio.create_task(self._periodic(), name="net-periodic")]
+                      asyncio.create_task(self._periodic(), name="net-periodic"),
+                      asyncio.create_task(follow(self.bus, self.cfg, self._follow_mobile),
+                                          name="net-follow-mobile")]
             await asyncio.gather(*tasks)
         finally:
             tasks += list(self._background)
@@ -146,9 +150,9 @@ class NetworkPart:
 
     async def _events(self) -> None:
         q = self.s.monitor.events
-        watched = {u.spec.interface for u in self.uplinks.values()}
         while True:
             event = await q.get()
+            watched = {u.spec.interface for u in self.uplinks.values()}  # "auto" may move
             relevant = False
             while True:  # take the whole burst; one reconcile for all of it
                 if isinstance(event, LinkChanged | AddressChanged):
@@ -161,6 +165,15 @@ class NetworkPart:
                 event = q.get_nowait()
             if relevant:
                 await self._reconcile("link event")
+
+    async def _follow_mobile(self, interface: str) -> None:
+        """Issue 16 hook: `uplink.mobile.interface = "auto"` and the modem's link is now on
+        `interface`: plan with that name from now on (see failberry.modem.follow)."""
+        self.cfg = resolve_mobile(self.cfg, interface)
+        if "mobile" in self.uplinks:
+            up = self.uplinks["mobile"]
+            up.spec = dataclasses.replace(up.spec, interface=interface)
+        await self._reconcile(f"mobile uplink is on {interface}")
 
     async def _periodic(self) -> None:
         last_sample = self.s.clock()
