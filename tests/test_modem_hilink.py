@@ -33,7 +33,7 @@ def test_device_added_to_lease_with_status(tmp_path: Path) -> None:
             await rig.wait_for(lambda: rig.phase is Phase.CONNECTED, 30)
             s = rig.driver.state
             assert s.interface == "eth1" and in_pool(s.address)
-            assert rig.address() == s.address
+            assert rig.address() == s.address and await asyncio.to_thread(rig.ping)
             got = rig.ctl(op="get")
             assert got["dataswitch"] and got["dataswitch_on"] == 1
             await rig.wait_for(

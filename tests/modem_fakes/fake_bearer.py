@@ -51,7 +51,8 @@ class Bearer:
         self.ip("addr", "replace", s["gw"], "dev", s["if"])
         self.dnsmasq = subprocess.Popen(
             ["ip", "netns", "exec", s["ns"], "dnsmasq", "--no-daemon", "--conf-file=/dev/null",
-             "--port=0", "--no-resolv", "--bind-interfaces", f"--interface={s['if']}",
+             "--port=0", "--no-resolv", "--no-ping", "--bind-interfaces",
+             f"--interface={s['if']}",
              "--user=root", f"--dhcp-range={s['range']},255.255.255.0,2m",
              f"--dhcp-option=3,{s['gw'].split('/')[0]}",
              f"--dhcp-leasefile={s['dir']}/dnsmasq.leases", "--pid-file="],

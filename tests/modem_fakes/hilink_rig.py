@@ -32,7 +32,7 @@ from failberry.modem.machine import Machine, Phase
 from failberry.modem.part import ModemPart
 from failberry.status import Status
 from failberry.usbpower import SysfsUsbPower
-from modem_fakes.rig import FAKES, FAST, RebootRecorder
+from modem_fakes.rig import FAKES, FAST, PING, RebootRecorder
 from modem_fakes.usbfake import RecordingBackend, fake_sysfs
 
 _COUNTER = itertools.count()
@@ -74,7 +74,7 @@ class HilinkRig:
         inside = ["ip", "netns", "exec", self.stick_ns]
         self.procs.append(subprocess.Popen(
             [*inside, "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0",
-             "--no-resolv", "--bind-interfaces", "--interface=lan0", "--user=root",
+             "--no-resolv", "--no-ping", "--bind-interfaces", "--interface=lan0", "--user=root",
              "--dhcp-range=192.168.8.100,192.168.8.110,255.255.255.0,2m",
              "--dhcp-option=3,192.168.8.1", f"--dhcp-leasefile={self.tmp}/hl.leases",
              "--pid-file="], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
@@ -145,6 +145,11 @@ class HilinkRig:
                 raise AssertionError(f"timed out; modem {s.phase.value}: {s.reason}; "
                                      f"last error {s.last_error}")
             await asyncio.sleep(0.05)
+
+    def ping(self, target: str = "192.168.8.1") -> bool:
+        """One ping from the Pi namespace to the stick's router."""
+        return subprocess.run(["ip", "netns", "exec", self.ns, sys.executable, "-c", PING,
+                               target], capture_output=True).returncode == 0
 
     def address(self) -> str | None:
         out = subprocess.run(["ip", "-n", self.ns, "-j", "-4", "addr", "show", "dev", "eth1"],
