@@ -77,3 +77,53 @@ def test_data_key_is_checked() -> None:
     assert parse(base).modem.data == "auto"
     with pytest.raises(ConfigError, match=r"modem\.data"):
         parse(base + 'data = "qmi"\n')
+
+
+class FakeUdev:
+    """pyudev's Context as UdevDiscovery.scan uses it: USB devices by their sysfs path."""
+
+    class Device:
+        def __init__(self, sys_path: Path) -> None:
+            self.sys_path = str(sys_path)
+
+    def __init__(self, *devices: Path) -> None:
+        self.devices = devices
+
+    def list_devices(self, **match: str) -> list[FakeUdev.Device]:
+        assert match == {"subsystem": "usb", "DEVTYPE": "usb_device"}
+        return [self.Device(d) for d in self.devices]
+
+
+def test_udev_discovery_finds_the_stick_whose_ports_answer(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import json
+    import subprocess
+    import sys
+    import time
+
+    from failberry.modem.at import open_serial
+    from failberry.modem.discovery import UdevDiscovery
+    from modem_fakes.rig import FAKES
+
+    caplog.set_level("INFO")
+    cdrom = build(tmp_path / "sys", "e3372_cdrom", "1-1.3")
+    mf180 = build(tmp_path / "sys2", "zte_mf180", "1-1.2")
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    modem = subprocess.Popen([sys.executable, str(FAKES / "fake_modem.py"), str(dev),
+                              json.dumps({})])
+    try:
+        for _ in range(200):
+            if (dev / "ttyUSB2").exists():
+                break
+            time.sleep(0.02)
+        found = UdevDiscovery(open_serial, dev_dir=dev)
+        event = asyncio.run(found._find(FakeUdev(cdrom, mf180)))
+    finally:
+        modem.terminate()
+        modem.wait(10)
+    # ttyUSB0 (diagnostics) does not exist here, ttyUSB1 and ttyUSB2 answer AT
+    assert event is not None
+    assert (event.port, event.data_port, event.usb_path, event.data, event.net) == \
+        (str(dev / "ttyUSB1"), str(dev / "ttyUSB2"), "1-1.2", "ppp", None)
+    assert "12d1:1f01 on 1-1.3: still in CD-ROM mode" in caplog.text

@@ -215,8 +215,10 @@ class UdevDiscovery:
     it presents decides the data path unless `data` names one."""
 
     def __init__(self, opener: Callable[[str], SerialPort], extra_ids: Iterable[str] = (),
-                 settle: float = 2.0, at_port: str | None = None, data: str = "auto") -> None:
+                 settle: float = 2.0, at_port: str | None = None, *, data: str = "auto",
+                 dev_dir: Path = Path("/dev")) -> None:
         self.opener = opener
+        self.dev_dir = dev_dir
         self.extra_ids = tuple(extra_ids)
         self.settle = settle
         self.at_port = at_port  # `[modem] at_port`: the control/monitoring port, if set
@@ -224,25 +226,22 @@ class UdevDiscovery:
         self.current: DeviceAdded | None = None
 
     def scan(self, context: Any) -> list[Path]:
-        """The sysfs directories of every modem-like USB device udev knows now."""
-        out: dict[str, Path] = {}
-        for subsystem in ("tty", "net"):
-            for dev in context.list_devices(subsystem=subsystem):
-                usb_dev = dev.find_parent("usb", "usb_device")
-                if usb_dev is None:
-                    continue
-                device = Path(usb_dev.sys_path)
-                usb_id = usb_id_of(device)
-                if usb_id[:4] in MODEM_VENDORS or usb_id in self.extra_ids:
-                    out.setdefault(usb_dev.sys_name, device)
-        return list(out.values())
+        """The sysfs directories of every USB device of a modem vendor (or `usb_ids`) udev
+        knows now, whatever it presents (ttys, a network interface, only a CD-ROM)."""
+        out = []
+        for dev in context.list_devices(subsystem="usb", DEVTYPE="usb_device"):
+            device = Path(dev.sys_path)
+            usb_id = usb_id_of(device)
+            if usb_id[:4] in MODEM_VENDORS or usb_id in self.extra_ids:
+                out.append(device)
+        return out
 
     async def _find(self, context: Any) -> DeviceAdded | None:
         for device in self.scan(context):
             stick = await asyncio.to_thread(read_stick, device)
             event = await stick_event(stick, self.data,
                                       lambda n: probe_port(n, self.opener),
-                                      at_port=self.at_port)
+                                      self.dev_dir, self.at_port)
             if event is not None:
                 return event
         return None
