@@ -111,3 +111,19 @@ def test_vendor_urcs_say_lost() -> None:
     assert not parse_lost_line("huawei", '^NDISSTAT: 1,,,"IPV4"')
     assert parse_lost_line("zte", "+ZECMCALL: DISCONNECT")
     assert parse_lost_line("generic", "+CGEV: NW DEACT 1")
+
+
+@pytest.mark.root
+@pytest.mark.timeout(60)
+def test_refused_bearer_is_a_fault_in_its_own_words(tmp_path: Path) -> None:
+    async def go() -> None:
+        refused = {"cme": {'AT^NDISDUP=1,1,"INTERNET"': 30}}  # +CME ERROR: 30, no service
+        async with Rig(tmp_path, refused, bearer="huawei") as rig:
+            await rig.wait_for(lambda: "bearer command failed" in
+                               (rig.driver.state.last_error or ""), 20)
+            assert "pppd" not in (rig.driver.state.last_error or "")
+            assert rig.address() is None and not rig.ctl(op="get")["bearer_up"]
+            assert rig.driver.state.ladder_counts["redial"] >= 1 or \
+                rig.driver.state.pending_rung is not None
+
+    run(go())

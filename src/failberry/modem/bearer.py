@@ -130,7 +130,7 @@ class BearerRunner:
         self._running = True
         dhcp_task: asyncio.Task[int] | None = None
         try:
-            with contextlib.suppress(AtError, AtTimeout):  # a stale bearer, if any
+            with contextlib.suppress(AtError, AtTimeout, PortGone):  # a stale bearer, if any
                 await self._at(self.vendor.down)
             try:
                 await self._at(f'AT+CGDCONT=1,"IP","{self.cfg.apn}"')
