@@ -7,6 +7,9 @@ A part is any object with:
   deadline: float                seconds it may go without `status.report(name, ...)`;
                                  past that the watchdog stops pinging systemd
   async run() -> None            runs until cancelled; cleans up what it made on cancel
+and may have:
+  fresh() -> Part                a new object to run in its place after it crashed (the
+                                 supervisor then never runs the crashed object again)
 """
 
 from __future__ import annotations

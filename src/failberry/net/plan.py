@@ -158,8 +158,10 @@ def next_hop(up: UplinkSpec, link: LinkState) -> str | None:
 
 
 def plan(cfg: Config, links: Mapping[str, LinkState], active: str | None,
-         over_cap: bool = False) -> NetPlan:
-    """The whole desired state for these links, this active uplink and the data-cap state."""
+         over_cap: bool = False, leaving: str | None = None) -> NetPlan:
+    """The whole desired state for these links, this active uplink and the data-cap state.
+    `leaving`: the uplink a switch moves away from; its LAN traffic is still let out (the
+    bridge filter written before the route moves, so no packet meets a REJECT mid-switch)."""
     ups = uplinks(cfg)
     routes: list[RouteSpec] = []
     rules: list[RuleSpec] = [RuleSpec(PRIO_MAIN, MAIN_TABLE, suppress_prefixlen=0),
@@ -180,12 +182,20 @@ def plan(cfg: Config, links: Mapping[str, LinkState], active: str | None,
         if up.name == active:
             routes.append(RouteSpec(TABLE_ACTIVE, up.interface, hop))
     rules.sort(key=lambda r: r.priority)
-    return NetPlan(tuple(routes), tuple(rules), firewall(cfg, ups, active, over_cap), sysctls)
+    return NetPlan(tuple(routes), tuple(rules), firewall(cfg, ups, active, over_cap, leaving),
+                   sysctls)
+
+
+def closed(cfg: Config, over_cap: bool = False) -> tuple[ChainSpec, ...]:
+    """The filter chains a clean stop leaves: the uplinks closed as when running, and no LAN
+    traffic forwarded to any uplink (there is no NAT any more)."""
+    return tuple(c for c in firewall(cfg, uplinks(cfg), None, over_cap) if c.table == "filter")
 
 
 def firewall(cfg: Config, ups: list[UplinkSpec], active: str | None,
-             over_cap: bool) -> tuple[ChainSpec, ...]:
-    """failberry's iptables chains for these uplinks and this active uplink."""
+             over_cap: bool, leaving: str | None = None) -> tuple[ChainSpec, ...]:
+    """failberry's iptables chains for these uplinks and this active uplink (and the one a
+    switch is leaving, while the route still points at it)."""
     lan = cfg.lan.interface
     inp: list[Rule] = []
     fwd: list[Rule] = []
@@ -211,8 +221,9 @@ def firewall(cfg: Config, ups: list[UplinkSpec], active: str | None,
                             "target": {"TCPMSS": {"clamp-mss-to-pmtu": ""}}})
     for up in ups:
         i = up.interface
-        if up.name != active:
-            # The LAN may only leave through the active uplink.
+        if up.name not in (active, leaving):
+            # The LAN may only leave through the active uplink (and, mid-switch, the one
+            # being left, which the route still names until it is replaced).
             fwd.append({"in-interface": lan, "out-interface": i, "target": "REJECT"})
             continue
         # A flow whose NAT binding was deleted on a switch shows up as a mid-stream packet

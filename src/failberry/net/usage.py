@@ -2,7 +2,9 @@
 
 Rule counters start at zero whenever a rule is written (a restart, a cap change), so the total
 is a persisted base plus the live counter, and a counter that went backwards is folded into the
-base. The file is written atomically, at most once a minute, and on exit."""
+base. The file is written atomically, at most once a minute, and on exit. It also holds the live
+counters it was written with: the chains survive a restart of the part (they are not removed
+on a crash), so a restarted part counts on from them instead of counting them twice."""
 
 from __future__ import annotations
 
@@ -45,7 +47,9 @@ class Usage:
         try:
             data = json.loads(self.path.read_text())
             self.period = str(data["period"])
-            self.base = {str(k): int(v) for k, v in data["bytes"].items()}
+            totals = {str(k): int(v) for k, v in data["bytes"].items()}
+            self.last = {str(k): int(v) for k, v in data.get("live", {}).items()}
+            self.base = {k: v - self.last.get(k, 0) for k, v in totals.items()}
         except FileNotFoundError:
             pass
         except (ValueError, KeyError, TypeError, AttributeError) as e:
@@ -83,8 +87,8 @@ class Usage:
             return False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps({"period": self.period, "bytes": self.totals()},
-                                  sort_keys=True))
+        tmp.write_text(json.dumps({"period": self.period, "bytes": self.totals(),
+                                   "live": self.last}, sort_keys=True))
         os.replace(tmp, self.path)
         self._persisted_at = now
         return True
