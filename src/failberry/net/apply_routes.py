@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
@@ -41,18 +42,21 @@ class Netlink(Protocol):
 class NetlinkError(FailberryError):
     """A netlink request failed; names what we asked for."""
 
-    def __init__(self, what: str, error: Exception) -> None:
+    def __init__(self, what: str, error: Exception, table: int | None = None) -> None:
         super().__init__(f"netlink: {what}: {error}")
+        self.table = table  # the routing table it was about, if one
 
 
 class ApplyError(FailberryError):
     """Some route or rule changes failed (the others were made); names each failure."""
 
-    def __init__(self, errors: list[NetlinkError], changes: list[str]) -> None:
+    def __init__(self, errors: list[NetlinkError], changes: list[str],
+                 active_failed: bool = False) -> None:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         super().__init__(f"{errors[0]}{more}")
         self.errors = errors
         self.changes = changes  # what was changed nonetheless
+        self.active_failed = active_failed  # table 2000 (the switch itself) is not as wanted
 
 
 def observe(nl: Netlink, interfaces: Iterable[str]) -> dict[str, LinkState]:
@@ -141,9 +145,10 @@ class RouteApplier:
         are all tried, then `ApplyError` names the failures."""
         errors: list[NetlinkError] = []
         changes = self._apply_routes(list(routes), errors)
+        active_failed = bool(errors) and errors[0].table == TABLE_ACTIVE
         changes += self._apply_rules(list(rules), errors)
         if errors:
-            raise ApplyError(errors, changes)
+            raise ApplyError(errors, changes, active_failed)
         return changes
 
     def _apply_routes(self, routes: list[RouteSpec], errors: list[NetlinkError]) -> list[str]:
@@ -153,9 +158,10 @@ class RouteApplier:
             try:
                 self._apply_table(table, want.get(table), changes)
             except NetlinkError as e:
+                e.table = table
                 errors.append(e)
             except Exception as e:  # noqa: BLE001  a read failed: pyroute2 raises its own
-                errors.append(NetlinkError(f"table {table}", e))
+                errors.append(NetlinkError(f"table {table}", e, table))
         return changes
 
     def _apply_table(self, table: int, spec: RouteSpec | None, changes: list[str]) -> None:
@@ -176,10 +182,10 @@ class RouteApplier:
                     args["gateway"] = spec.gateway
                 else:
                     args["scope"] = SCOPE_LINK
-                self._call("route", "replace", args)
-                changes.append(f"table {table}: default "
-                               f"{'via ' + spec.gateway if spec.gateway else ''} "
-                               f"dev {spec.interface}")
+                what = (f"table {table}: default {'via ' + spec.gateway if spec.gateway else ''} "
+                        f"dev {spec.interface}")
+                self._call("route", "replace", args, f"route replace {what}")
+                changes.append(what)
                 have = _routes_in(self.nl, table)
                 keep = next((m for m in have if m["dst_len"] == 0
                              and m.get_attr("RTA_OIF") == idx), None)
@@ -204,14 +210,16 @@ class RouteApplier:
                 seen.add(key)
                 continue
             try:
-                self._call("rule", "del", _rule_args(key), gone_ok=True)
+                self._call("rule", "del", _rule_args(key),
+                           f"rule del {key.priority} {_describe_rule(key)}", gone_ok=True)
                 changes.append(f"rule {key.priority}: removed {_describe_rule(key)}")
             except NetlinkError as e:
                 errors.append(e)
         for spec in rules:
             if spec not in seen:
                 try:
-                    self._call("rule", "add", _rule_args(spec))
+                    self._call("rule", "add", _rule_args(spec),
+                               f"rule add {spec.priority} {_describe_rule(spec)}")
                     changes.append(f"rule {spec.priority}: added {_describe_rule(spec)}")
                 except NetlinkError as e:
                     errors.append(e)
@@ -240,18 +248,20 @@ class RouteApplier:
             args["oif"] = msg.get_attr("RTA_OIF")
         if msg.get_attr("RTA_GATEWAY"):
             args["gateway"] = msg.get_attr("RTA_GATEWAY")
-        self._call("route", "del", args, gone_ok=True)
+        self._call("route", "del", args, f"route del table {args['table']} {_describe(msg)}",
+                   gone_ok=True)
 
-    def _call(self, what: str, command: str, args: Mapping[str, Any],
+    def _call(self, kind: str, command: str, args: Mapping[str, Any], what: str,
               gone_ok: bool = False) -> None:
         try:
-            getattr(self.nl, what)(command, **args)
+            getattr(self.nl, kind)(command, **args)
         except Exception as e:
+            code = getattr(e, "code", None)
             # Deleting what the kernel already removed (its link went away since we read the
             # table) got us what we wanted.
-            if gone_ok and getattr(e, "code", None) in (errno.ESRCH, errno.ENOENT):
+            if gone_ok and code in (errno.ESRCH, errno.ENOENT):
                 return
-            raise NetlinkError(f"{what} {command} {dict(args)}", e) from e
+            raise NetlinkError(what, OSError(code, os.strerror(code)) if code else e) from e
 
 
 def _same_route(a: Any, b: Any) -> bool:

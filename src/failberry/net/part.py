@@ -206,7 +206,7 @@ class NetworkPart:
 
     async def _events(self) -> None:
         q = self.s.monitor.events
-        watched = {u.spec.interface for u in self.uplinks.values()}
+        watched = {u.spec.interface for u in self.uplinks.values()} | set(self._required().values())
         while True:
             event = await q.get()
             relevant = False
@@ -346,11 +346,10 @@ class NetworkPart:
             await self._blocking(self._sample_usage)
         changes: list[str] = []
         try:
-            await self._blocking(self._apply, desired, final, changes)
+            await self._blocking(self._apply, desired, decision.active, final, changes)
         except (FailberryError, OSError) as e:
             self._apply_failed(why, e)
         else:
-            self._applied_active = decision.active
             self._apply_ok()
         finally:
             for change in changes:
@@ -413,8 +412,8 @@ class NetworkPart:
             self._retry.cancel()
             self._retry = None
 
-    def _apply(self, desired: netplan.NetPlan, final: tuple[netplan.ChainSpec, ...] | None,
-               changes: list[str]) -> None:
+    def _apply(self, desired: netplan.NetPlan, active: str | None,
+               final: tuple[netplan.ChainSpec, ...] | None, changes: list[str]) -> None:
         """nat, filter, mangle, sysctls, then routes and rules: NAT and the filter exist before
         any route sends LAN traffic out. `final`: the filter once the route has moved (a
         switch); `desired` then lets the LAN out through both uplinks. Appends to `changes` as
@@ -423,13 +422,19 @@ class NetworkPart:
         changes += self.sysctls.apply(desired.sysctls)
         # Here netfw6's conntrack clean-up of entries created un-NATed before NAT existed
         # belongs (net/conntrack.py): after NAT and the filter, before the routes send more.
+        failed: ApplyError | None = None
         try:
             changes += self.routes.apply(desired.routes, desired.rules)
         except ApplyError as e:
             changes += e.changes
-            raise
+            if e.active_failed:
+                raise  # the route still names the old uplink: keep the filter that allows it
+            failed = e
+        self._applied_active = active
         if final is not None:
             changes += self.s.firewall.sync(final, ("filter",))
+        if failed is not None:
+            raise failed
 
     def _report(self, active: str | None) -> None:
         ups = {}
