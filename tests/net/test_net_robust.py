@@ -157,6 +157,27 @@ def test_a_crashed_part_leaves_the_uplinks_closed_and_is_rebuilt_fresh(
 
 
 @pytest.mark.timeout(120)
+def test_a_part_started_after_a_crash_keeps_the_active_uplink(topo: Topology,
+                                                             tmp_path: Path) -> None:
+    topo.server()
+    topo.sh("wisp", DROP_ALL)  # the wired path is dead: the traffic is on mobile
+    part = Part(topo, tmp_path, config_text())
+    part.active("mobile", timeout=15)
+    os.killpg(part.proc.pid, signal.SIGKILL)  # dies: the kernel keeps its routes and chains
+    part.proc.wait(10)
+    part.status_file.unlink()
+    part = Part(topo, tmp_path, config_text())
+    part.wait(lambda st: st.get("uplinks", {}).get("mobile", {}).get("up") is True
+              and st["uplinks"]["wired"]["up"] is False, 15, "verdicts for both uplinks")
+    # The new part took over the mobile route instead of trying the dead wired path first.
+    assert "taking over from a previous run: mobile (ppp0)" in part.log.read_text()
+    st = part.status()
+    assert st["active_uplink"] == "mobile" and st["events"] == [], st
+    assert seen_as(topo) == MOBILE_ADDR
+    assert part.stop() == 0
+
+
+@pytest.mark.timeout(120)
 def test_a_gateway_gone_off_link_is_retried_not_fatal(topo: Topology, tmp_path: Path) -> None:
     topo.server()
     part = Part(topo, tmp_path, config_text(hold_down="0s"))

@@ -138,6 +138,19 @@ class RouteApplier:
         except Exception as e:
             raise NetlinkError("read links, addresses and routes", e) from e
 
+    def active_interface(self) -> str | None:
+        """The interface the default route in table 2000 names (left by a run that crashed),
+        or None."""
+        try:
+            for msg in _routes_in(self.nl, TABLE_ACTIVE):
+                if msg["dst_len"] == 0 and msg.get_attr("RTA_OIF"):
+                    idx = msg.get_attr("RTA_OIF")
+                    return next((str(m.get_attr("IFLA_IFNAME")) for m in self.nl.get_links()
+                                 if m["index"] == idx), None)
+        except Exception as e:
+            raise NetlinkError(f"read table {TABLE_ACTIVE}", e) from e
+        return None
+
     def apply(self, routes: Iterable[RouteSpec], rules: Iterable[RuleSpec]) -> list[str]:
         """Make our tables and rules equal to these; the changes made. The active table
         first: its `route replace` is the switch itself. A failed change (a link that went

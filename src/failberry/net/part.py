@@ -131,7 +131,8 @@ class NetworkPart:
 
     def fresh(self) -> NetworkPart:
         """A new part to run after this one crashed: new sockets, threads and state. It starts
-        from the routes, NAT and firewall this one left in the kernel."""
+        from the routes, NAT and firewall this one left in the kernel. Without `rebuild` it
+        shares these seams (which then must not have a `close`)."""
         if self._rebuild is not None:
             return self._rebuild()
         return NetworkPart(self.cfg, self.status, self.bus, self.s, state_dir=self.state_dir,
@@ -152,6 +153,7 @@ class NetworkPart:
             # Nothing is removed at start: the apply diffs against what a crashed run left, so
             # the uplinks never stand open while the part restarts.
             self.s.monitor.start()
+            await self._take_over()
             await self._reconcile("start")
             tasks = [asyncio.create_task(self._probe_loop(u), name=f"probe-{n}")
                      for n, u in self.uplinks.items()]
@@ -180,6 +182,21 @@ class NetworkPart:
             self._pool.shutdown(wait=False)
             if self.s.close is not None:
                 self.s.close()
+
+    async def _take_over(self) -> None:
+        """Start from the uplink a crashed run left active: its flows do not move, and the
+        policy waits for that uplink's first probe round before it leaves it."""
+        try:
+            iface = await self._blocking(self.routes.active_interface)
+        except FailberryError as e:
+            LOG.warning("could not read the active route a previous run left: %s", e)
+            return
+        for name, up in self.uplinks.items():
+            if iface is not None and up.spec.interface == iface:
+                LOG.info("taking over from a previous run: %s (%s) is the active uplink", name,
+                         iface)
+                self.failover.active = name
+                self._applied_active = name
 
     def _stop_sync(self) -> None:
         """A clean stop: close the filter first (no LAN traffic out to any uplink, the uplinks
@@ -418,8 +435,14 @@ class NetworkPart:
         any route sends LAN traffic out. `final`: the filter once the route has moved (a
         switch); `desired` then lets the LAN out through both uplinks. Appends to `changes` as
         it goes, so a failure still reports what was done."""
-        changes += self.s.firewall.sync(desired.chains)
-        changes += self.sysctls.apply(desired.sysctls)
+        if final is not None and self._failures == 0:
+            # A switch after a good apply: NAT, mangle and sysctls do not depend on the active
+            # uplink and are in place, so only the filter goes before the route moves (each
+            # table read costs milliseconds of the switch); the rest is checked right after.
+            changes += self.s.firewall.sync(desired.chains, ("filter",))
+        else:
+            changes += self.s.firewall.sync(desired.chains)
+            changes += self.sysctls.apply(desired.sysctls)
         # Here netfw6's conntrack clean-up of entries created un-NATed before NAT existed
         # belongs (net/conntrack.py): after NAT and the filter, before the routes send more.
         failed: ApplyError | None = None
@@ -432,7 +455,8 @@ class NetworkPart:
             failed = e
         self._applied_active = active
         if final is not None:
-            changes += self.s.firewall.sync(final, ("filter",))
+            changes += self.s.firewall.sync(final)
+            changes += self.sysctls.apply(desired.sysctls)
         if failed is not None:
             raise failed
 
