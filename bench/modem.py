@@ -6,6 +6,11 @@
    own chat + TUN setup alone (the floor). Needs root.
 3. Supervisor CPU while the modem sends 1,000 URCs/s for 10 s, vs a loop that only drains
    the same bytes from the port.
+4. Cold start to connected: a stick that is still searching and registers 0.3 s after it
+   appears, announcing it with a URC in the `+CREG: <n>,<stat>,...` shape, with the
+   production poll interval (10 s), vs a stick registered from the start plus those 0.3 s.
+   Then the same from `failberry run` being started (a process, /status polled) vs the same
+   process's first /health answer. Needs root.
 
     sudo .venv/bin/python bench/modem.py [--quick]
 """
@@ -13,6 +18,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import statistics
 import subprocess
@@ -97,6 +103,55 @@ async def added_to_up(runs: int) -> tuple[float, float]:
     return statistics.median(ours), statistics.median(floor)
 
 
+REGISTERS_AFTER = 0.3
+
+
+async def cold_start(runs: int) -> tuple[float, float]:
+    """Median seconds from DeviceAdded to connected: cold stick (URC with <n>), and a warm
+    stick plus the time the cold one takes to register."""
+    cold: list[float] = []
+    warm: list[float] = []
+    for scenario, out in (({"reg": 2, "urc_n": True, "register_after": REGISTERS_AFTER}, cold),
+                          ({}, warm)):
+        for _ in range(runs):
+            with tempfile.TemporaryDirectory() as tmp:
+                async with Rig(Path(tmp), scenario, poll_interval=10.0) as rig:
+                    t0 = time.monotonic()
+                    await rig.wait_for(lambda r=rig: r.phase is Phase.CONNECTED,  # type: ignore[misc]
+                                       step=0.001)
+                    out.append(time.monotonic() - t0)
+    return statistics.median(cold), statistics.median(warm) + REGISTERS_AFTER
+
+
+def run_cold_start(runs: int) -> tuple[float, float]:
+    """Median seconds from starting `failberry run` to the modem connected (cold stick), and
+    to the same process's first /health answer."""
+    from conftest import free_port
+    from test_modem_run import get, modem, stick, supervisor, write_config
+
+    ours, floor = [], []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory() as tmp, \
+                stick(Path(tmp), {"reg": 2, "urc_n": True,
+                                  "register_after": REGISTERS_AFTER}) as st:
+            port = free_port()
+            cfg = write_config(st, "", ["true"])
+            t0 = time.monotonic()
+            first = None
+            with supervisor(cfg, port):
+                while modem(port).get("state") != "connected":
+                    if first is None:
+                        with contextlib.suppress(OSError):
+                            get(port, "/health")
+                            first = time.monotonic() - t0
+                    if time.monotonic() - t0 > 30:
+                        raise RuntimeError("failberry run did not connect in 30 s")
+                    time.sleep(0.005)
+                ours.append(time.monotonic() - t0)
+                floor.append(first if first is not None else ours[-1])
+    return statistics.median(ours), statistics.median(floor)
+
+
 async def storm_cpu(seconds: float) -> tuple[float, float, int]:
     """CPU % of this process during a 1,000 URC/s storm: ours (connected supervisor), and a
     loop that only drains the port; plus the URCs our layer delivered."""
@@ -135,6 +190,12 @@ async def main(quick: bool) -> None:
         ours, ref = await added_to_up(1 if quick else 5)
         rows.append(("device added -> ppp0 up (s)", f"{ours:.3f}", f"{ref:.3f}",
                      "stand-in pppd alone", f"{ours / ref:.2f}"))
+        ours, ref = await cold_start(1 if quick else 5)
+        rows.append(("cold start -> connected, driver (s)", f"{ours:.3f}", f"{ref:.3f}",
+                     "warm stick + 0.3 s", f"{ours / ref:.2f}"))
+        ours, ref = run_cold_start(1 if quick else 3)
+        rows.append(("failberry run -> connected, cold (s)", f"{ours:.3f}", f"{ref:.3f}",
+                     "its first /health", f"{ours / ref:.2f}"))
         ours, ref, n = await storm_cpu(3 if quick else 10)
         rows.append((f"CPU during 1000 URC/s ({n} URCs) %", f"{ours:.1f}", f"{ref:.1f}",
                      "drain-only reader", f"{ours / max(ref, 0.1):.1f}"))

@@ -10,12 +10,13 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
 from dyndns_http import Seen, Server, serving
 from failberry.config import Secret
-from failberry.dyndns.base import Record, Retry
+from failberry.dyndns.base import DyndnsError, Record, Retry
 from failberry.dyndns.dyndns2 import PROVIDER_TROUBLE_WAIT, Dyndns2Provider
 from failberry.dyndns.http import RequestsClient
 from failberry.dyndns.updater import Timing, Updater
@@ -225,3 +226,58 @@ def test_no_server_is_a_transient_error_naming_the_url() -> None:
     err = info.value
     assert getattr(err, "retry", None) is Retry.SOON
     assert "ConnectionError" in str(err) and PASSWORD not in str(err)
+
+
+class FlakyLookup:
+    """The provider's zone as verifier, failing its first `fail` lookups (no route yet)."""
+
+    def __init__(self, server: Server, fail: int) -> None:
+        self.server = server
+        self.fail = fail
+
+    def lookup(self, record: Record) -> frozenset[str]:
+        if self.fail > 0:
+            self.fail -= 1
+            raise DyndnsError("verify", str(record), "no authoritative answer: timeout")
+        return self.server.lookup(record)
+
+
+def test_restarts_send_no_nochg(tmp_path: Path) -> None:
+    """Issue 12: three restarts of the part with the record already right send nothing (a
+    dyndns2 provider counts repeated `nochg` as abuse). The address arrives after the part
+    started, as the network part publishes it; one restart's first check gets no answer."""
+    from failberry.bus import Bus, PublishedAddressChanged
+    from failberry.config import parse
+    from failberry.dyndns.part import DyndnsPart
+    from failberry.dyndns.persist import StateFile
+    from failberry.status import Status
+
+    cfg = parse('[modem]\napn = "internet"\n[dyndns]\nprovider = "dyndns2"\n'
+                f'name = "{NAME}"\n[dyndns.dyndns2]\nurl = "http://127.0.0.1:1/nic/update"\n'
+                f'username = "{USER}"\npassword = "{PASSWORD}"\n')
+
+    def part(server: Server, verifier: object) -> tuple[DyndnsPart, Bus]:
+        updater = make_updater(server)
+        updater.verifier = verifier  # type: ignore[assignment]
+        bus = Bus()
+        return DyndnsPart(updater, Status(), bus, provider="dyndns2",
+                          state=StateFile(tmp_path / "state.json", cfg.dyndns)), bus
+
+    with serving(provider_handler([])) as server:
+        for i, fail in enumerate((0, 0, 1, 0)):
+            p, bus = part(server, FlakyLookup(server, fail))
+
+            async def body(p: DyndnsPart = p, bus: Bus = bus) -> None:
+                task = asyncio.create_task(p.run())
+                try:
+                    await asyncio.sleep(0.2)
+                    bus.publish(PublishedAddressChanged("127.0.0.20", "wired"))
+                    st = p.updater.states["A"]
+                    await until(lambda: st.sent == "127.0.0.20" and not st.in_flight)
+                    await asyncio.sleep(0.1)
+                finally:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+
+            asyncio.run(body())
+            assert len(server.seen) == 1, (i, [s.query for s in server.seen])

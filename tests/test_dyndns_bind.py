@@ -14,7 +14,7 @@ import dns.tsigkeyring
 import dns.update
 import pytest
 
-from dyndns_bind import KEY_NAME, ZONE, Named, new_secret
+from dyndns_bind import KEY_NAME, ZONE, Named, free_udp_tcp_port, new_secret
 from failberry.bus import AddressChanged, Bus, PublishedAddressChanged
 from failberry.config import parse
 from failberry.dyndns.part import DyndnsPart
@@ -190,7 +190,9 @@ def test_periodic_check_repairs_drift(named: Named, tmp_path: Path,
 
 
 def test_restart_with_record_already_right_sends_no_update(named: Named, tmp_path: Path) -> None:
-    """After a restart the first check finds the record right: no needless update."""
+    """Issue 12: after a restart the first check finds the record right: no needless update.
+    As in the supervisor, the address arrives a while after the part started (the network
+    part publishes it after its first reconcile), and three restarts in a row send nothing."""
     part, _s, bus = make_part(named, tmp_path, "again", named.secret)
     st = part.updater.states["A"]
 
@@ -199,15 +201,45 @@ def test_restart_with_record_already_right_sends_no_update(named: Named, tmp_pat
         await until(lambda: _true(st.updates == 1))
 
     asyncio.run(running(part, first))
-    part2, _s2, bus2 = make_part(named, tmp_path, "again", named.secret)
-    st2 = part2.updater.states["A"]
+    updates_seen = named.log_text().count("again.dyn.test")
+    for _ in range(3):
+        part2, status2, bus2 = make_part(named, tmp_path, "again", named.secret)
 
-    async def second() -> None:
-        bus2.publish(PublishedAddressChanged("127.0.0.11", "mobile"))
-        await until(lambda: _true(st2.confirmed))
+        async def second(part2: DyndnsPart = part2, bus2: Bus = bus2) -> None:
+            st2 = part2.updater.states["A"]
+            await asyncio.sleep(0.3)  # the part runs (and may check) before any address
+            bus2.publish(PublishedAddressChanged("127.0.0.11", "mobile"))
+            await until(lambda: _true(st2.confirmed))
+            await asyncio.sleep(0.1)
+            part2.report()
 
-    asyncio.run(running(part2, second))
-    assert st2.attempts == 0 and st2.sent == "127.0.0.11"
+        asyncio.run(running(part2, second))
+        st2 = part2.updater.states["A"]
+        assert st2.attempts == 0 and st2.sent == "127.0.0.11"
+        assert status2.snapshot()["parts"]["dyndns"]["state"] == "ok"
+    # named logs every update it applies ("updating zone ... adding an RR at 'again...'").
+    assert named.log_text().count("again.dyn.test") == updates_seen
+
+
+def test_stale_check_error_is_cleared_by_a_successful_update(named: Named, tmp_path: Path) -> None:
+    """Issue 15: checks that got no answer, then an update that worked: /status shows no
+    error. The check goes to a port where nothing answers; the update to BIND."""
+    from failberry.dyndns.verify import AuthoritativeVerifier
+
+    part, status, bus = make_part(named, tmp_path, "stale", named.secret)
+    part.updater.verifier = AuthoritativeVerifier([("127.0.0.1", free_udp_tcp_port())],
+                                                  timeout=0.05)
+    st = part.updater.states["A"]
+
+    async def body() -> None:
+        bus.publish(PublishedAddressChanged("127.0.0.16", "mobile"))
+        await until(answers(named, "stale", "A", {"127.0.0.16"}))
+        await until(lambda: _true(st.updates == 1 and not st.in_flight))
+        part.report()
+
+    asyncio.run(running(part, body))
+    snap = status.snapshot()["parts"]["dyndns"]
+    assert snap["state"] == "ok" and snap["last_error"] is None, snap
 
 
 def test_block_survives_a_restart_until_the_config_changes(named: Named, tmp_path: Path) -> None:

@@ -10,14 +10,19 @@ from failberry.dyndns.base import DyndnsError, Record, Retry, UpdateResult, reco
 from failberry.dyndns.dyndns2 import interpret
 from failberry.dyndns.http import HttpReply
 from failberry.dyndns.updater import (
+    FIRST_CHECK_TRIES,
     RecordState,
     Timing,
     Update,
     Verify,
     Wait,
     backoff,
+    check_failed,
     decide,
     failed,
+    hold,
+    record_view,
+    restore,
     set_desired,
     succeeded,
     verified,
@@ -34,8 +39,9 @@ def fresh(checked: bool = True) -> RecordState:
 
 
 def test_first_change_checks_the_record_before_updating() -> None:
-    st = fresh(checked=False)
-    assert decide(st, 0.0) == Wait(600.0)  # nothing to publish yet
+    st = RecordState(REC)
+    # Nothing to publish yet: no check either (it would have nothing to compare with).
+    assert decide(st, 0.0) == Wait(None)
     set_desired(st, "198.51.100.7", "198.51.100.7")
     assert decide(st, 0.0) == Verify()
     assert verified(st, frozenset({"198.51.100.7"}), 0.1, 1000.0, T) is None
@@ -154,3 +160,73 @@ def test_build_parts_adds_the_dyndns_part_for_a_provider() -> None:
              if isinstance(p, DyndnsPart)]
     assert len(parts) == 1 and parts[0].name == "dyndns" and parts[0].provider == "dyndns2"
     assert [str(s.record) for s in parts[0].updater.states.values()] == ["home.example.org A"]
+
+
+def test_a_check_before_any_address_does_not_count_as_first_contact() -> None:
+    """Issue 12: the supervisor's part starts before the network part publishes; the first
+    check must wait for the address, and not be "used up" without it."""
+    st = RecordState(REC)
+    assert verified(st, frozenset({"198.51.100.7"}), 0.0, 1.0, T) is None
+    assert not st.checked
+    set_desired(st, "198.51.100.7", "198.51.100.7")
+    assert decide(st, 0.1) == Verify()
+
+
+def test_failed_first_checks_are_retried_then_the_update_goes_out() -> None:
+    st = RecordState(REC)
+    set_desired(st, "198.51.100.7", None)
+    rng = random.Random(3)
+    now = 0.0
+    for _ in range(FIRST_CHECK_TRIES):
+        assert decide(st, now) == Verify()
+        check_failed(st, DyndnsError("verify", "r", "timeout"), now, T, rng)
+        assert not st.checked
+        wait = decide(st, now)
+        if st.check_failures < FIRST_CHECK_TRIES:
+            assert isinstance(wait, Wait) and wait.until is not None and wait.until - now <= 8
+            now = wait.until
+    assert decide(st, now) == Update("198.51.100.7", None)
+
+
+def test_a_successful_update_clears_a_stale_check_error() -> None:
+    """Issue 15: /status last_error must not keep an old check's failure after a success."""
+    st = RecordState(REC)
+    set_desired(st, "198.51.100.7", None)
+    for _ in range(FIRST_CHECK_TRIES):
+        check_failed(st, DyndnsError("verify", "r", "no authoritative answer"), 0.0, T,
+                     random.Random(1))
+    assert record_view(st, 0.0, 0.0)["last_error"] == "verify: r: no authoritative answer"
+    succeeded(st, "198.51.100.7", UpdateResult("198.51.100.7", True), 1.0, wall=1.0, timing=T)
+    assert record_view(st, 1.0, 1.0)["last_error"] is None
+
+
+def test_drift_is_checked_before_our_first_update() -> None:
+    """Issue 11: with nothing published by us yet, a check still compares the record with the
+    address we want, and a record holding another address is updated."""
+    st = RecordState(REC)
+    set_desired(st, "198.51.100.7", None)
+    assert decide(st, 0.0) == Verify()
+    assert verified(st, frozenset({"192.0.2.66"}), 0.0, 1.0, T) is None
+    assert decide(st, 0.0) == Update("198.51.100.7", None)
+
+
+def test_what_was_published_survives_a_restart() -> None:
+    """route53-lambda behind NAT: the record holds the NAT address, not ours; after a restart
+    the saved (sent, published) pair recognises it, so nothing is sent."""
+    st = RecordState(REC)
+    set_desired(st, "10.64.0.9", "10.64.0.9")
+    succeeded(st, "10.64.0.9", UpdateResult("203.0.113.4", True), 0.0, wall=1.0, timing=T)
+    saved = hold(st, 0.0, 1.0)
+    assert saved == {"sent": "10.64.0.9", "published": "203.0.113.4"}
+    again = RecordState(REC)
+    restore(again, saved, 0.0, 2.0)
+    set_desired(again, "10.64.0.9", "10.64.0.9")
+    assert decide(again, 0.0) == Verify()
+    assert verified(again, frozenset({"203.0.113.4"}), 0.0, 2.0, T) is None
+    assert again.confirmed and decide(again, 0.0) == Wait(600.0)
+    # Another local address: the saved pair does not apply, the update goes out.
+    other = RecordState(REC)
+    restore(other, saved, 0.0, 2.0)
+    set_desired(other, "10.64.0.10", "10.64.0.10")
+    verified(other, frozenset({"203.0.113.4"}), 0.0, 2.0, T)
+    assert decide(other, 0.0) == Update("10.64.0.10", "10.64.0.10")

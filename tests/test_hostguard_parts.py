@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -130,6 +133,24 @@ def _wait_answer(w: watcher.Watcher, m: watcher.MountState) -> None:
     w.wait(0)
 
 
+def _reaped(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                return True
+        except ChildProcessError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _release_fifo(path: Path) -> None:
+    """Let a probe child that is stuck opening a FIFO go (after a failed test, too)."""
+    if path.is_fifo():
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+
+
 def test_watcher_decisions_with_a_fake_clock(tmp_path: Path) -> None:
     cfg = HostguardConfig(mounts=(str(tmp_path),), probe_interval=2.0, threshold=20.0,
                           grace=0.0)
@@ -178,8 +199,19 @@ def test_watcher_decisions_with_a_fake_clock(tmp_path: Path) -> None:
         clock.now = 100.0
         w.step(clock())
         assert len(rec.reasons) == 1
+        # Stopping while a probe hangs leaves its child alone (a signal could put a child that
+        # waits on a hung mount into D state); it quits by itself once the probe is done.
+        assert m.started == 100.0
+        pid = m.worker.pid
+        w.close()
+        time.sleep(0.2)
+        assert os.waitpid(pid, os.WNOHANG) == (0, 0)
+        reader = os.open(tmp_path / probe.PROBE_FILE, os.O_RDONLY | os.O_NONBLOCK)
+        os.close(reader)
+        assert _reaped(pid, timeout=10)
     finally:
         w.close()
+        _release_fifo(tmp_path / probe.PROBE_FILE)
 
 
 def test_watcher_reports_probe_errors_without_rebooting(tmp_path: Path) -> None:
@@ -199,7 +231,7 @@ def test_watcher_reports_probe_errors_without_rebooting(tmp_path: Path) -> None:
         assert not rec.reasons
         # A child that dies is replaced.
         old = w.mounts[0].worker.pid
-        w.mounts[0].worker.abandon(quit_first=True)
+        w.mounts[0].worker.abandon()
         w.mounts[0].worker.cmd_w = os.open(os.devnull, os.O_WRONLY)  # closed pipe stand-in
         w.respawn(w.mounts[0], "test")
         assert w.mounts[0].worker.pid not in (0, old)
@@ -248,6 +280,7 @@ def test_shipped_unit() -> None:
     assert int(service["WatchdogSec"]) > 0
     assert service["ExecStart"].split()[1:4] == ["hostguard", "watch", "-c"]
     assert service["LimitMEMLOCK"] == "infinity"
+    assert service["KillMode"] == "process"  # systemd never kills a probe child (see probe)
     assert parser["Install"]["WantedBy"] == "multi-user.target"
 
 
@@ -258,7 +291,6 @@ def test_watch_command_notifies_systemd_and_stops_on_sigterm(tmp_path: Path) -> 
     import signal
     import subprocess
     import sys
-    import time
 
     target = tmp_path / "data"
     target.mkdir()
@@ -293,3 +325,61 @@ def test_watch_command_notifies_systemd_and_stops_on_sigterm(tmp_path: Path) -> 
     while (target / probe.PROBE_FILE).exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not (target / probe.PROBE_FILE).exists()
+
+
+def _comm(pid: int) -> str:
+    return Path(f"/proc/{pid}/comm").read_text().strip()
+
+
+def _wait_for(what: str, check: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def test_probe_child_takes_no_signal_and_waits_its_turn(tmp_path: Path) -> None:
+    """A probe child blocked in the mount ignores every signal but SIGKILL/SIGSTOP (a fatal
+    one would turn a FUSE or NFS wait into D state), sits in its own session (no Ctrl-C from the
+    terminal), and a second child for the same mount waits for the first one's slot (in S)
+    instead of queueing behind its locks."""
+    fifo = tmp_path / probe.PROBE_FILE
+    os.mkfifo(fifo)  # opening it for writing blocks until a reader comes: a hang
+    first, second = probe.ProbeWorker(str(tmp_path)), probe.ProbeWorker(str(tmp_path))
+    first.spawn()
+    try:
+        assert first.go()
+        _wait_for("first child never blocked on the FIFO",
+                  lambda: dstate.DStateScanner().task(first.pid) == ("S", "wait_for_partner",
+                                                                      "hostguard-probe"))
+        assert os.getsid(first.pid) == first.pid
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
+                    signal.SIGUSR1, signal.SIGPIPE, signal.SIGALRM):
+            os.kill(first.pid, sig)
+        time.sleep(0.2)
+        assert dstate.DStateScanner().task(first.pid) == ("S", "wait_for_partner",
+                                                          "hostguard-probe")
+        second.spawn()
+        assert second.go()
+        _wait_for("second child never waited for the slot",
+                  lambda: _comm(second.pid) == "hostguard-wait")
+        task = dstate.DStateScanner().task(second.pid)
+        assert task is not None and task[0] == "S", task
+        # The mount answers: the first probe completes (a FIFO cannot be fsynced: an error
+        # reply, which is an answer), then the second one gets the slot and answers too.
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            for worker in (first, second):
+                select.select([worker.reply_r], [], [], 10)
+                reply = worker.read_reply()
+                assert reply is not None and not reply.ok and "Invalid argument" in reply.error
+        finally:
+            os.close(reader)
+        assert _comm(second.pid) == "hostguard-probe"
+    finally:
+        for worker in (first, second):
+            worker.abandon()
+        _release_fifo(fifo)
+        for worker in (first, second):
+            if worker.pid:
+                assert _reaped(worker.pid, timeout=10)

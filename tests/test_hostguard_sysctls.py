@@ -4,6 +4,7 @@ host's own /proc/sys is never a target (and `live_procsys` refuses a mounted pro
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,13 +111,99 @@ def test_drift_is_found_in_running_values_and_in_later_files(tmp_path: Path) -> 
     later.write_text("kernel.panic = 0\n")
     code, out = hostguard(root, "check")
     assert code == 1
-    assert "99-local.conf" in out
+    assert f"{later} sets kernel.panic = 0" in out
     # The drop-in edited by hand.
     later.unlink()
     dropin = root / sysctls.DROPIN
     dropin.write_text(dropin.read_text().replace("kernel.panic = 5", "kernel.panic = 7"))
     code, out = hostguard(root, "check")
     assert code == 1 and "drop-in differs" in out
+
+
+def _advice(out: str) -> list[str]:
+    """The lines after the table's `drift in N of M settings`."""
+    lines = out.splitlines()
+    return lines[next(i for i, x in enumerate(lines) if x.startswith("drift in")) + 1:]
+
+
+def test_check_names_the_file_that_overrides_and_install_does_not_claim_to_fix_it(
+        tmp_path: Path) -> None:
+    root = fake_root(tmp_path)
+    assert hostguard(root, "install")[0] == 0
+    # Another directory, a later name: sysctl.d sorts names across directories, so it wins.
+    vendor = root / "usr/lib/sysctl.d/99-vendor.conf"
+    vendor.parent.mkdir(parents=True)
+    vendor.write_text("kernel.hung_task_panic = 0\n")
+    code, out = hostguard(root, "check")
+    assert code == 1, out
+    assert "install` fixes" not in out, out
+    assert _advice(out) == [
+        f"{vendor} sets kernel.hung_task_panic = 0, and sysctl applies it after "
+        f"{root / sysctls.DROPIN} (files apply in the order of their names, the last one "
+        "wins): change or remove that line there; `failberry hostguard install` does not "
+        "touch other files"]
+    line = next(x for x in out.splitlines() if x.startswith("kernel.hung_task_panic"))
+    assert f"overridden by {vendor}" in line
+    # install says so too, and cannot change it.
+    code, out = hostguard(root, "install")
+    assert code == 0
+    assert f"note: {vendor} sets kernel.hung_task_panic = 0 after our drop-in" in out
+    assert hostguard(root, "check")[0] == 1
+    # What install does fix is still offered, for those settings only, and only until boot
+    # where an override is in the way.
+    (root / "proc/sys/kernel/hung_task_panic").write_text("0\n")
+    (root / "proc/sys/kernel/panic").write_text("0\n")
+    code, out = hostguard(root, "check")
+    assert code == 1
+    assert _advice(out)[1:] == ["`failberry hostguard install` fixes kernel.panic; it sets "
+                                "kernel.hung_task_panic only until the next boot"]
+    # /etc/sysctl.conf comes after every sysctl.d file, whatever its name.
+    vendor.unlink()
+    assert hostguard(root, "install")[0] == 0
+    legacy = root / "etc/sysctl.conf"
+    legacy.write_text("kernel.panic=1\n")
+    code, out = hostguard(root, "check")
+    assert code == 1 and _advice(out)[0].startswith(f"{legacy} sets kernel.panic = 1,"), out
+    # ... and so does Debian's link to it, 99-sysctl.conf.
+    link = root / "etc/sysctl.d/99-sysctl.conf"
+    link.symlink_to("../sysctl.conf")
+    code, out = hostguard(root, "check")
+    assert code == 1
+    assert _advice(out)[0].startswith(f"{link} (a link to {legacy}) sets kernel.panic = 1,")
+
+
+def test_sysctl_d_precedence(tmp_path: Path) -> None:
+    """sysctl.d(5): /etc, /run, /usr/local/lib, /usr/lib, /lib, highest first; a name in a
+    higher directory masks the same name in a lower one; names apply in lexical order."""
+    root = fake_root(tmp_path)
+    assert hostguard(root, "install")[0] == 0
+
+    def conf(path: str, text: str) -> Path:
+        f = root / path
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text)
+        return f
+
+    # An earlier name never overrides ours, wherever it lives.
+    conf("etc/sysctl.d/10-early.conf", "kernel.panic = 0\n")
+    conf("run/sysctl.d/50-early.conf", "kernel.panic = 0\n")
+    assert hostguard(root, "check")[0] == 0
+    # /usr/lib masks /lib, /usr/local/lib masks /usr/lib, /run masks /usr/local/lib, /etc masks
+    # /run: each time the higher directory's harmless copy hides a lower one that would win.
+    dirs = ["lib", "usr/lib", "usr/local/lib", "run", "etc"]
+    for low, high in itertools.pairwise(dirs):
+        bad = conf(f"{low}/sysctl.d/95-x.conf", "kernel.panic = 0\n")
+        code, out = hostguard(root, "check")
+        assert code == 1 and f"{bad} sets kernel.panic = 0" in out, (low, out)
+        conf(f"{high}/sysctl.d/95-x.conf", "kernel.panic = 5\n")
+        code, out = hostguard(root, "check")
+        assert code == 0, (low, high, out)
+        bad.unlink()
+        (root / f"{high}/sysctl.d/95-x.conf").unlink()
+    # A link to /dev/null in /etc masks a vendor file (systemd's convention).
+    conf("usr/lib/sysctl.d/95-x.conf", "kernel.panic = 0\n")
+    (root / "etc/sysctl.d/95-x.conf").symlink_to("/dev/null")
+    assert hostguard(root, "check")[0] == 0
 
 
 def test_dry_run_changes_nothing(tmp_path: Path) -> None:

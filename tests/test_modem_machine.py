@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from failberry.config import RecoveryConfig
@@ -9,8 +11,10 @@ from failberry.modem import events as ev
 from failberry.modem.machine import (
     BACKOFF,
     PPP_EXIT,
+    REBOOT_WAIT,
     REGISTRATION,
     STABLE,
+    STEP,
     Machine,
     ModemState,
     Phase,
@@ -77,7 +81,9 @@ def test_plugged_in_to_connected() -> None:
     assert s.phase is Phase.SIM_CHECK and acts == [ev.QuerySim()]
     s, acts = feed(m, s, ev.SimReport(SimState.READY))
     assert s.phase is Phase.REGISTERING
-    assert acts == [ev.QueryRegistration(), ev.StartTimer(REGISTRATION, 60.0)]
+    # setup is over: its step bound is cancelled, or it fires later in another SIM check
+    assert acts == [ev.CancelTimer(STEP), ev.QueryRegistration(),
+                    ev.StartTimer(REGISTRATION, 60.0)]
     s, acts = feed(m, s, ev.RegistrationReport(Registration("+CREG", RegStat.SEARCHING)))
     assert s.phase is Phase.REGISTERING and acts == []
     s, acts = feed(m, s, HOME)
@@ -124,10 +130,12 @@ def test_sim_missing_or_locked(sim: SimState, text: str) -> None:
     s, acts = feed(m, ModemState(), ADDED, ev.PortReady(), ev.SimReport(sim))
     assert s.phase is Phase.SIM_FAILED and text in (s.last_error or "")
     assert ev.EnterPin() not in acts
-    if sim is SimState.MISSING:  # looked at again, slowly, in case someone inserts one
-        assert ev.StartTimer("recheck", RECOVERY.backoff_max) in acts
-        s, acts = feed(m, s, ev.TimerFired("recheck"))
-        assert s.phase is Phase.SIM_CHECK and acts == [ev.QuerySim()]
+    # looked at again with backoff, in case someone inserts or unlocks one; no hardware rung
+    assert ev.StartTimer("recheck", RECOVERY.backoff_initial) in acts
+    assert ev.CancelTimer(STEP) in acts
+    s, acts = feed(m, s, ev.TimerFired("recheck"))
+    assert s.phase is Phase.SIM_CHECK
+    assert acts == [ev.StartTimer(STEP, m.step_timeout), ev.QuerySim()]
 
 
 def test_sim_busy_is_retried_a_bounded_number_of_times() -> None:
@@ -273,3 +281,81 @@ def test_unknown_events_are_ignored() -> None:
     m, _ = machine()
     s, acts = feed(m, ModemState(), ev.PinAccepted(), ev.TimerFired("nothing"))
     assert s == ModemState() and acts == []
+
+
+def test_start_over_skips_rungs_whose_limit_is_zero() -> None:
+    rec = RecoveryConfig(redial_limit=0, modem_reset_limit=1, usb_rebind_limit=0,
+                         port_power_limit=0, reboots_per_day=0, backoff_initial=1.0)
+    m, _ = machine(recovery=rec)
+    s, _ = feed(m, ModemState(), ADDED, ev.AtFailed("AT", "silent", silent=True))
+    assert s.pending_rung is Rung.MODEM_RESET
+    s, _ = feed(m, s, ev.TimerFired(BACKOFF), ev.TimerFired("settle"),
+                   ev.AtFailed("AT", "silent", silent=True))
+    # every allowed rung used: start over at the lowest one allowed, not at redial
+    assert s.pending_rung is Rung.MODEM_RESET and s.ladder_counts["modem_reset"] == 0
+
+
+def test_nothing_allowed_waits_then_looks_again_without_counting() -> None:
+    rec = RecoveryConfig(redial_limit=0, modem_reset_limit=0, usb_rebind_limit=0,
+                         port_power_limit=0, reboots_per_day=0, backoff_initial=1.0,
+                         backoff_max=300.0)
+    m, _ = machine(recovery=rec)
+    s, acts = feed(m, ModemState(), ADDED, ev.AtFailed("AT", "silent", silent=True))
+    assert s.pending_rung is None and ev.StartTimer(BACKOFF, 300.0) in acts
+    s, acts = feed(m, s, ev.TimerFired(BACKOFF))
+    assert s.phase is Phase.PROBING and ev.OpenPort("/dev/ttyUSB1") in acts
+    assert sum(s.ladder_counts.values()) == 0
+
+
+def test_failed_reboot_goes_on_and_a_hung_one_is_noticed() -> None:
+    m, _ = machine()
+    s, _ = feed(m, ModemState(), ADDED, ev.PortReady(), ev.SimReport(SimState.READY))
+    s = replace(s, tries=(2, 1, 1, 1, 0), attempts=5)
+    s, _ = feed(m, s, ev.TimerFired(REGISTRATION))
+    assert s.pending_rung is Rung.REBOOT
+    s, acts = feed(m, s, ev.TimerFired(BACKOFF))
+    assert s.phase is Phase.REBOOTING and ev.StartTimer(REBOOT_WAIT, m.reboot_wait) in acts
+    after, _ = feed(m, s, ev.ActionFailed("reboot", "`systemctl reboot` exited with status 1"))
+    assert after.phase is Phase.RECOVERING and "reboot failed" in (after.last_error or "")
+    back, _ = feed(m, after, ADDED)  # and a stick showing up is used again
+    assert back.phase is Phase.PROBING
+    hung, _ = feed(m, s, ev.TimerFired(REBOOT_WAIT))
+    assert hung.phase is Phase.RECOVERING and "still running" in (hung.last_error or "")
+
+
+def test_pin_unsure_is_resent_at_most_twice() -> None:
+    m, _ = machine(has_pin=True)
+    s, _ = feed(m, ModemState(), ADDED, ev.PortReady())
+    sent = 0
+    for _ in range(5):
+        s, acts = feed(m, s, ev.SimReport(SimState.PIN))
+        if ev.EnterPin() not in acts:
+            break
+        sent += 1
+        s, acts = feed(m, s, ev.PinUnsure("no final result within 10s"))
+        assert s.phase is Phase.SIM_FAILED and not s.pin_rejected
+        s, _ = feed(m, s, ev.TimerFired("recheck"))
+    assert sent == 2 and s.phase is Phase.SIM_FAILED and "last try" in s.reason
+
+
+def test_task_crash_is_a_fault() -> None:
+    m, _ = machine()
+    s, _ = feed(m, ModemState(), ADDED)
+    s, _ = feed(m, s, ev.TaskFailed("modem-open", "RuntimeError('bug')"))
+    assert s.phase is Phase.RECOVERING
+    assert "internal error in modem-open" in (s.last_error or "")
+
+
+def test_pin_not_seen_by_the_sim_is_not_counted_and_ready_forgets() -> None:
+    m, _ = machine(has_pin=True)
+    s, _ = feed(m, ModemState(), ADDED, ev.PortReady())
+    for _ in range(4):
+        s, acts = feed(m, s, ev.SimReport(SimState.PIN))
+        assert ev.EnterPin() in acts
+        s, _ = feed(m, s, ev.PinUnsure("no final result", seen=False), ev.TimerFired("recheck"))
+    assert s.pin_unsure == 0
+    s, _ = feed(m, s, ev.SimReport(SimState.PIN), ev.PinUnsure("silence"),
+                ev.TimerFired("recheck"))
+    assert s.pin_unsure == 1
+    s, _ = feed(m, s, ev.SimReport(SimState.PIN), ev.PinAccepted(), ev.SimReport(SimState.READY))
+    assert s.phase is Phase.REGISTERING and s.pin_unsure == 0

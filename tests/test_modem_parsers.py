@@ -194,3 +194,14 @@ def test_splitter_odd_bytes() -> None:
     assert out == ['\ufffd\ufffd+ZPAS: "UMTS"']  # not UTF-8: replaced, no exception
     assert sp.feed(b"x" * 5000) == [] and sp.dropped == 5000  # endless junk is dropped
     assert sp.feed(b"OK\r\n") == ["OK"]
+
+
+def test_registration_urc_in_both_shapes() -> None:
+    # TS 27.007 says the URC is `+CREG: <stat>[,...]`; some firmware sends the read reply's
+    # shape `+CREG: <n>,<stat>[,...]` unsolicited after AT+CREG=2. Both are read right.
+    plain = parse_registration('+CREG: 1,"1A2B","0003C4D5",2')
+    with_n = parse_registration('+CREG: 2,1,"1A2B","0003C4D5",2')
+    assert (plain.n, plain.stat, plain.area, plain.act) == (None, RegStat.HOME, 0x1A2B, 2)
+    assert (with_n.n, with_n.stat, with_n.area, with_n.act) == (2, RegStat.HOME, 0x1A2B, 2)
+    assert parse_registration("+CGREG: 2,5").stat is RegStat.ROAMING
+    assert parse_registration("+CREG: 5").stat is RegStat.ROAMING

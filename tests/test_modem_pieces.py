@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -13,7 +15,14 @@ import pytest
 
 from failberry.config import ModemConfig, Secret
 from failberry.modem.at import open_serial
-from failberry.modem.discovery import PathWatcher, candidate, choose_ports, probe_port
+from failberry.modem.discovery import (
+    PathWatcher,
+    candidate,
+    choose_ports,
+    find_at_port,
+    probe_port,
+    usb_ttys,
+)
 from failberry.modem.driver import RebootLog
 from failberry.modem.events import DeviceAdded, DeviceRemoved
 from failberry.modem.ppp import chat_script, write_ppp_files
@@ -110,3 +119,67 @@ def test_part_from_config_uses_the_real_seams() -> None:
     fixed = ModemPart.from_config(
         Config(modem=ModemConfig(apn="internet", device="/dev/ttyUSB2")), Status(), Bus())
     assert isinstance(fixed.discovery, PathWatcher) and fixed.discovery.path == "/dev/ttyUSB2"
+
+
+def stick_sysfs(root: Path) -> Path:
+    """A /sys where a ZTE stick 1-1.2 has ttyUSB0..2 on interfaces 0..2 (usb-serial style)."""
+    usb = root / "devices" / "platform" / "soc" / "usb1" / "1-1" / "1-1.2"
+    for n in range(3):
+        port = usb / f"1-1.2:1.{n}" / f"ttyUSB{n}"
+        port.mkdir(parents=True)
+        (root / "class" / "tty" / f"ttyUSB{n}").mkdir(parents=True)
+        os.symlink(port, root / "class" / "tty" / f"ttyUSB{n}" / "device")
+    (usb / "1-1.2:1.3").mkdir()  # the stick's storage interface: no tty
+    return root
+
+
+@pytest.mark.timeout(30)
+def test_configured_data_port_finds_its_sibling_at_port(tmp_path: Path) -> None:
+    async def go() -> None:
+        dev = tmp_path / "dev"
+        dev.mkdir()
+        sysroot = stick_sysfs(tmp_path / "sys")
+        assert usb_ttys(str(dev / "ttyUSB2"), sysroot) == ("1-1.2",
+                                                           ["ttyUSB0", "ttyUSB1", "ttyUSB2"])
+        assert usb_ttys("/dev/nothing-like-it", sysroot) == (None, [])
+        proc = subprocess.Popen([sys.executable, str(FAKES / "fake_modem.py"), str(dev),
+                                 json.dumps({})])
+        try:
+            while not (dev / "ttyUSB2").exists():
+                await asyncio.sleep(0.02)
+            # ttyUSB0 has no node here (it does not answer), ttyUSB1 answers AT
+            locate = functools.partial(find_at_port, opener=open_serial, sysroot=sysroot,
+                                       dev_dir=dev)
+            assert await locate(str(dev / "ttyUSB2")) == (str(dev / "ttyUSB1"), "1-1.2")
+            watcher = PathWatcher(str(dev / "ttyUSB2"), str(dev / "ttyUSB2"), locate=locate)
+            events = watcher.events()
+            assert await anext(events) == DeviceAdded(str(dev / "ttyUSB1"),
+                                                      str(dev / "ttyUSB2"), "1-1.2")
+            await events.aclose()
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+    asyncio.run(go())
+
+
+def test_part_from_config_takes_programs_and_directories_from_the_config() -> None:
+    from failberry.bus import Bus
+    from failberry.config import Config, PathsConfig, RecoveryConfig
+    from failberry.modem.adapters import CommandReboot
+    from failberry.modem.part import ModemPart
+    from failberry.status import Status
+
+    cfg = Config(modem=ModemConfig(apn="internet", device="/dev/ttyUSB2",
+                                   at_port="/dev/ttyUSB1", pppd="/opt/test/pppd"),
+                 recovery=RecoveryConfig(reboot_command=("/bin/echo", "reboot")),
+                 paths=PathsConfig(run_dir="/tmp/fb-run", state_dir="/tmp/fb-state"))
+    part = ModemPart.from_config(cfg, Status(), Bus())
+    assert part.driver.ppp.argv == ["/opt/test/pppd"]
+    assert part.driver.ppp.directory == Path("/tmp/fb-run/ppp")
+    assert part.driver.reboot_log is not None
+    assert part.driver.reboot_log.path == Path("/tmp/fb-state/reboots.json")
+    assert isinstance(part.driver.rebooter, CommandReboot)
+    assert part.driver.rebooter.argv == ["/bin/echo", "reboot"]
+    assert isinstance(part.discovery, PathWatcher)
+    assert (part.discovery.path, part.discovery.data_path) == ("/dev/ttyUSB1", "/dev/ttyUSB2")

@@ -95,9 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     nsub.required = True
     nc = nsub.add_parser("clean", help="remove every route, rule and chain failberry added")
     nc.add_argument("-c", "--config", type=Path, default=Path("/etc/failberry/failberry.toml"))
-    nc.add_argument("--state-dir", type=Path, default=Path("/run/failberry"),
-                    help="where failberry keeps the sysctl values to restore")
-    nc.set_defaults(func=_handler("failberry.net.commands", "cmd_net_clean"))
+    nc.add_argument("--state-dir", type=Path,
+                    help="where failberry keeps the sysctl values to restore (default: the "
+                         "config's paths.run_dir, else /run/failberry)")
+    nc.set_defaults(func=cmd_net_clean)
 
     h = sub.add_parser("hostguard", help="hung-storage guard for servers")
     hsub = h.add_subparsers(dest="hostguard_command", metavar="ACTION", parser_class=_Parser)
@@ -127,6 +128,24 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     for line in summary(cfg):
         print(f"  {line}")
     return 0
+
+
+def cmd_net_clean(args: argparse.Namespace) -> int:
+    """`failberry net clean`: the sysctl state is in the config's `paths.run_dir` (read when
+    the config exists; a broken config is no reason to leave chains behind)."""
+    from failberry import config
+    from failberry.net.commands import cmd_net_clean as clean
+
+    if args.state_dir is None:
+        run_dir = config.PathsConfig().run_dir
+        if args.config.exists():
+            try:
+                run_dir = config.load(args.config).paths.run_dir
+            except (ConfigError, OSError) as e:
+                LOG.warning("cannot use %s (%s); looking for saved sysctls in %s",
+                            args.config, str(e).splitlines()[0], run_dir)
+        args.state_dir = Path(run_dir)
+    return clean(args)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

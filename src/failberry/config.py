@@ -481,6 +481,25 @@ class HostguardConfig:
     netconsole: str = opt("", _optional_str(checks.host_port))
 
 
+def _celsius(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"must be degrees Celsius (a number), not {_type_name(value)}")
+    if not 20 <= value <= 150:
+        raise ValueError(f"must be from 20 to 150 degrees Celsius, not {value}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class PihealthConfig:
+    """`[pihealth]`: the Pi's own health: under-voltage, temperature, SD card errors."""
+
+    interval: float = opt(5.0, _duration(0.1, 600), doc="read sysfs and the kernel log")
+    temperature_warning: float = opt(80.0, _celsius, doc="degrees Celsius; the firmware "
+                                     "throttles at 80-85")
+    alert_interval: float = opt(900.0, _duration(0, 86400),
+                                doc="at most one alert of a kind this often")
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole failberry config."""
@@ -497,6 +516,7 @@ class Config:
     recovery: RecoveryConfig = section(RecoveryConfig)
     hostguard: HostguardConfig = section(HostguardConfig)
     paths: PathsConfig = section(PathsConfig)
+    pihealth: PihealthConfig = section(PihealthConfig)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -94,6 +94,7 @@ def render(doc: Mapping[str, Any]) -> str:
     _data(w, doc)
     _modem(w, doc.get("modem"))
     _dyndns(w, doc.get("dyndns"))
+    _pihealth(w, parts.get("pihealth"))
     _http(w, doc.get("http") or {})
     return "\n".join(w.lines) + "\n"
 
@@ -162,6 +163,43 @@ def _dyndns(w: _Writer, dyndns: Any) -> None:
           "When the DNS record was last seen right, Unix time.", dyndns.get("last_confirmed"))
     w.one("dyndns_error", "gauge", "1 while the last update attempt failed.",
           dyndns.get("last_error") not in (None, ""))
+
+
+def _pihealth(w: _Writer, pi: Any) -> None:
+    """The Pi's own health (failberry.pihealth); each family only where the board has it."""
+    if not isinstance(pi, Mapping):
+        return
+    power = pi.get("power")
+    if isinstance(power, Mapping):
+        w.one("undervoltage", "gauge", "1 while the Pi reports under-voltage.",
+              power.get("undervoltage"))
+        w.one("undervoltage_events_total", "counter", "Under-voltage events since boot.",
+              power.get("events_total"))
+        w.one("undervoltage_seconds_total", "counter", "Seconds under-voltage since boot.",
+              power.get("seconds_total"))
+    throttle = pi.get("throttle")
+    if isinstance(throttle, Mapping):
+        w.family("firmware_throttle", "gauge",
+                 "1 while the firmware reports the condition (vcgencmd get_throttled).",
+                 [({"condition": str(k)}, 1.0 if v else 0.0) for k, v in sorted(throttle.items())
+                  if not str(k).endswith("_occurred")])
+    temp = pi.get("temperature")
+    if isinstance(temp, Mapping):
+        zones: Mapping[str, Any] = temp.get("zones") or {}
+        w.family("temperature_celsius", "gauge", "Temperature of each thermal zone.",
+                 [({"zone": str(k)}, float(v)) for k, v in sorted(zones.items())
+                  if _num(v) is not None])
+        w.one("temperature_warning_celsius", "gauge", "The configured warning temperature.",
+              temp.get("warning_celsius"))
+        w.one("temperature_hot", "gauge", "1 while a zone is over the warning temperature.",
+              temp.get("hot"))
+    storage = pi.get("storage")
+    if isinstance(storage, Mapping):
+        w.one("root_filesystem_readonly", "gauge", "1 while / is mounted read-only.",
+              storage.get("root_readonly"))
+        w.one("sd_errors_total", "counter",
+              "SD card and file system error lines in the kernel log since boot.",
+              storage.get("errors_total"))
 
 
 def _http(w: _Writer, http: Mapping[str, Any]) -> None:

@@ -45,13 +45,26 @@ def build_parts(cfg: Config, status: Status, bus: Bus, *,
         parts.append(build_network(cfg, status, bus))
     # -- end network --
     # -- modem: AT layer, state machine, pppd, recovery ladder (issue 5) --
-    from failberry.modem.part import ModemPart
-    parts.append(ModemPart.from_config(cfg, status, bus))
+    # `modem.enabled = false`: something else brings the mobile interface up; no modem part,
+    # and the status says so (a report without a deadline: nothing runs to keep it current).
+    if cfg.modem.enabled:
+        from failberry.modem.part import ModemPart
+        parts.append(ModemPart.from_config(cfg, status, bus))
+    else:
+        from failberry.status import MODEM
+        status.report(MODEM, "not managed", interface=cfg.uplink.mobile.interface,
+                      reason="modem.enabled = false: the mobile interface is brought up by "
+                             "something else")
     # -- end modem --
     # -- dynamic DNS (issue 8) --
     from failberry.config import DnsProvider
     if cfg.dyndns.provider is not DnsProvider.NONE:
         from failberry.dyndns.part import DyndnsPart
-        parts.append(DyndnsPart.from_config(cfg, status, bus))
+        # Without a network part nobody publishes addresses on the bus: it reads netlink itself.
+        parts.append(DyndnsPart.from_config(cfg, status, bus, watch=not manage_network))
     # -- end dynamic DNS --
+    # -- the Pi's own health: under-voltage, temperature, SD card (issue 19) --
+    from failberry.pihealth.part import PiHealthPart
+    parts.append(PiHealthPart.from_config(cfg, status, bus))
+    # -- end Pi health --
     return parts

@@ -10,6 +10,8 @@ parts has a fixed shape that readers rely on; the typed helpers below write and 
   (`DataUsage` fields: mobile bytes used, cap, per device).
 - `modem` (`ModemReport`): signal, operator, access technology, address, ladder rung, ...
 - `dyndns` (`DyndnsReport`): record, published address, last success/error, next retry.
+- `pihealth` (`failberry.pihealth.part`): `power`, `throttle`, `temperature`, `storage`,
+  `alerts`, each present only where the board has it (QEMU and other boards lack most).
 
 A part may also pass plain dicts with the same keys; the readers accept both."""
 
@@ -26,6 +28,7 @@ from failberry import __version__
 NETWORK = "network"
 MODEM = "modem"
 DYNDNS = "dyndns"
+PIHEALTH = "pihealth"  # the Pi's own health: failberry.pihealth.part.PiHealthPart.detail
 UPLINKS = ("wired", "mobile")
 MAX_EVENTS = 20
 

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from failberry.errors import FailberryError
+from failberry.runfile import RunFile
+from failberry.runfile import status_url as runfile_url
 from failberry.units import human_size
 
 TIMEOUT = 3.0
-_WILDCARDS = ("0.0.0.0", "::", "127.0.0.1", "::1")
 
 
 class SupervisorNotRunning(FailberryError):
@@ -28,21 +29,20 @@ class StatusUnavailable(FailberryError):
 
 
 def status_url(config_path: Path) -> str:
-    """The local /status URL from the config's health port (defaults without a config)."""
+    """The local /status URL: where the supervisor running this config says it listens
+    (`supervisor.json` in the config's `paths.run_dir`), else the config's health port
+    (defaults without a readable config)."""
     from failberry import config
 
     # The config is 0600 (it holds secrets): an admin without sudo cannot read it, and
-    # then the default port is the best guess; --url overrides it.
+    # then the default run directory and port are the best guess; --url overrides it.
     if config_path.exists() and os.access(config_path, os.R_OK):
-        health = config.load(config_path).health
-        host, port = health.listen, health.port
+        cfg = config.load(config_path)
+        host, port, run_dir = cfg.health.listen, cfg.health.port, cfg.paths.run_dir
     else:
         host, port = "127.0.0.1", config.HealthConfig().port
-    if host in _WILDCARDS:
-        host = "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}/status"
+        run_dir = config.PathsConfig().run_dir
+    return RunFile(Path(run_dir)).url_for(config_path) or runfile_url(host, port)
 
 
 def fetch(url: str, timeout: float = TIMEOUT) -> dict[str, Any]:
@@ -116,6 +116,42 @@ def _uplink_line(name: str, u: Mapping[str, Any]) -> str:
     return " ".join(words)
 
 
+def _pihealth_lines(pi: Mapping[str, Any], now: float) -> list[str]:
+    """The Pi's power, temperature and SD card; a field the board lacks is left out."""
+    words: list[str] = []
+    power = pi.get("power")
+    if isinstance(power, Mapping):
+        text = "UNDER-VOLTAGE NOW, " if power.get("undervoltage") else ""
+        text += (f"under-voltage {power.get('events_total', 0)}x "
+                 f"({_duration(power.get('seconds_total'))}) since boot, "
+                 f"{power.get('events_last_hour', 0)}x in the last hour")
+        if power.get("last_seen_at") is not None and not power.get("undervoltage"):
+            text += f", last {_ago(power.get('last_seen_at'), now)}"
+        words.append(text)
+    temp = pi.get("temperature")
+    if isinstance(temp, Mapping) and isinstance(temp.get("max_celsius"), int | float):
+        words.append(f"{temp['max_celsius']:.0f} °C" + (" HOT" if temp.get("hot") else ""))
+    storage = pi.get("storage")
+    if isinstance(storage, Mapping):
+        if storage.get("root_readonly"):
+            words.append("ROOT READ-ONLY")
+        elif storage.get("root_readonly") is False:
+            words.append("root rw")
+        if isinstance(storage.get("errors_total"), int):
+            words.append(f"{storage['errors_total']} SD errors")
+    if not words:
+        return ["pi: no power or temperature sensors on this board"]
+    lines = ["pi: " + ", ".join(words)]
+    if isinstance(storage, Mapping) and storage.get("last_error"):
+        lines.append(f"  last SD error {_ago(storage.get('last_error_at'), now)}: "
+                     f"{storage['last_error']}")
+    alerts = pi.get("alerts") or []
+    if isinstance(alerts, list) and alerts and isinstance(alerts[-1], Mapping):
+        last = alerts[-1]
+        lines.append(f"  last warning {_ago(last.get('at'), now)}: {last.get('message', '')}")
+    return lines
+
+
 def render(doc: Mapping[str, Any], now: float | None = None) -> list[str]:
     """The one-screen summary of a /status document."""
     now = time.time() if now is None else now
@@ -134,6 +170,8 @@ def render(doc: Mapping[str, Any], now: float | None = None) -> list[str]:
             words.append(f"address {modem['address']}")
         if modem.get("rung"):
             words.append(f"recovery: {modem['rung']}")
+        if modem.get("reason"):
+            words.append(str(modem["reason"]))
         lines.append(", ".join(words))
         if modem.get("last_error"):
             lines.append(f"  last error: {modem['last_error']}")
@@ -172,8 +210,13 @@ def render(doc: Mapping[str, Any], now: float | None = None) -> list[str]:
         lines.append(f"dns: {dyn.get('name') or '?'} -> {dyn.get('address') or '?'} "
                      f"({dyn.get('state', '?')}), updated {_ago(dyn.get('last_success'), now)}"
                      f", confirmed {_ago(dyn.get('last_confirmed'), now)}")
+        if dyn.get("waiting_for"):
+            lines.append(f"  waiting for {dyn['waiting_for']}")
         if dyn.get("last_error"):
             lines.append(f"  last error: {dyn['last_error']}")
+    pi = (doc.get("parts") or {}).get("pihealth")
+    if isinstance(pi, Mapping):
+        lines.extend(_pihealth_lines(pi, now))
     stale = [n for n, p in (doc.get("parts") or {}).items()
              if isinstance(p, Mapping) and p.get("stale")]
     if stale:

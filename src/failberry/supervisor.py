@@ -32,6 +32,7 @@ from failberry.health import HealthApp
 from failberry.httpserver import HttpServer, HttpStats, Limits
 from failberry.logsetup import redact_secrets
 from failberry.parts import Part, build_parts
+from failberry.runfile import RunFile
 from failberry.sdnotify import Notifier, watchdog_interval
 from failberry.status import MODEM, Status, network_view
 
@@ -179,6 +180,7 @@ class Supervisor:
         self._background: set[asyncio.Task[Any]] = set()
         self._withholding = False
         self._status_line = ""
+        self.runfile = RunFile(Path(cfg.paths.run_dir))  # how `failberry status` finds us
 
     def _address(self, cfg: Config) -> tuple[str, int]:
         host = self._host_override if self._host_override is not None else cfg.health.listen
@@ -298,6 +300,7 @@ class Supervisor:
             return
         old, self.http = self.http, new
         await old.stop()
+        self.runfile.write(new.host, new.port, self.config_path)
 
     # -- heartbeat, watchdog, STATUS= --
 
@@ -356,6 +359,7 @@ class Supervisor:
             raise ListenError(f"cannot listen on {self.http.host}:{self.http.port}: "
                               f"{os.strerror(e.errno) if e.errno else e}") from None
         self.status.state = "running"
+        self.runfile.write(self.http.host, self.http.port, self.config_path)
         self._start_parts()
         heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
         # Everything imported and built so far lives as long as the process: move it out of
@@ -379,6 +383,7 @@ class Supervisor:
             await self._stop_parts()
             await asyncio.gather(heartbeat, *self._background, return_exceptions=True)
             await self.http.stop()
+            self.runfile.remove()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             LOG.info("supervisor stopped")

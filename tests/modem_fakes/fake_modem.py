@@ -13,6 +13,13 @@ one JSON object a line:
     {"op": "hangup"}                           NO CARRIER on the data port
     {"op": "unplug"} / {"op": "replug"}        the ports vanish / come back (new ptys)
     {"op": "get"}                              counters as JSON
+
+Scenario keys beyond the defaults below: "urc_n" (registration URCs carry <n>, as some
+firmware sends them), "register_after" (seconds after plugging until the network registers,
+announced by URC), "data_mode": "strict" (after CONNECT the port takes everything as data but
+`+++` between 1 s guard times), "slow" {command: seconds} (answer once that late; the stick
+answers in order, so everything behind it waits too), "drop" {command prefix: n} (ignore the
+first n such commands), "cpinr" (knows AT+CPINR, with "pin_tries").
 """
 
 from __future__ import annotations
@@ -28,14 +35,25 @@ import time
 import tty
 from typing import Any
 
+GUARD = 1.0  # V.250 S12: the escape's guard time
+
 DEFAULTS: dict[str, Any] = {
-    "sim": "ready",  # ready | pin | missing | puk
+    "sim": "ready",  # ready | pin | missing | puk | error (plain ERROR) | bare (OK alone)
+    #                  | not_ready
     "pin": "1234",
     "reg": 1,  # <stat> for +CREG/+CGREG: 1 home, 2 searching, 3 denied, 5 roaming
     "silent": False,
     "cme": {},  # command (upper case) -> CME code
     "csq": "17,99",
     "reset_delay": 0.3,
+    "urc_n": False,
+    "register_after": 0.0,
+    "data_mode": "",
+    "slow": {},
+    "drop": {},
+    "cpinr": False,
+    "pin_plain_error": False,  # a wrong PIN gets ERROR, not +CME ERROR: 16
+    "pin_tries": 3,
 }
 
 
@@ -53,6 +71,9 @@ class Port:
         os.symlink(name, link)
         self.buf = b""
         self.echo = True
+        self.data = False  # in data mode (after CONNECT, strict scenario)
+        self.last_rx = 0.0
+        self.escape_at = 0.0  # `+++` seen after a guard time; OK after another one
 
     def close(self) -> None:
         if os.path.lexists(self.link):
@@ -74,7 +95,9 @@ class Modem:
         self.sel = selectors.DefaultSelector()
         self.ports: dict[str, Port] = {}
         self.counters: dict[str, int] = {"pin_attempts": 0, "zcdrun": 0, "cfun_reset": 0,
-                                         "commands": 0, "urcs": 0, "plugs": 0}
+                                         "commands": 0, "urcs": 0, "plugs": 0, "escapes": 0,
+                                         "ignored_in_data_mode": 0}
+        self.register_at = 0.0
         self.log: list[str] = []
         self.storm_until = 0.0
         self.storm_rate = 0
@@ -88,6 +111,8 @@ class Modem:
 
     def plug(self) -> None:
         self.counters["plugs"] += 1
+        if self.s["register_after"] and self.counters["plugs"] == 1:
+            self.register_at = time.monotonic() + self.s["register_after"]
         for name in ("ttyUSB1", "ttyUSB2"):
             port = Port(os.path.join(self.dir, name))
             self.ports[name] = port
@@ -104,6 +129,10 @@ class Modem:
     def reply(self, port: Port, *lines: str) -> None:
         port.send("".join(f"\r\n{ln}\r\n" for ln in lines))
 
+    def reg_urc(self, stat: int) -> None:
+        n = "2," if self.s["urc_n"] else ""
+        self.urc(f'+CREG: {n}{stat},"00C3","0000A13B",2')
+
     def command(self, name: str, port: Port, cmd: str) -> None:
         self.counters["commands"] += 1
         self.log.append(cmd if not cmd.upper().startswith("AT+CPIN=") else "AT+CPIN=<pin>")
@@ -111,6 +140,12 @@ class Modem:
         s = self.s
         if s["silent"]:
             return
+        for prefix, left in s["drop"].items():
+            if up.startswith(prefix) and left > 0:
+                s["drop"][prefix] = left - 1
+                return
+        if up in s["slow"]:
+            time.sleep(s["slow"].pop(up))
         if port.echo:
             port.send(cmd + "\r")
         if up in s["cme"]:
@@ -136,16 +171,24 @@ class Modem:
             sim = s["sim"]
             if sim == "missing":
                 self.reply(port, "+CME ERROR: 10")
+            elif sim == "error":
+                self.reply(port, "ERROR")
+            elif sim == "bare":
+                self.reply(port, "OK")
             else:
                 self.reply(port, {"ready": "+CPIN: READY", "pin": "+CPIN: SIM PIN",
-                                  "puk": "+CPIN: SIM PUK"}[sim], "OK")
+                                  "puk": "+CPIN: SIM PUK",
+                                  "not_ready": "+CPIN: NOT READY"}[sim], "OK")
+        elif up == 'AT+CPINR="SIM PIN"' and s["cpinr"]:
+            self.reply(port, f"+CPINR: SIM PIN,{s['pin_tries']},3", "OK")
         elif up.startswith("AT+CPIN="):
             self.counters["pin_attempts"] += 1
             if s["sim"] == "pin" and cmd.split("=", 1)[1].strip('"') == s["pin"]:
                 s["sim"] = "ready"
                 self.reply(port, "OK")
             else:
-                self.reply(port, "+CME ERROR: 16")
+                s["pin_tries"] -= 1
+                self.reply(port, "ERROR" if s["pin_plain_error"] else "+CME ERROR: 16")
         elif up == "AT+CREG?":
             self.reply(port, f'+CREG: 2,{reg},"00C3","0000A13B",2', "OK")
         elif up == "AT+CGREG?":
@@ -156,6 +199,7 @@ class Modem:
             self.reply(port, '+COPS: 0,0,"Vodafone UK",2', "OK")
         elif up.startswith("ATD"):
             self.reply(port, "CONNECT 7200000")
+            port.data = s["data_mode"] == "strict"
         elif up == "AT+CFUN=1,1":
             self.counters["cfun_reset"] += 1
             self.reply(port, "OK")
@@ -176,6 +220,16 @@ class Modem:
             data = os.read(port.master, 4096)
         except (BlockingIOError, OSError):
             return
+        now = time.monotonic()
+        if port.data:
+            # Data mode: all of it is data, except `+++` alone between guard times.
+            quiet = now - port.last_rx >= GUARD
+            port.escape_at = now if data == b"+++" and quiet else 0.0
+            port.last_rx = now
+            if not port.escape_at:
+                self.counters["ignored_in_data_mode"] += 1
+            return
+        port.last_rx = now
         port.buf += data
         while b"\r" in port.buf:
             raw, _, port.buf = port.buf.partition(b"\r")
@@ -200,7 +254,7 @@ class Modem:
             if op == "set":
                 self.s[order["key"]] = order["value"]
                 if order["key"] == "reg":
-                    self.urc(f'+CREG: {order["value"]},"00C3","0000A13B",2')
+                    self.reg_urc(order["value"])
             elif op == "storm":
                 self.storm_rate = order["rate"]
                 self.storm_until = time.monotonic() + order["seconds"]
@@ -212,6 +266,7 @@ class Modem:
                 self.urc(order["line"])
             elif op == "hangup":
                 if "ttyUSB2" in self.ports:
+                    self.ports["ttyUSB2"].data = False
                     self.reply(self.ports["ttyUSB2"], "NO CARRIER")
             elif op == "unplug":
                 self.unplug()
@@ -234,13 +289,28 @@ class Modem:
             self.urc(urcs[self.counters["urcs"] % len(urcs)])
             self.storm_next += 1.0 / self.storm_rate
 
+    def timers(self) -> None:
+        now = time.monotonic()
+        if self.register_at and now >= self.register_at:
+            self.register_at = 0.0
+            self.s["reg"] = 1
+            self.reg_urc(1)
+        for port in self.ports.values():
+            if port.escape_at and now - port.escape_at >= GUARD:
+                port.escape_at = 0.0
+                port.data = False
+                self.counters["escapes"] += 1
+                self.reply(port, "OK")
+
     def run(self) -> None:
         while True:
+            deadlines = [t for t in (self.replug_at, self.register_at) if t]
+            deadlines += [p.escape_at + GUARD for p in self.ports.values() if p.escape_at]
             timeout = None
             if self.storm_rate:
                 timeout = 0.01
-            if self.replug_at:
-                timeout = max(0.0, min(timeout or 1.0, self.replug_at - time.monotonic()))
+            if deadlines:
+                timeout = max(0.0, min(timeout or 1.0, min(deadlines) - time.monotonic()))
             for key, _ in self.sel.select(timeout):
                 kind, obj = key.data
                 if kind == "listen":
@@ -252,6 +322,7 @@ class Modem:
                     self.readable(obj)
             if self.storm_rate:
                 self.storm()
+            self.timers()
             if self.replug_at and time.monotonic() >= self.replug_at:
                 self.replug_at = 0.0
                 self.plug()

@@ -15,12 +15,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from failberry.bus import Bus, ModemStateChanged
 from failberry.config import ModemConfig, RecoveryConfig, Secret
-from failberry.modem.at import open_serial
+from failberry.modem.adapters import Rebooter
+from failberry.modem.at import SerialPort, open_serial
 from failberry.modem.discovery import PathWatcher
 from failberry.modem.driver import Driver, RebootLog
 from failberry.modem.machine import Machine, Phase
@@ -44,7 +46,7 @@ class RebootRecorder:
     def __init__(self) -> None:
         self.reasons: list[str] = []
 
-    def reboot(self, reason: str) -> None:
+    async def reboot(self, reason: str) -> None:
         self.reasons.append(reason)
 
 
@@ -69,8 +71,16 @@ class Rig:
     def __init__(self, tmp: Path, scenario: dict[str, Any] | None = None, *,
                  pin: str | None = None, recovery: RecoveryConfig = FAST,
                  at_timeout: float = 1.0, poll_interval: float = 0.5,
-                 ganged: bool = False, start_part: bool = True) -> None:
+                 ganged: bool = False, start_part: bool = True,
+                 opener: Callable[[str], SerialPort] = open_serial,
+                 rebooter: Rebooter | None = None, step_timeout: float = 15.0,
+                 single_port: bool = False, machine_opts: dict[str, Any] | None = None
+                 ) -> None:
+        self.machine_opts = machine_opts or {}
         self.start_part = start_part
+        self.opener = opener
+        self.step_timeout = step_timeout
+        self.single_port = single_port
         self.tmp = tmp
         self.dev = tmp / "dev"
         self.dev.mkdir()
@@ -79,7 +89,8 @@ class Rig:
         self.cfg = ModemConfig(apn="internet", pin=Secret(pin) if pin else None)
         self.backend = RecordingBackend(ganged=ganged)
         self.sysroot = fake_sysfs(tmp / "sys")
-        self.rebooter = RebootRecorder()
+        self.recorder = RebootRecorder()
+        self.rebooter: Rebooter = rebooter or self.recorder
         self.recovery = recovery
         self.at_timeout = at_timeout
         self.poll_interval = poll_interval
@@ -101,17 +112,18 @@ class Rig:
         self.status = Status()
         self.machine = Machine(self.recovery, has_pin=self.cfg.pin is not None,
                                rand=random.Random(5).random, settle=3.0, dial_timeout=15.0,
-                               step_timeout=15.0)
+                               **{"step_timeout": self.step_timeout, **self.machine_opts})
         ppp_argv = ["ip", "netns", "exec", self.ns, sys.executable,
                     str(FAKES / "fake_pppd.py"), "--control", str(self.tmp)]
         self.driver = Driver(
-            self.cfg, self.machine, status=self.status, bus=self.bus, opener=open_serial,
+            self.cfg, self.machine, status=self.status, bus=self.bus, opener=self.opener,
             ppp=PppRunner(self.cfg, self.tmp / "ppp", argv=ppp_argv, stop_grace=3.0),
             usb=SysfsUsbPower(self.sysroot, self.backend, off_time=0.05),
             rebooter=self.rebooter, reboot_log=RebootLog(self.tmp / "reboots.json"),
             poll_interval=self.poll_interval, at_timeout=self.at_timeout)
-        discovery = PathWatcher(str(self.dev / "ttyUSB1"), str(self.dev / "ttyUSB2"),
-                                usb_path="1-1.2", interval=0.2)
+        data = self.dev / "ttyUSB2"
+        discovery = PathWatcher(str(data if self.single_port else self.dev / "ttyUSB1"),
+                                str(data), usb_path="1-1.2", interval=0.2)
         self.part = ModemPart(self.driver, discovery, self.bus)
         changes = self.bus.subscribe(ModemStateChanged)
 

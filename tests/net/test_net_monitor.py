@@ -51,6 +51,12 @@ async def _scenario(ns: str) -> None:
         await expect(LinkChanged("ppp0", True, True))
         sh(ns, "ip addr add 100.64.0.2/24 dev ppp0")
         await expect(AddressChanged("ppp0", "100.64.0.2"))
+        # IPv6 too (dynamic DNS publishes AAAA from these); an address past its preferred
+        # lifetime is not one to use, reported like a removal.
+        sh(ns, "ip -6 addr add 2001:db8::2/64 dev ppp0 nodad")
+        await expect(AddressChanged("ppp0", "2001:db8::2", 6))
+        sh(ns, "ip -6 addr add 2001:db8::4/64 dev ppp0 nodad preferred_lft 0")
+        await expect(AddressChanged("ppp0", None, 6))
         sh(ns, "ip link set peer0 down")  # the far end goes away: carrier lost
         await expect(LinkChanged("ppp0", True, False))
         sh(ns, "ip addr del 100.64.0.2/24 dev ppp0")

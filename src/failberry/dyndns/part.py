@@ -1,39 +1,42 @@
 """The supervisor part: bus events in, the updater in the middle, status reports out.
 
-It follows `PublishedAddressChanged` (the network part's choice: the active uplink's address),
-or, with `dyndns.interface` set, that interface's `AddressChanged` events. Either way the
-address is also the source of the update, so the request leaves through that uplink."""
+The A record follows `PublishedAddressChanged` (the network part's choice: the active uplink's
+address); AAAA, and both with `dyndns.interface` set or without a network part, follow the
+interfaces' addresses (`failberry.dyndns.addresses`): listed at start, then kept from the
+network part's netlink events on the bus, or from the part's own monitor when no network part
+runs. Either way the address is also the source of the update, so the request leaves through
+that uplink."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from failberry.bus import AddressChanged, Bus, PublishedAddressChanged
+from failberry.bus import ActiveUplinkChanged, AddressChanged, Bus, PublishedAddressChanged
 from failberry.config import Config, DnsProvider, DyndnsConfig
+from failberry.dyndns.addresses import AddressBook, Chooser, family_of, usable
 from failberry.dyndns.base import Provider, Record, Verifier
 from failberry.dyndns.dyndns2 import Dyndns2Provider
 from failberry.dyndns.http import HttpClient, RequestsClient
-from failberry.dyndns.persist import DEFAULT_PATH, StateFile
+from failberry.dyndns.persist import STATE_FILE, StateFile
 from failberry.dyndns.rfc2136 import Rfc2136Provider
 from failberry.dyndns.route53 import Route53Provider
 from failberry.dyndns.route53_lambda import Route53LambdaProvider
 from failberry.dyndns.updater import Timing, Updater
 from failberry.dyndns.verify import AuthoritativeVerifier
 from failberry.errors import NotBuiltYet
+from failberry.net.monitor import LinkMonitor
 from failberry.status import DYNDNS, Status
 
 LOG = logging.getLogger(__name__)
 
+__all__ = ["DyndnsPart", "usable"]
 
-def usable(address: str) -> bool:
-    """Whether an address may be published (not link-local, multicast or unspecified)."""
-    ip = ipaddress.ip_address(address)
-    return not (ip.is_link_local or ip.is_multicast or ip.is_unspecified)
+Lister = Callable[[], list[AddressChanged]]
 
 
 def make_provider(d: DyndnsConfig, http: HttpClient) -> Provider:
@@ -72,15 +75,22 @@ class DyndnsPart:
 
     def __init__(self, updater: Updater, status: Status, bus: Bus, *, provider: str,
                  interface: str = "", report_every: float = 5.0,
-                 state: StateFile | None = None) -> None:
+                 state: StateFile | None = None, lister: Lister | None = None,
+                 uplinks: Sequence[tuple[str, str]] = (), network: bool = True,
+                 monitor: LinkMonitor | None = None) -> None:
         self.updater = updater
         self.status = status
         self.provider = provider
         self.interface = interface
         self.report_every = report_every
+        self.lister = lister
+        self.monitor = monitor
+        self.book = AddressBook()
+        self.chooser = Chooser(interface, uplinks, network)
         # Subscribe now, not in run(): events published before the loop starts us still count.
         self._published = bus.subscribe(PublishedAddressChanged)
         self._addresses = bus.subscribe(AddressChanged)
+        self._active = bus.subscribe(ActiveUplinkChanged)
         self._report_now = asyncio.Event()
         self.state = state
         if state is not None:
@@ -94,35 +104,99 @@ class DyndnsPart:
 
     @classmethod
     def from_config(cls, cfg: Config, status: Status, bus: Bus,
-                    http: HttpClient | None = None,
-                    state_path: Path | None = DEFAULT_PATH) -> DyndnsPart:
-        """The part with real providers for `cfg.dyndns`."""
+                    http: HttpClient | None = None, *, state_path: Path | None = None,
+                    watch: bool = False) -> DyndnsPart:
+        """The part with real providers for `cfg.dyndns`; its state file in
+        `paths.state_dir` unless `state_path` says otherwise. `watch`: no network part runs,
+        so read netlink itself."""
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        from failberry.net.monitor import addresses
+        from failberry.net.plan import uplinks
+
         d = cfg.dyndns
         timing = Timing(check_interval=d.check_interval, retry_initial=d.retry_initial,
                         retry_max=d.retry_max)
         updater = Updater(make_provider(d, http or RequestsClient()), make_verifier(d),
                           records(d), timing=timing)
-        state = StateFile(state_path, d) if state_path is not None else None
+        state = StateFile(state_path or Path(cfg.paths.state_dir) / STATE_FILE, d)
+
+        def lister() -> list[AddressChanged]:
+            try:
+                with IPRoute() as nl:
+                    return addresses(nl)
+            except NetlinkError as e:  # an OSError in all but name
+                raise OSError(e.code, str(e)) from None
+
+        monitor = None
+        if watch:
+            def links() -> list[tuple[int, str]]:
+                with IPRoute() as nl:
+                    return [(m["index"], m.get_attr("IFLA_IFNAME")) for m in nl.get_links()]
+            monitor = LinkMonitor(IPRoute, links)
         return cls(updater, status, bus, provider=d.provider.value, interface=d.interface,
-                   state=state)
+                   state=state, lister=lister,
+                   uplinks=[(u.name, u.interface) for u in uplinks(cfg)],
+                   network=not watch, monitor=monitor)
 
     def on_published(self, ev: PublishedAddressChanged) -> None:
-        """The network part chose a new address to publish."""
+        """The network part chose a new address to publish (the A record's source)."""
+        if ev.uplink is not None and ev.uplink != self.chooser.active:
+            self.on_active(ActiveUplinkChanged(ev.uplink, self.chooser.active, "published"))
         if self.interface or ev.address is None or not usable(ev.address):
             return
         rdtype = "A" if ev.family == 4 else "AAAA"
         self.updater.set_address(rdtype, ev.address, ev.address,
                                  f"published address changed on {ev.uplink or 'an uplink'}")
 
-    def on_address(self, ev: AddressChanged) -> None:
-        """An interface's address changed (used when `dyndns.interface` is set)."""
-        if not self.interface or ev.interface != self.interface or ev.address is None:
+    def on_active(self, ev: ActiveUplinkChanged) -> None:
+        """The network part switched uplinks: AAAA follows (A comes with the published
+        address)."""
+        if ev.uplink is None or ev.uplink == self.chooser.active:
             return
-        address = ev.address.split("/")[0]
-        if not usable(address):
+        self.chooser.active = ev.uplink
+        self._refresh(f"active uplink now {ev.uplink}")
+
+    def on_address(self, ev: AddressChanged) -> bool:
+        """An interface gained an address; False when the book must be read again (one
+        went away)."""
+        if ev.interface not in self.chooser.interfaces():
+            return True
+        if ev.address is None:
+            return False
+        if self.book.add(ev):
+            self._refresh(f"address changed on {ev.interface}")
+        return True
+
+    def _refresh(self, why: str) -> None:
+        """Tell the updater what each record should hold now (the network part's published
+        address keeps deciding A when it runs and no interface is set)."""
+        for rdtype in self.updater.states:
+            if rdtype == "A" and self.chooser.network and not self.interface:
+                continue
+            address, _where = self.chooser.choose(self.book, family_of(rdtype))
+            if address is not None:
+                self.updater.set_address(rdtype, address, address, why)
+
+    async def _relist(self, why: str) -> None:
+        if self.lister is None:
             return
-        rdtype = "A" if ev.family == 4 else "AAAA"
-        self.updater.set_address(rdtype, address, address, f"address changed on {ev.interface}")
+        try:
+            listed = await asyncio.to_thread(self.lister)
+        except OSError as e:
+            LOG.warning("dyndns: cannot list the interfaces' addresses: %s", e)
+            return
+        self.book.reset(listed)
+        self._refresh(why)
+
+    def waiting_for(self) -> str:
+        """Why a record has no address yet, in a few words."""
+        if self.interface:
+            return f"an address on {self.interface}"
+        if self.chooser.network:
+            return "the network part to choose an uplink with an address"
+        return "an address on " + " or ".join(self.chooser.interfaces())
 
     def report(self) -> None:
         """Write the status snapshot (the DyndnsReport keys, plus every record)."""
@@ -144,8 +218,11 @@ class DyndnsPart:
             "last_confirmed": main["last_confirmed"],
             "last_error": main["last_error"],
             "next_retry": main["next_retry"],
+            "following": self.chooser.following(),
             "records": views,
         }
+        if overall == "waiting":
+            detail["waiting_for"] = self.waiting_for()
         self.status.report(DYNDNS, overall, **detail)
         # `name` (DyndnsReport's key) collides with Status.report's own first parameter, so it
         # cannot go through **detail; set it on the report just written.
@@ -155,9 +232,15 @@ class DyndnsPart:
         while True:
             self.on_published(await self._published.get())
 
-    async def _pump_addresses(self) -> None:
+    async def _pump_addresses(self, queue: asyncio.Queue[Any]) -> None:
         while True:
-            self.on_address(await self._addresses.get())
+            ev = await queue.get()
+            if isinstance(ev, AddressChanged) and not self.on_address(ev):
+                await self._relist(f"an address went away on {ev.interface}")
+
+    async def _pump_active(self) -> None:
+        while True:
+            self.on_active(await self._active.get())
 
     async def _reporter(self) -> None:
         while True:
@@ -170,13 +253,23 @@ class DyndnsPart:
         """Run until cancelled."""
         LOG.info("dyndns: keeping %s up to date via %s (following %s)",
                  ", ".join(str(s.record) for s in self.updater.states.values()), self.provider,
-                 f"interface {self.interface}" if self.interface else "the published address")
-        tasks = [asyncio.create_task(c, name=f"dyndns-{n}") for n, c in (
-            ("updater", self.updater.run()), ("published", self._pump_published()),
-            ("addresses", self._pump_addresses()), ("report", self._reporter()))]
+                 self.chooser.following())
+        if self.monitor is not None:
+            self.monitor.start()
+        tasks: list[asyncio.Task[None]] = []
         try:
+            # Addresses present before we started send no event: list them (after the
+            # monitor started, so nothing falls between the two).
+            await self._relist("address present at start")
+            queue = self.monitor.events if self.monitor is not None else self._addresses
+            tasks = [asyncio.create_task(c, name=f"dyndns-{n}") for n, c in (
+                ("updater", self.updater.run()), ("published", self._pump_published()),
+                ("addresses", self._pump_addresses(queue)), ("active", self._pump_active()),
+                ("report", self._reporter()))]
             await asyncio.gather(*tasks)
         finally:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if self.monitor is not None:
+                self.monitor.stop()

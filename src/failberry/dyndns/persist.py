@@ -21,7 +21,7 @@ from failberry.config import DyndnsConfig, Secret
 
 LOG = logging.getLogger(__name__)
 
-DEFAULT_PATH = Path("/var/lib/failberry/dyndns-state.json")
+STATE_FILE = "dyndns-state.json"  # in `paths.state_dir`
 
 
 def _canonical(d: DyndnsConfig) -> bytes:

@@ -32,7 +32,9 @@ class RecordState:
     source: str | None = None          # local address to send from (the uplink's)
     sent: str | None = None            # `desired` of the last successful update
     published: str | None = None       # what the provider says it now publishes
-    checked: bool = False              # asked the authoritative servers at least once
+    checked: bool = False              # a check compared the record with an address of ours
+    check_failures: int = 0            # consecutive checks that got no answer
+    prior: tuple[str, str] | None = None  # (sent, published) saved before the restart
     confirmed: bool = False            # the last check found `published`
     last_success: float | None = None  # wall clock
     last_confirmed: float | None = None  # wall clock: a check found `published`
@@ -71,6 +73,13 @@ class Wait:
 Action = Update | Verify | Wait
 
 
+# Before the first update after a start, the record is checked: it may already hold the
+# address (a restart, a reboot), and an update then is needless (dyndns2 counts `nochg` as
+# abuse). A check that gets no answer (the uplink is not routed yet at boot) is retried with
+# backoff this many times before the update goes out unchecked.
+FIRST_CHECK_TRIES = 3
+
+
 @dataclass(frozen=True)
 class Timing:
     """The engine's knobs."""
@@ -89,15 +98,16 @@ def backoff(failures: int, timing: Timing, rng: random.Random) -> float:
 
 def decide(st: RecordState, now: float) -> Action:
     """The next thing to do for this record."""
-    if st.blocked is not None:
+    if st.blocked is not None or st.desired is None:
+        # Blocked, or no address known yet: nothing to send and nothing to compare a check
+        # with (a check now would also "use up" the first contact; see FIRST_CHECK_TRIES).
         return Wait(None)
-    if st.desired is not None and st.desired != st.sent:
+    if st.desired != st.sent:
         if st.next_retry is not None and now < st.next_retry:
             return Wait(st.next_retry)
-        if not st.checked:
-            # First contact since start: the record may already be right, and dyndns2 counts
-            # needless `nochg` updates as abuse.
-            return Verify()
+        if not st.checked and st.check_failures < FIRST_CHECK_TRIES:
+            # First contact since start: the record may already be right.
+            return Verify() if now >= st.next_check else Wait(st.next_check)
         return Update(st.desired, st.source)
     if now >= st.next_check:
         return Verify()
@@ -127,6 +137,8 @@ def succeeded(st: RecordState, address: str, result: UpdateResult, now: float, *
     st.last_retry = None
     st.next_retry = None
     st.last_error = None
+    st.check_error = None  # an older check's failure is no longer the news
+    st.checked = True
     st.last_success = wall
     st.updates += 1
     st.next_check = now + timing.check_interval
@@ -152,40 +164,60 @@ def failed(st: RecordState, err: DyndnsError, now: float, timing: Timing,
 def verified(st: RecordState, answer: frozenset[str], now: float, wall: float,
              timing: Timing) -> str | None:
     """Fold a check in; returns why a repair is needed, or None."""
-    first = not st.checked
-    st.checked = True
     st.check_error = None
+    st.check_failures = 0
+    if st.published is None and st.desired is None:
+        return None  # nothing to compare with: not a contact
     st.next_check = now + timing.check_interval
     if st.published is None:
-        if first and st.desired is not None and answer == {st.desired}:
-            st.sent = st.published = st.desired
+        # Nothing published since start: compare with the address we want (the drift check
+        # runs before our first update too). The record may hold it already (a restart), or
+        # what the provider published for it last time (route53-lambda behind NAT).
+        st.checked = True
+        held = {st.desired}
+        if st.prior is not None and st.prior[0] == st.desired:
+            held = {st.desired, st.prior[1]}
+        if len(answer) == 1 and answer <= held:
+            st.sent, st.published = st.desired, next(iter(answer))
             st.confirmed = True
             st.last_confirmed = wall
         return None
+    st.checked = True
     if answer == {st.published}:
         st.confirmed = True
         st.last_confirmed = wall
         return None
     st.confirmed = False
     st.sent = None  # forces an update of `desired`
-    held = ", ".join(sorted(answer)) or "nothing"
-    return f"the authoritative servers answer {held}, not {st.published}"
+    held_text = ", ".join(sorted(answer)) or "nothing"
+    return f"the authoritative servers answer {held_text}, not {st.published}"
 
 
-def check_failed(st: RecordState, err: DyndnsError, now: float, timing: Timing) -> None:
-    """A check got no answer: try again at the next check, do not touch the record."""
-    st.checked = True
+def check_failed(st: RecordState, err: DyndnsError, now: float, timing: Timing,
+                 rng: random.Random) -> None:
+    """A check got no answer: do not touch the record; before the first contact try again
+    soon (with backoff), else at the next periodic check."""
     st.check_error = str(err)
-    st.next_check = now + timing.check_interval
+    st.check_failures += 1
+    if not st.checked and st.desired != st.sent:
+        st.next_check = now + backoff(st.check_failures, timing, rng)
+    else:
+        st.next_check = now + timing.check_interval
 
 
 def hold(st: RecordState, now: float, wall: float) -> dict[str, Any]:
-    """What must survive a restart: a block, or the provider's not-before time."""
+    """What must survive a restart: a block, or the provider's not-before time; and what was
+    sent and published last, so a restart that finds it in place sends nothing."""
     if st.blocked is not None:
         return {"blocked": st.blocked}
+    out: dict[str, Any] = {}
+    if st.sent is not None and st.published is not None:
+        out.update(sent=st.sent, published=st.published)
+    elif st.prior is not None:
+        out.update(sent=st.prior[0], published=st.prior[1])
     if st.last_retry is Retry.LATER and st.next_retry is not None:
-        return {"not_before": round(wall + (st.next_retry - now)), "error": st.last_error}
-    return {}
+        out.update(not_before=round(wall + (st.next_retry - now)), error=st.last_error)
+    return out
 
 
 def restore(st: RecordState, saved: dict[str, Any], now: float, wall: float) -> None:
@@ -197,6 +229,8 @@ def restore(st: RecordState, saved: dict[str, Any], now: float, wall: float) -> 
         st.next_retry = now + (saved["not_before"] - wall)
         st.last_retry = Retry.LATER
         st.last_error = str(saved.get("error") or "the provider asked us to wait")
+    if isinstance(saved.get("sent"), str) and isinstance(saved.get("published"), str):
+        st.prior = (saved["sent"], saved["published"])
 
 
 def record_view(st: RecordState, now: float, wall: float) -> dict[str, Any]:
@@ -278,8 +312,9 @@ class Updater:
         for t, st in self.states.items():
             if isinstance(saved.get(t), dict):
                 restore(st, saved[t], now, wall)
-                LOG.info("dyndns: %s still held from before the restart: %s", st.record,
-                         st.last_error)
+                if st.last_error is not None:
+                    LOG.info("dyndns: %s still held from before the restart: %s", st.record,
+                             st.last_error)
 
     def view(self) -> list[dict[str, Any]]:
         """Every record's status."""
@@ -314,12 +349,22 @@ class Updater:
         try:
             answer = await asyncio.to_thread(self.verifier.lookup, st.record)
         except DyndnsError as e:
-            check_failed(st, e, self.clock(), self.timing)
-            LOG.warning("dyndns: cannot check %s: %s", st.record, e.reason)
+            check_failed(st, e, self.clock(), self.timing, self.rng)
+            if not st.checked and st.check_failures >= FIRST_CHECK_TRIES:
+                LOG.warning("dyndns: cannot check %s: %s; updating without knowing what it "
+                            "holds", st.record, e.reason)
+            else:
+                LOG.warning("dyndns: cannot check %s: %s", st.record, e.reason)
             return
+        first = st.published is None
         drift = verified(st, answer, self.clock(), self.wall(), self.timing)
         if drift:
             LOG.warning("dyndns: %s drifted: %s; repairing", st.record, drift)
+        elif first and st.confirmed:
+            LOG.info("dyndns: %s already holds %s; no update needed", st.record, st.published)
+        elif first and st.desired is not None:
+            LOG.info("dyndns: %s holds %s; updating it to %s", st.record,
+                     ", ".join(sorted(answer)) or "nothing", st.desired)
         elif st.confirmed:
             LOG.debug("dyndns: %s confirmed at %s", st.record, st.published)
 

@@ -58,6 +58,9 @@ def cmd_install(args: argparse.Namespace) -> int:
     root = _root(args)
     changes = sysctls.install(cfg, root, _proc(args), dry_run=args.dry_run)
     _print_changes(changes, args.dry_run)
+    for key, (value, path) in sorted(sysctls.overrides(root, sysctls.wanted(cfg)).items()):
+        print(f"note: {path} sets {key} = {value} after our drop-in, so at boot it wins; "
+              "change it there")
     _nvme_note(root)
     _netconsole(cfg, root, args.dry_run, live=args.root is None)
     return 0
@@ -80,8 +83,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     _nvme_note(root)
     drift = [r for r in rows if not r.ok]
     if drift:
-        print(f"drift in {len(drift)} of {len(rows)} settings; `failberry hostguard install` "
-              "fixes it")
+        print(f"drift in {len(drift)} of {len(rows)} settings")
+        for line in sysctls.advice(rows, root):
+            print(line)
         return 1
     return 0
 

@@ -81,13 +81,13 @@ class DStateScanner:
         out.sort(key=lambda t: (t.since, t.pid))
         return out
 
-    def task(self, pid: int) -> tuple[str, str] | None:
-        """(state, wchan) of one task, or None when it is gone."""
+    def task(self, pid: int) -> tuple[str, str, str] | None:
+        """(state, wchan, comm) of one task, or None when it is gone."""
         stat = _read(f"{self.proc}/{pid}/stat")
         line = parse_stat(stat) if stat is not None else None
         if line is None:
             return None
-        return line.state, (_read(f"{self.proc}/{pid}/wchan") or "").strip()
+        return line.state, (_read(f"{self.proc}/{pid}/wchan") or "").strip(), line.comm
 
 
 def _listdir(path: str) -> list[str]:

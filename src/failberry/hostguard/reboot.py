@@ -15,7 +15,6 @@ LOG = logging.getLogger(__name__)
 
 RB_AUTOBOOT = 0x01234567  # <sys/reboot.h>: LINUX_REBOOT_CMD_RESTART
 MCL_CURRENT, MCL_FUTURE = 1, 2  # <sys/mman.h>
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 class RebootFailed(FailberryError):
@@ -39,9 +38,6 @@ class Libc:
         self._reboot.argtypes = [ctypes.c_int]
         self._mlockall = self.lib.mlockall
         self._mlockall.argtypes = [ctypes.c_int]
-        self._prctl = self.lib.prctl
-        self._prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
-                                ctypes.c_ulong]
 
     def reboot(self, howto: int) -> int:
         """reboot(2); 0 or the errno."""
@@ -50,10 +46,6 @@ class Libc:
     def mlockall(self) -> int:
         """Lock current and future memory; 0 or the errno."""
         return 0 if self._mlockall(MCL_CURRENT | MCL_FUTURE) == 0 else ctypes.get_errno()
-
-    def set_pdeathsig(self, sig: int) -> int:
-        """Have the kernel send `sig` to this process when its parent dies."""
-        return 0 if self._prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) == 0 else ctypes.get_errno()
 
 
 class KernelReboot:

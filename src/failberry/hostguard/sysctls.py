@@ -31,10 +31,13 @@ MARKER = "# Written by `failberry hostguard install`; `failberry hostguard unins
 # that the kernel never panics with a half-applied configuration.
 KEYS = ("kernel.panic", "kernel.hung_task_timeout_secs", "kernel.hung_task_panic")
 
-# Where sysctl.d files live, lowest precedence first; a file name in a later directory masks the
-# same name in an earlier one, and files apply in lexical order of their names (sysctl.d(5)).
-SYSCTL_DIRS = ("usr/lib/sysctl.d", "lib/sysctl.d", "usr/local/lib/sysctl.d", "run/sysctl.d",
+# Where sysctl.d files live, lowest precedence first (sysctl.d(5): /etc, /run, /usr/local/lib,
+# /usr/lib, /lib, highest first); a file name in a later directory masks the same name in an
+# earlier one, and the files apply in lexical order of their names across all directories, so
+# that a later one wins. procps' `sysctl --system` reads /etc/sysctl.conf after all of them.
+SYSCTL_DIRS = ("lib/sysctl.d", "usr/lib/sysctl.d", "usr/local/lib/sysctl.d", "run/sysctl.d",
                "etc/sysctl.d")
+LEGACY_CONF = Path("etc/sysctl.conf")
 
 
 class SysctlError(FailberryError):
@@ -135,15 +138,27 @@ class Row:
     running: str  # "-" when there is no live kernel to ask
     persisted: str  # the value the sysctl.d files give at boot, "-" if none
     note: str
+    # A file applied after our drop-in that sets another value: it wins at boot, and `install`
+    # (which touches only its own file) cannot fix that.
+    override: Path | None = None
+    override_value: str = ""
 
     @property
     def ok(self) -> bool:
         """Whether this row matches."""
         return not self.note
 
+    @property
+    def install_fixes(self) -> bool:
+        """Whether `install` would bring this row in line (not an override, not a kernel that
+        lacks the setting)."""
+        notes = [n for n in self.note.split("; ") if n]
+        return any(n in ("running value differs", "drop-in differs") or n.endswith(" missing")
+                   for n in notes)
 
-def persisted_values(root: Path) -> dict[str, tuple[str, Path]]:
-    """What the sysctl.d files set at boot: key -> (value, file), the last file winning."""
+
+def boot_files(root: Path) -> list[Path]:
+    """The sysctl files in the order they apply at boot (the last setting of a key wins)."""
     by_name: dict[str, Path] = {}
     for d in SYSCTL_DIRS:
         directory = root / d
@@ -151,19 +166,42 @@ def persisted_values(root: Path) -> dict[str, tuple[str, Path]]:
             for f in directory.glob("*.conf"):
                 by_name[f.name] = f  # later directories mask earlier ones
     files = [by_name[n] for n in sorted(by_name)]
-    # procps' `sysctl --system` reads /etc/sysctl.conf last (Debian links it as 99-sysctl.conf).
-    legacy = root / "etc/sysctl.conf"
+    # Debian links /etc/sysctl.conf as /etc/sysctl.d/99-sysctl.conf; then it is already here.
+    legacy = root / LEGACY_CONF
     if legacy.is_file() and not any(f.resolve() == legacy.resolve() for f in files):
         files.append(legacy)
-    out: dict[str, tuple[str, Path]] = {}
-    for f in files:
+    return files
+
+
+def boot_settings(root: Path) -> dict[str, list[tuple[str, Path]]]:
+    """Every setting of every key at boot, in the order applied: key -> [(value, file)]."""
+    out: dict[str, list[tuple[str, Path]]] = {}
+    for f in boot_files(root):
         try:
             text = f.read_text(encoding="utf-8", errors="replace")
         except OSError as e:
             LOG.warning("cannot read %s: %s", f, e.strerror)
             continue
         for key, value in parse_sysctl_conf(text):
-            out[key] = (value, f)
+            out.setdefault(key, []).append((value, f))
+    return out
+
+
+def persisted_values(root: Path) -> dict[str, tuple[str, Path]]:
+    """What the sysctl files set at boot: key -> (value, file), the last file winning."""
+    return {key: settings[-1] for key, settings in boot_settings(root).items()}
+
+
+def overrides(root: Path, want: dict[str, str]) -> dict[str, tuple[str, Path]]:
+    """Keys that a file applied after our drop-in sets to another value than `want` (even
+    once the drop-in is installed): key -> (value, file)."""
+    legacy = root / LEGACY_CONF
+    out = {}
+    for key, settings in boot_settings(root).items():
+        # Names sort across directories; /etc/sysctl.conf comes last whatever its name.
+        later = [(v, f) for v, f in settings if f == legacy or f.name > DROPIN.name]
+        if key in want and later and later[-1][0] != want[key]:
+            out[key] = later[-1]
     return out
 
 
@@ -182,11 +220,14 @@ def compare(cfg: HostguardConfig, root: Path, proc: ProcSys | None) -> list[Row]
     """The `check` table, one row per setting."""
     want = wanted(cfg)
     boot = persisted_values(root)
+    later = overrides(root, want)
     own = root / DROPIN
+    ours = dict(parse_sysctl_conf(own.read_text(encoding="utf-8", errors="replace"))
+                ) if own.is_file() else {}
     rows = []
     for key in KEYS:
         running = proc.read(key) if proc is not None else None
-        value, source = boot.get(key, ("-", own))
+        value, _ = boot.get(key, ("-", own))
         notes = []
         if proc is not None and running is None:
             notes.append("kernel lacks it")
@@ -194,11 +235,42 @@ def compare(cfg: HostguardConfig, root: Path, proc: ProcSys | None) -> list[Row]
             notes.append("running value differs")
         if not own.is_file():
             notes.append(f"{own} missing")
-        elif value != want[key]:
-            notes.append(f"boot value from {source}" if source != own else "drop-in differs")
+        elif ours.get(key) != want[key]:
+            notes.append("drop-in differs")
+        override, override_value = None, ""
+        if key in later:
+            override_value, override = later[key]
+            notes.append(f"overridden by {override}")
         rows.append(Row(key, want[key], running if running is not None else "-", value,
-                        "; ".join(notes)))
+                        "; ".join(notes), override, override_value))
     return rows
+
+
+def advice(rows: list[Row], root: Path) -> list[str]:
+    """What to do about the drift in `rows`: name each overriding file, and say whether
+    `install` fixes the rest."""
+    out = []
+    for r in rows:
+        if r.override is not None:
+            where = str(r.override)
+            if r.override.is_symlink():
+                where += f" (a link to {r.override.resolve()})"
+            out.append(f"{where} sets {r.key} = {r.override_value}, and sysctl applies it "
+                       f"after {root / DROPIN} (files apply in the order of their names, the "
+                       f"last one wins): change or remove that line there; `failberry "
+                       f"hostguard install` does not touch other files")
+    drift = [r for r in rows if not r.ok]
+    fixable = [r for r in drift if r.install_fixes]
+    full = [r.key for r in fixable if r.override is None]
+    until_boot = [r.key for r in fixable if r.override is not None]
+    parts = []
+    if full:
+        parts.append("fixes " + ("it" if len(full) == len(drift) else ", ".join(full)))
+    if until_boot:
+        parts.append(f"sets {', '.join(until_boot)} only until the next boot")
+    if parts:
+        out.append("`failberry hostguard install` " + "; it ".join(parts))
+    return out
 
 
 def format_table(rows: list[Row]) -> str:

@@ -65,7 +65,7 @@ class Watcher:
     """The daemon's state and loop; every side effect goes through a constructor argument."""
 
     def __init__(self, cfg: HostguardConfig, *, alerter: Alerter, rebooter: Rebooter,
-                 dry_run: bool = False, libc: Libc | None = None,
+                 dry_run: bool = False,
                  scanner: DStateScanner | None = None,
                  pressure: Path = Path("/proc/pressure/io"),
                  notifier: Notifier | None = None,
@@ -74,12 +74,11 @@ class Watcher:
         self.alerter = alerter
         self.rebooter = rebooter
         self.dry_run = dry_run
-        self.libc = libc
         self.scanner = scanner or DStateScanner()
         self.pressure = pressure
         self.notifier = notifier or Notifier("")
         self.clock = clock
-        self.mounts = [MountState(m, ProbeWorker(m, libc)) for m in cfg.mounts]
+        self.mounts = [MountState(m, ProbeWorker(m)) for m in cfg.mounts]
         self.reboot_requested = False
         self.next_scan = 0.0
         self.warned_tasks: set[tuple[int, float]] = set()
@@ -111,9 +110,13 @@ class Watcher:
         self._stop = True
 
     def close(self) -> None:
-        """Stop the children without waiting for any of them."""
+        """Ask the children to quit, without waiting for any of them and without a signal: a
+        child waiting on a hung mount quits once the mount answers (see `probe`)."""
         for m in self.mounts:
-            m.worker.abandon(quit_first=m.started is None)
+            if m.started is not None:
+                LOG.info("leaving the probe child %d of %s to quit once its probe is done",
+                         m.worker.pid, m.mount)
+            m.worker.abandon()
             for old in m.old_workers:
                 old.reap()
         self.notifier.notify("STOPPING=1")
@@ -215,10 +218,10 @@ class Watcher:
     def respawn(self, m: MountState, why: str) -> None:
         """Replace a mount's probe child."""
         LOG.info("new probe child for %s: %s", m.mount, why)
-        m.worker.abandon(quit_first=False)
+        m.worker.abandon()
         if m.worker.pid:
             m.old_workers.append(m.worker)
-        m.worker = ProbeWorker(m.mount, self.libc)
+        m.worker = ProbeWorker(m.mount)
         m.worker.spawn()
 
     def scan(self, now: float) -> list[StuckTask]:
@@ -240,8 +243,8 @@ class Watcher:
         started = m.started if m.started is not None else now
         tasks = self.scan(now)
         child = self.scanner.task(m.worker.pid) if m.worker.pid else None
-        child_text = (f"probe pid {m.worker.pid} state {child[0]} wchan={child[1] or '?'}"
-                      if child else f"probe pid {m.worker.pid}")
+        child_text = (f"probe pid {m.worker.pid} ({child[2]}) state {child[0]} "
+                      f"wchan={child[1] or '?'}" if child else f"probe pid {m.worker.pid}")
         parts = [f"mount {m.mount} hung: write+fsync not done after {now - started:.1f}s "
                  f"(threshold {self.cfg.threshold:g}s; {child_text})"]
         pressure = read_pressure(self.pressure)
@@ -295,7 +298,7 @@ def main(cfg: HostguardConfig, *, dry_run: bool = False, rebooter: Rebooter | No
         except AlertError as e:
             LOG.warning("no kernel log line: %s", e)
     watcher = Watcher(cfg, alerter=Alerter(sinks), rebooter=rebooter or KernelReboot(libc),
-                      dry_run=dry_run, libc=libc, notifier=Notifier())
+                      dry_run=dry_run, notifier=Notifier())
     handler: Callable[[int, FrameType | None], None] = watcher.stop
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)

@@ -3,11 +3,14 @@ echo, an information line or the final result of the command in flight, or an un
 result code (URC). URCs go to a callback and are never handed to the waiting command.
 
 One command at a time (V.250 allows no pipelining); the port is read from the event loop with
-`add_reader`, so no thread spins, and a port that goes away removes its reader at once."""
+`add_reader`, so no thread spins, and a port that goes away removes its reader at once. After a
+command times out its answer may still come; the channel is then out of step, so before the
+next command it drains the port and resynchronises with `AT` (see `AtChannel.resync`)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import re
@@ -172,6 +175,9 @@ class AtChannel:
         self._lock = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fd: int | None = None
+        self.stale = False  # a command timed out: its late answer may still be on the way
+        self.resyncs = 0
+        self._last_rx = 0.0
 
     def start(self) -> None:
         """Begin watching the port for input."""
@@ -211,6 +217,8 @@ class AtChannel:
             self.on_gone(self.gone)
 
     def _readable(self) -> None:
+        if self._loop is not None:
+            self._last_rx = self._loop.time()
         try:
             data = self.port.read(4096)
         except Exception as exc:  # noqa: BLE001 - pyserial raises SerialException or OSError
@@ -242,27 +250,65 @@ class AtChannel:
             pending.future.set_exception(final_error(pending.label, line))
 
     async def command(self, command: str, timeout: float = 5.0,
-                      label: str | None = None) -> list[str]:
+                      label: str | None = None, resync: bool = True) -> list[str]:
         """Send `command`; its information lines on success, or AtError/AtTimeout/PortGone.
-        `label` replaces the command in errors and logs (it may hold the PIN)."""
+        `label` replaces the command in errors and logs (it may hold the PIN). A channel left
+        out of step by an earlier timeout resynchronises first (AtTimeout if it cannot),
+        unless `resync` is False (a reset is worth sending to a modem that seems silent)."""
         async with self._lock:
             if self.gone is not None:
                 raise self.gone
-            loop = asyncio.get_running_loop()
-            pending = _Pending(command, loop.create_future(), label=label or command)
-            self._pending = pending
+            if self.stale and resync:
+                await self._resync(min(timeout, 2.0))
+            return await self._send(command, timeout, label or command)
+
+    async def resync(self, timeout: float = 1.0) -> None:
+        """Drain what is left of late answers, then `AT` until its own `OK`; AtTimeout if the
+        modem stays silent, PortGone if the port went away."""
+        async with self._lock:
+            if self.gone is not None:
+                raise self.gone
+            await self._resync(timeout)
+
+    async def _resync(self, timeout: float) -> None:
+        # The late answer of the command that timed out comes before anything sent now (the
+        # modem answers in order): wait for the port to fall quiet, send AT, take the first
+        # final result for it, then swallow whatever else is in flight (AT's own OK, if the
+        # first one was the late answer's).
+        await self._drain(0.2, timeout)
+        with contextlib.suppress(AtError):  # an answer is an answer: the modem talks again
+            await self._send("AT", timeout, "AT (resynchronising)")
+        await self._drain(0.1, timeout)
+        self.stale = False
+        self.resyncs += 1
+
+    async def _drain(self, quiet: float, limit: float) -> None:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + limit
+        while True:
+            now = loop.time()
+            idle = now - self._last_rx
+            if idle >= quiet or now >= end:
+                return
+            await asyncio.sleep(min(quiet - idle, end - now))
+
+    async def _send(self, command: str, timeout: float, label: str) -> list[str]:
+        loop = asyncio.get_running_loop()
+        pending = _Pending(command, loop.create_future(), label=label)
+        self._pending = pending
+        try:
             try:
-                try:
-                    self.port.write(command.encode("ascii") + b"\r")
-                except Exception as exc:  # noqa: BLE001 - SerialTimeoutException, OSError
-                    self._lost(f"write failed: {exc}")
-                    raise self.gone or PortGone(self.name, str(exc)) from None
-                try:
-                    return await asyncio.wait_for(pending.future, timeout)
-                except TimeoutError:
-                    raise AtTimeout(pending.label, timeout, self.name) from None
-            finally:
-                self._pending = None
+                self.port.write(command.encode("ascii") + b"\r")
+            except Exception as exc:  # noqa: BLE001 - SerialTimeoutException, OSError
+                self._lost(f"write failed: {exc}")
+                raise self.gone or PortGone(self.name, str(exc)) from None
+            try:
+                return await asyncio.wait_for(pending.future, timeout)
+            except TimeoutError:
+                self.stale = True
+                raise AtTimeout(pending.label, timeout, self.name) from None
+        finally:
+            self._pending = None
 
     async def probe(self, timeout: float = 1.0) -> bool:
         """Does anything on this port answer `AT` with OK?"""

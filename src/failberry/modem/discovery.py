@@ -8,8 +8,9 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from failberry.modem.at import AtChannel, SerialPort
@@ -91,16 +92,65 @@ async def probe_port(node: str, opener: Callable[[str], SerialPort],
         channel.close()
 
 
+def usb_ttys(node: str, sysroot: Path = Path("/sys")) -> tuple[str | None, list[str]]:
+    """The USB device `node` belongs to (its sysfs name, `1-1.2`) and the names of all its
+    ttys in interface order, from sysfs; (None, []) when `node` is not a USB tty."""
+    link = None
+    for name in dict.fromkeys((os.path.basename(os.path.realpath(node)),
+                               os.path.basename(node))):
+        candidate_link = sysroot / "class" / "tty" / name / "device"
+        if candidate_link.exists():
+            link = candidate_link
+            break
+    if link is None:
+        return None, []
+    # usb-serial (option, qcserial): device -> .../1-1.2:1.2/ttyUSB2; cdc-acm: .../1-1.2:1.0
+    target = link.resolve()
+    interface = target if ":" in target.name else target.parent
+    usb_device = interface.parent
+    found: list[tuple[int, str]] = []
+    for iface in usb_device.glob("*:*"):
+        try:
+            number = int(iface.name.rpartition(".")[2])  # 1-1.2:1.2 is interface 2
+        except ValueError:
+            continue
+        for tty in [*iface.glob("ttyUSB*"), *iface.glob("tty/ttyACM*")]:
+            found.append((number, tty.name))
+    return usb_device.name, [name for _, name in sorted(found)]
+
+
+async def find_at_port(device: str, opener: Callable[[str], SerialPort],
+                       sysroot: Path = Path("/sys"), dev_dir: Path = Path("/dev")
+                       ) -> tuple[str | None, str | None]:
+    """For a configured data port: (another tty of the same stick that answers AT, the
+    stick's USB name), either None when not found. The lowest answering interface wins."""
+    usb_path, names = await asyncio.to_thread(usb_ttys, device, sysroot)
+    data = os.path.realpath(device)
+    for name in names:
+        node = str(dev_dir / name)
+        if os.path.realpath(node) == data:
+            continue
+        if await probe_port(node, opener):
+            LOG.info("modem: %s answers AT; monitoring there while PPP runs on %s", node,
+                     device)
+            return node, usb_path
+    return None, usb_path
+
+
+Locate = Callable[[str], Awaitable[tuple[str | None, str | None]]]
+
+
 class PathWatcher:
     """`[modem] device = "/dev/..."`: the path appearing, vanishing or changing device (a
     re-enumerated stick gets a new node) is the add/remove event. Polls once a `interval`."""
 
     def __init__(self, path: str, data_path: str | None = None, usb_path: str | None = None,
-                 interval: float = 1.0) -> None:
+                 interval: float = 1.0, locate: Locate | None = None) -> None:
         self.path = path
         self.data_path = data_path
         self.usb_path = usb_path
         self.interval = interval
+        self.locate = locate  # finds another AT port and the USB name when `path` appears
 
     def _identity(self) -> tuple[int, int, int] | None:
         try:
@@ -118,7 +168,10 @@ class PathWatcher:
                 if seen is not None:
                     yield DeviceRemoved(self.path)
                 if now is not None:
-                    yield DeviceAdded(self.path, self.data_path or self.path, self.usb_path)
+                    control, usb_path = (await self.locate(self.path) if self.locate
+                                         else (None, None))
+                    yield DeviceAdded(control or self.path, self.data_path or self.path,
+                                      usb_path or self.usb_path)
                 seen = now
             await asyncio.sleep(self.interval)
 
@@ -127,10 +180,11 @@ class UdevDiscovery:
     """`[modem] device = "auto"`: pyudev enumeration, then its netlink monitor."""
 
     def __init__(self, opener: Callable[[str], SerialPort], extra_ids: Iterable[str] = (),
-                 settle: float = 2.0) -> None:
+                 settle: float = 2.0, at_port: str | None = None) -> None:
         self.opener = opener
         self.extra_ids = tuple(extra_ids)
         self.settle = settle
+        self.at_port = at_port  # `[modem] at_port`: the control/monitoring port, if set
         self.current: tuple[Candidate, Candidate] | None = None
 
     def scan(self, context: Any) -> list[Candidate]:
@@ -196,9 +250,13 @@ class UdevDiscovery:
             with contextlib.suppress(Exception):
                 loop.remove_reader(monitor.fileno())
 
-    @staticmethod
-    def _added(found: tuple[Candidate, Candidate]) -> DeviceAdded:
+    def _added(self, found: tuple[Candidate, Candidate]) -> DeviceAdded:
         control, data = found
-        LOG.info("modem %s on %s: AT on %s (interface %d), PPP on %s", control.usb_id,
-                 control.usb_path, control.node, control.interface, data.node)
-        return DeviceAdded(control.node, data.node, control.usb_path)
+        node = self.at_port or control.node
+        if node == data.node:
+            LOG.warning("modem %s: only %s answers AT; no monitoring while PPP runs (set "
+                        "[modem] at_port if the stick has another AT port)", control.usb_id,
+                        node)
+        LOG.info("modem %s on %s: AT on %s, PPP on %s", control.usb_id, control.usb_path,
+                 node, data.node)
+        return DeviceAdded(node, data.node, control.usb_path)

@@ -1,100 +1,43 @@
 """The modem driver: the thin asyncio shell around the pure machine. It turns discovery, AT
 replies, URCs, pppd and timers into events, feeds them to `Machine.handle`, performs the
-actions it returns, and reports to the bus and the status snapshot."""
+actions it returns, and reports to the bus and the status snapshot. What is said to the stick
+lives in `session`; the reboot command and the reboot log in `adapters`."""
 
 from __future__ import annotations
 
 import asyncio
-import json
+import collections
 import logging
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any, Protocol
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from failberry.bus import Bus, ModemStateChanged
 from failberry.config import ModemConfig
 from failberry.modem import events as ev
+from failberry.modem.adapters import (  # re-exported: the seams' old home
+    CommandReboot,
+    Rebooter,
+    RebootFailed,
+    RebootLog,
+    read_counters,
+)
 from failberry.modem.at import AtChannel, SerialPort
-from failberry.modem.errors import (
-    CME_INCORRECT_PASSWORD,
-    CME_SIM_BUSY,
-    CME_SIM_MISSING,
-    AtError,
-    AtTimeout,
-    CmeError,
-    ModemError,
-    PortGone,
-    UsbPowerError,
-)
-from failberry.modem.machine import Machine, ModemState, Phase
-from failberry.modem.parsers import (
-    REG_PREFIXES,
-    Registration,
-    RegStat,
-    SimState,
-    parse_cops,
-    parse_cpin,
-    parse_csq,
-    parse_identity,
-    parse_registration,
-    parse_vendor_access_tech,
-    pick,
-)
+from failberry.modem.errors import AtError, AtTimeout, ModemError, PortGone, UsbPowerError
+from failberry.modem.machine import Machine
+from failberry.modem.parsers import REG_PREFIXES, Registration, RegStat, parse_registration
+from failberry.modem.parsers import parse_vendor_access_tech as vendor_access_tech
 from failberry.modem.ppp import PppRunner
+from failberry.modem.session import PinOutcome, Session, command_mode
+from failberry.modem.state import ModemState, Phase
 from failberry.status import Status
 from failberry.usbpower import PowerRefused, UsbPower
+
+__all__ = ["CommandReboot", "Driver", "RebootLog", "Rebooter", "read_counters"]
 
 LOG = logging.getLogger(__name__)
 
 PART = "modem"
-
-
-class Rebooter(Protocol):
-    """The reboot seam."""
-
-    def reboot(self, reason: str) -> None:
-        """Reboot the machine (tests record the call instead)."""
-
-
-class SystemdReboot:
-    """`systemctl reboot`: lets systemd stop services cleanly."""
-
-    def reboot(self, reason: str) -> None:
-        """Ask systemd to reboot."""
-        import subprocess
-
-        LOG.warning("rebooting: %s", reason)
-        subprocess.run(["systemctl", "reboot"], check=False, timeout=60)
-
-
-class RebootLog:
-    """Wall times of the reboots we asked for, kept on disk so the per-day limit survives
-    the reboot itself."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def load(self) -> tuple[float, ...]:
-        """The recorded times (empty if none or unreadable)."""
-        try:
-            data = json.loads(self.path.read_text())
-            return tuple(float(t) for t in data)
-        except (OSError, ValueError, TypeError):
-            return ()
-
-    def save(self, times: tuple[float, ...]) -> None:
-        """Record the times (the last few are enough)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(list(times[-50:])))
-
-
-def read_counters(interface: str, sysroot: Path = Path("/sys")) -> tuple[int | None, int | None]:
-    """Bytes in and out of `interface` from sysfs; None when it is not there."""
-    base = sysroot / "class" / "net" / interface / "statistics"
-    try:
-        return int((base / "rx_bytes").read_text()), int((base / "tx_bytes").read_text())
-    except (OSError, ValueError):
-        return None, None
+POLLED = (Phase.REGISTERING, Phase.DENIED, Phase.DIALING, Phase.CONNECTED)
 
 
 class Driver:
@@ -104,8 +47,8 @@ class Driver:
                  opener: Callable[[str], SerialPort], ppp: PppRunner, usb: UsbPower,
                  rebooter: Rebooter, reboot_log: RebootLog | None = None,
                  poll_interval: float = 10.0, at_timeout: float = 5.0,
-                 counters: Callable[[str], tuple[int | None, int | None]] = read_counters
-                 ) -> None:
+                 counters: Callable[[str], tuple[int | None, int | None]] = read_counters,
+                 guard_time: float = 1.0) -> None:
         self.cfg = cfg
         self.machine = machine
         self.status = status
@@ -118,16 +61,27 @@ class Driver:
         self.poll_interval = poll_interval
         self.at_timeout = at_timeout
         self.counters = counters
+        self.guard_time = guard_time
         self.state = ModemState(reboots=reboot_log.load() if reboot_log else ())
         self.queue: asyncio.Queue[ev.Event] = asyncio.Queue()
-        self.channel: AtChannel | None = None
         self.gen = 0  # bumped whenever the AT channel changes; stale replies are dropped
         self.timers: dict[str, asyncio.TimerHandle] = {}
         self.tasks: set[asyncio.Task[None]] = set()
-        self.zcdrun_sent: set[str] = set()
         self.info: dict[str, Any] = {}
+        self.session = Session(at_timeout, self.info)
         self.last_reg: dict[str, RegStat] = {}
         self.steps = 0
+        # command_mode's result after each pppd exit, the last few (for status and tests)
+        self.hangups: collections.deque[bool] = collections.deque(maxlen=16)
+
+    @property
+    def channel(self) -> AtChannel | None:
+        """The open AT channel (setup, then monitoring while the data port carries PPP)."""
+        return self.session.channel
+
+    @channel.setter
+    def channel(self, value: AtChannel | None) -> None:
+        self.session.channel = value
 
     # -- plumbing
 
@@ -141,10 +95,20 @@ class Driver:
         else:
             LOG.debug("dropping stale %s", event)
 
-    def _spawn(self, coro: Any) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=f"modem-{name}")
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        # An exception here is a bug; observed, it is a fault the ladder handles now, rather
+        # than a silence the step timer notices two minutes later.
+        self.tasks.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        LOG.error("modem: task %s crashed: %r", task.get_name(), exc, exc_info=exc)
+        self.post(ev.TaskFailed(task.get_name(), repr(exc)))
 
     async def run(self) -> None:
         """Feed events to the machine forever; clean up on cancel."""
@@ -174,6 +138,8 @@ class Driver:
                                                self.state.reason, self.state.interface,
                                                self.state.address))
             self.report()
+            if self.state.phase in (Phase.REGISTERING, Phase.CONNECTED):
+                self._spawn(self.poll(), "poll")  # signal and operator known at once
         for action in actions:
             self.perform(action)
 
@@ -192,31 +158,30 @@ class Driver:
         LOG.info("modem action %s (%s)", type(action).__name__, self.state.reason)
         if isinstance(action, ev.OpenPort):
             self._close_channel()
-            self._spawn(self._open(action.port, self.gen))
+            self._spawn(self._open(action.port, self.gen), "open")
         elif isinstance(action, ev.ClosePort):
             self._close_channel()
         elif isinstance(action, ev.QuerySim):
-            self._spawn(self._query_sim(self.gen))
+            self._spawn(self._query_sim(self.gen), "sim")
         elif isinstance(action, ev.EnterPin):
-            self._spawn(self._enter_pin(self.gen))
+            self._spawn(self._enter_pin(self.gen), "pin")
         elif isinstance(action, ev.QueryRegistration):
-            self._spawn(self._query_registration(self.gen))
+            self._spawn(self._query_registration(self.gen), "registration")
         elif isinstance(action, ev.StartPpp):
             if self.channel is not None and self.channel.name == action.port:
-                self._close_channel()  # pppd needs the port to itself
-            self._spawn(self._run_ppp(action.port))
+                self._close_channel()  # pppd needs the port to itself: no monitoring now
+            self._spawn(self._run_ppp(action.port), "pppd")
         elif isinstance(action, ev.StopPpp):
-            self._spawn(self.ppp.stop())
+            self._spawn(self.ppp.stop(), "stop-pppd")
         elif isinstance(action, ev.ResetModem):
-            self._spawn(self._reset_modem(self.gen))
+            self._spawn(self._reset_modem(self.gen), "reset")
         elif isinstance(action, ev.UsbRebind):
-            self._spawn(self._usb("usb_rebind", self.usb.rebind, action.usb_path))
+            self._spawn(self._usb("usb_rebind", self.usb.rebind, action.usb_path), "rebind")
         elif isinstance(action, ev.PortPowerCycle):
-            self._spawn(self._usb("port_power", self.usb.power_cycle, action.usb_path))
+            self._spawn(self._usb("port_power", self.usb.power_cycle, action.usb_path),
+                        "power")
         elif isinstance(action, ev.Reboot):
-            if self.reboot_log is not None:
-                self.reboot_log.save(self.state.reboots)
-            self.rebooter.reboot(action.reason)
+            self._spawn(self._reboot(action.reason), "reboot")
 
     def _cancel_timer(self, name: str) -> None:
         handle = self.timers.pop(name, None)
@@ -229,20 +194,12 @@ class Driver:
             self.channel.close()
             self.channel = None
 
-    async def _cmd(self, command: str, timeout: float | None = None,
-                   label: str | None = None) -> list[str]:
-        if self.channel is None:
-            raise PortGone(self.state.port or "modem", "port not open")
-        return await self.channel.command(command, timeout or self.at_timeout, label)
-
     async def _open(self, port: str, gen: int) -> None:
         try:
             serial = self.opener(port)
-        except PortGone as exc:
-            self._post_if(gen, ev.PortLost(exc.reason))
-            return
-        except OSError as exc:
-            self._post_if(gen, ev.PortLost(str(exc)))
+        except (PortGone, OSError) as exc:
+            self._post_if(gen, ev.PortLost(exc.reason if isinstance(exc, PortGone)
+                                           else str(exc)))
             return
         if gen != self.gen:
             serial.close()
@@ -261,21 +218,7 @@ class Driver:
             else:
                 self._post_if(gen, ev.AtFailed("AT", "no answer to AT", silent=True))
                 return
-            await self._cmd("ATE0")
-            await self._optional("AT+CMEE=1")
-            maker = await self._identity("AT+CGMI")
-            model = await self._identity("AT+CGMM")
-            imei = await self._identity("AT+CGSN")
-            self.info.update(manufacturer=maker, model=model)
-            key = imei or port
-            if "ZTE" in maker.upper() and key not in self.zcdrun_sent:
-                # ZTE sticks boot as a CD-ROM until told otherwise; once per stick is enough
-                # (it is stored in the stick), and usb-modeswitch handles the first boot.
-                self.zcdrun_sent.add(key)
-                LOG.info("modem: sending AT+ZCDRUN=8 so the ZTE stick stops its CD-ROM")
-                await self._optional("AT+ZCDRUN=8")
-            for kind in REG_PREFIXES:  # location-reporting URCs (n=2); 3G sticks lack CEREG
-                await self._optional(f"AT{kind}=2")
+            maker, model = await self.session.setup(port)
             self._post_if(gen, ev.PortReady(maker, model))
         except AtTimeout as exc:
             self._post_if(gen, ev.AtFailed(exc.command, str(exc), silent=True))
@@ -284,35 +227,13 @@ class Driver:
         except AtError as exc:
             self._post_if(gen, ev.AtFailed(exc.command, str(exc)))
 
-    async def _optional(self, command: str) -> list[str] | None:
-        try:
-            return await self._cmd(command)
-        except AtError as exc:
-            LOG.info("modem: %s", exc)
-            self._error(str(exc))
-            return None
-
-    async def _identity(self, command: str) -> str:
-        lines = await self._optional(command)
-        try:
-            return parse_identity(command, lines or [])
-        except ValueError:
-            return ""
-
     async def _query_sim(self, gen: int) -> None:
         try:
-            lines = await self._cmd("AT+CPIN?", 10.0)
-            sim = pick(lines, "+CPIN", parse_cpin) or SimState.OTHER
-        except CmeError as exc:
-            self._error(str(exc))
-            sim = (SimState.MISSING if exc.code in CME_SIM_MISSING
-                   else SimState.NOT_READY if exc.code == CME_SIM_BUSY
-                   else SimState.PIN if exc.code == 11
-                   else SimState.PUK if exc.code == 12 else SimState.OTHER)
+            sim = await self.session.sim()
         except AtTimeout as exc:
             self._post_if(gen, ev.AtFailed(exc.command, str(exc), silent=True))
             return
-        except (AtError, PortGone) as exc:
+        except PortGone as exc:
             self._post_if(gen, ev.AtFailed("AT+CPIN?", str(exc)))
             return
         self.info["sim"] = sim.value
@@ -321,31 +242,21 @@ class Driver:
     async def _enter_pin(self, gen: int) -> None:
         pin = self.cfg.pin.reveal() if self.cfg.pin is not None else ""
         try:
-            await self._cmd(f'AT+CPIN="{pin}"', 10.0, label="AT+CPIN=<pin>")
-        except CmeError as exc:
-            self._post_if(gen, ev.PinRejected(exc.code, str(exc)))
-            return
-        except (AtError, AtTimeout, PortGone) as exc:
-            # Did the SIM see it? Unknown, so count it as a rejection: a second wrong try
-            # would bring the SIM closer to PUK.
-            code = CME_INCORRECT_PASSWORD if isinstance(exc, AtError) else -1
-            self._post_if(gen, ev.PinRejected(code, str(exc)))
-            return
-        await asyncio.sleep(1.0)  # the SIM needs a moment before +CPIN? says READY
-        self._post_if(gen, ev.PinAccepted())
+            outcome, error = await self.session.enter_pin(pin)
+        except PortGone as exc:
+            outcome, error = PinOutcome.UNSURE, str(exc)
+        if outcome is PinOutcome.ACCEPTED:
+            await asyncio.sleep(1.0)  # the SIM needs a moment before +CPIN? says READY
+            self._post_if(gen, ev.PinAccepted())
+        elif outcome is PinOutcome.REJECTED:
+            self._post_if(gen, ev.PinRejected(16, error))
+        else:
+            self._post_if(gen, ev.PinUnsure(error, seen=None if outcome is PinOutcome.UNSURE
+                                            else False))
 
-    async def _registrations(self) -> list[Registration]:
-        out = []
-        for kind in REG_PREFIXES:
-            lines = await self._optional(f"AT{kind}?") or []
-            reg = pick(lines, kind + ":", lambda ln: parse_registration(ln, read_reply=True))
-            if reg is not None:
-                out.append(reg)
-        return out
-
-    async def _query_registration(self, gen: int) -> None:
+    async def _query_registration(self, gen: int, report: bool = True) -> None:
         try:
-            regs = await self._registrations()
+            regs = await self.session.registrations()
         except AtTimeout as exc:
             self._post_if(gen, ev.AtFailed(exc.command, str(exc), silent=True))
             return
@@ -356,7 +267,8 @@ class Driver:
         best = next((r for r in regs if r.stat.registered),
                     next((r for r in regs if r.stat is RegStat.DENIED), regs[0]))
         self._note_registration(best)
-        self._post_if(gen, ev.RegistrationReport(best))
+        if report:
+            self._post_if(gen, ev.RegistrationReport(best))
 
     def _note_registration(self, reg: Registration) -> None:
         self.info["registration"] = reg.stat.name.lower()
@@ -367,13 +279,15 @@ class Driver:
         head = line.partition(":")[0].strip().upper()
         try:
             if head in REG_PREFIXES:
-                reg = parse_registration(line, read_reply=False)
+                # Both shapes arrive unsolicited: `+CREG: <stat>[,...]` as TS 27.007 says,
+                # and `+CREG: <n>,<stat>[,...]` from firmware that reuses its read reply.
+                reg = parse_registration(line)
                 self._note_registration(reg)
                 if self.last_reg.get(reg.kind) is not reg.stat:  # storms repeat themselves
                     self.last_reg[reg.kind] = reg.stat
                     self.post(ev.RegistrationReport(reg))
             elif head in ("+ZPAS", "^MODE"):
-                self.info["access_tech"] = parse_vendor_access_tech(line)
+                self.info["access_tech"] = vendor_access_tech(line)
         except ValueError as exc:
             LOG.debug("modem: unreadable URC: %s", exc)
 
@@ -384,15 +298,23 @@ class Driver:
         try:
             status = await self.ppp.run(port, up)
         except ModemError as exc:
-            self._error(str(exc))
+            self.info["last_error"] = str(exc)
             status = 1
+        # pppd leaves the stick in data mode (its peer file has `local`): bring the port
+        # back to command mode before anything dials or climbs, or every redial's AT is
+        # taken for data and the ladder resets a healthy stick.
+        self.hangups.append(await command_mode(self.opener, port, self.guard_time,
+                                               self.at_timeout))
         self.post(ev.PppExited(status))
 
     async def _reset_modem(self, gen: int) -> None:
+        if self.channel is None or self.channel.gone is not None:
+            self._post_if(gen, ev.ActionFailed("modem_reset", "no AT port open; nothing sent"))
+            return
         try:
-            await self._cmd("AT+CFUN=1,1", 2 * self.at_timeout)
+            await self.session.cmd("AT+CFUN=1,1", 2 * self.at_timeout, resync=False)
         except PortGone:
-            return  # the stick often drops the port before it answers: that is the reset
+            pass  # sent; the stick often drops the port before it answers: that is the reset
         except (AtError, AtTimeout) as exc:
             self._post_if(gen, ev.ActionFailed("modem_reset", str(exc)))
             return
@@ -407,10 +329,20 @@ class Driver:
         except UsbPowerError as exc:
             self.post(ev.ActionFailed(name, str(exc)))
 
-    # -- status
+    async def _reboot(self, reason: str) -> None:
+        if self.reboot_log is not None:
+            try:
+                self.reboot_log.save(self.state.reboots)
+            except OSError as exc:
+                LOG.warning("modem: cannot record the reboot in %s: %s",
+                            self.reboot_log.path, exc)
+        try:
+            await self.rebooter.reboot(reason)
+        except RebootFailed as exc:
+            LOG.error("modem: reboot failed: %s", exc)
+            self.post(ev.ActionFailed("reboot", str(exc)))
 
-    def _error(self, text: str) -> None:
-        self.info["last_error"] = text
+    # -- status
 
     async def _poll_loop(self) -> None:
         while True:
@@ -418,23 +350,23 @@ class Driver:
             await self.poll()
 
     async def poll(self) -> None:
-        """Refresh signal, operator and registration while the port is open, then report."""
-        if self.channel is not None and self.state.phase in (
-                Phase.REGISTERING, Phase.DENIED, Phase.DIALING, Phase.CONNECTED):
+        """Refresh signal, operator and registration while an AT port is open (the control
+        port, or the monitoring port while the data port carries PPP), then report."""
+        if self.channel is not None and self.state.phase in POLLED:
             gen = self.gen
             try:
-                sig = pick(await self._optional("AT+CSQ") or [], "+CSQ", parse_csq)
-                if sig is not None:
-                    self.info["signal_dbm"] = sig.dbm
-                op = pick(await self._optional("AT+COPS?") or [], "+COPS", parse_cops)
-                self.info["operator"] = op.name if op is not None else None
-                if self.state.phase in (Phase.REGISTERING, Phase.DENIED):
-                    await self._query_registration(gen)
+                await self.session.signal_and_operator()
+                # While dialing or connected a registration change is only shown: pppd and
+                # the probes decide about the link.
+                await self._query_registration(
+                    gen, report=self.state.phase in (Phase.REGISTERING, Phase.DENIED))
+                if self.channel is not None and self.channel.stale:
+                    await self.channel.resync(self.at_timeout)
             except AtTimeout as exc:
-                self._error(str(exc))
+                self.info["last_error"] = str(exc)
                 self._post_if(gen, ev.AtFailed(exc.command, str(exc), silent=True))
             except (PortGone, ValueError) as exc:
-                self._error(str(exc))
+                self.info["last_error"] = str(exc)
         self.report()
 
     def report(self) -> None:
@@ -451,4 +383,3 @@ class Driver:
             address=s.address, bytes_in=rx, bytes_out=tx, ladder_rung=rung,
             ladder_counts=s.ladder_counts, last_error=s.last_error or self.info.get(
                 "last_error"))
-

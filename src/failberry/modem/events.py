@@ -71,6 +71,16 @@ class PinRejected:
 
 
 @dataclass(frozen=True)
+class PinUnsure:
+    """AT+CPIN=<pin> got no clear answer (silence, a plain ERROR) and the SIM's PIN counter
+    did not go down: the SIM may never have seen it, so this is not a rejection. `seen`
+    False when the counter shows the SIM did not count it."""
+
+    error: str
+    seen: bool | None = None
+
+
+@dataclass(frozen=True)
 class RegistrationReport:
     """A +CREG/+CGREG/+CEREG read reply or URC."""
 
@@ -109,6 +119,14 @@ class ActionFailed:
 
 
 @dataclass(frozen=True)
+class TaskFailed:
+    """A driver task died of an unexpected exception (a bug): a fault, not a 120 s wait."""
+
+    task: str
+    error: str
+
+
+@dataclass(frozen=True)
 class TimerFired:
     """A timer the machine started has run out."""
 
@@ -116,8 +134,8 @@ class TimerFired:
 
 
 Event = (DeviceAdded | DeviceRemoved | PortLost | PortReady | AtFailed | SimReport
-         | PinAccepted | PinRejected | RegistrationReport | PppUp | PppExited | TrafficFailed
-         | ActionFailed | TimerFired)
+         | PinAccepted | PinRejected | PinUnsure | RegistrationReport | PppUp | PppExited
+         | TrafficFailed | ActionFailed | TaskFailed | TimerFired)
 
 # -- actions
 

@@ -192,6 +192,7 @@ class SimState(enum.StrEnum):
     PH_SIM_PIN = "PH-SIM PIN"
     MISSING = "NOT INSERTED"
     NOT_READY = "NOT READY"
+    ERROR = "ERROR"  # a plain ERROR to +CPIN?: sticks without working +CMEE say "no SIM" so
     OTHER = "OTHER"
 
 

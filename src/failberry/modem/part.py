@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 from dataclasses import replace
@@ -13,19 +14,17 @@ from pathlib import Path
 from failberry.bus import Bus, UplinkHealth
 from failberry.config import Config
 from failberry.modem import events as ev
+from failberry.modem.adapters import CommandReboot, RebootLog
 from failberry.modem.at import open_serial
-from failberry.modem.discovery import Discovery, PathWatcher, UdevDiscovery
-from failberry.modem.driver import Driver, RebootLog, SystemdReboot
-from failberry.modem.machine import Machine, ModemState
+from failberry.modem.discovery import Discovery, PathWatcher, UdevDiscovery, find_at_port
+from failberry.modem.driver import Driver
+from failberry.modem.machine import Machine
 from failberry.modem.ppp import PppRunner
+from failberry.modem.state import ModemState
 from failberry.status import Status
 from failberry.usbpower import SysfsUsbPower
 
 LOG = logging.getLogger(__name__)
-
-STATE_DIR = Path("/var/lib/failberry")
-PPP_DIR = Path("/run/failberry/ppp")
-
 
 class ModemPart:
     """Keeps the mobile link up; reports as `modem`."""
@@ -43,15 +42,26 @@ class ModemPart:
 
     @classmethod
     def from_config(cls, cfg: Config, status: Status, bus: Bus) -> ModemPart:
-        """The part with real seams: pyserial, pyudev, /usr/sbin/pppd, sysfs/pyusb, systemd."""
-        machine = Machine(cfg.recovery, has_pin=cfg.modem.pin is not None,
+        """The part with real seams: pyserial, pyudev, `[modem] pppd`, sysfs/pyusb and
+        `[recovery] reboot_command`; pppd's files under `[paths] run_dir`, the reboot log
+        under `state_dir`. A test swaps the programs and directories through the config."""
+        m = cfg.modem
+        machine = Machine(cfg.recovery, has_pin=m.pin is not None,
                           rand=random.SystemRandom().random)
-        driver = Driver(cfg.modem, machine, status=status, bus=bus, opener=open_serial,
-                        ppp=PppRunner(cfg.modem, PPP_DIR, cfg.uplink.mobile.interface),
-                        usb=SysfsUsbPower(), rebooter=SystemdReboot(),
-                        reboot_log=RebootLog(STATE_DIR / "reboots.json"))
-        discovery: Discovery = (UdevDiscovery(open_serial, cfg.modem.usb_ids)
-                                if cfg.modem.device == "auto" else PathWatcher(cfg.modem.device))
+        ppp = PppRunner(m, Path(cfg.paths.run_dir) / "ppp", cfg.uplink.mobile.interface,
+                        argv=(m.pppd,))
+        driver = Driver(m, machine, status=status, bus=bus, opener=open_serial, ppp=ppp,
+                        usb=SysfsUsbPower(), rebooter=CommandReboot(cfg.recovery.reboot_command),
+                        reboot_log=RebootLog(Path(cfg.paths.state_dir) / "reboots.json"))
+        at_port = m.at_port or None
+        discovery: Discovery
+        if m.device == "auto":
+            discovery = UdevDiscovery(open_serial, m.usb_ids, at_port=at_port)
+        elif at_port:  # set up and monitor on at_port; PPP on the configured device
+            discovery = PathWatcher(at_port, data_path=m.device)
+        else:  # look for another AT port of the same stick in sysfs
+            discovery = PathWatcher(m.device, data_path=m.device,
+                                    locate=functools.partial(find_at_port, opener=open_serial))
         return cls(driver, discovery, bus)
 
     async def _discover(self) -> None:
@@ -68,9 +78,9 @@ class ModemPart:
         """Run until cancelled; pppd is stopped on the way out."""
         d = self.driver
         # A restarted part starts from scratch but keeps what must survive: the reboot
-        # count and the fact that the PIN was rejected.
+        # count and what became of the PIN entries.
         d.state = replace(ModemState(), reboots=d.state.reboots,
-                          pin_rejected=d.state.pin_rejected)
+                          pin_rejected=d.state.pin_rejected, pin_unsure=d.state.pin_unsure)
         if self._health_queue is None:  # once: the bus has no unsubscribe
             self._health_queue = self.bus.subscribe(UplinkHealth)
         queue = self._health_queue

@@ -17,16 +17,18 @@ LOG = logging.getLogger(__name__)
 
 
 def clean(state_dir: Path) -> list[str]:
-    """Remove every route, rule and chain failberry owns; restore saved sysctls."""
+    """Remove every route, rule and chain (IPv4 and IPv6) failberry owns; restore saved
+    sysctls."""
     from pyroute2 import IPRoute
 
     from failberry.net.apply_routes import RouteApplier
     from failberry.net.firewall import IptcFirewall
+    from failberry.net.firewall6 import DualStackFirewall, Ip6tcFirewall
     from failberry.net.sysctl import ProcSysctl, SysctlManager
 
     with IPRoute() as nl:
         changes = RouteApplier(nl).clean()
-    changes += IptcFirewall().clean()
+    changes += DualStackFirewall(IptcFirewall(), Ip6tcFirewall(), ()).clean()
     changes += SysctlManager(ProcSysctl(), state_dir).restore()
     return changes
 
@@ -47,7 +49,7 @@ def apply_once(cfg_path: Path, active: str | None, state_dir: Path) -> list[str]
     from failberry import config
     from failberry.net import plan
     from failberry.net.apply_routes import RouteApplier
-    from failberry.net.firewall import IptcFirewall
+    from failberry.net.firewall6 import dual_stack
     from failberry.net.sysctl import ProcSysctl, SysctlManager
 
     cfg = config.load(cfg_path)
@@ -56,7 +58,7 @@ def apply_once(cfg_path: Path, active: str | None, state_dir: Path) -> list[str]
         links = routes.observe(u.interface for u in plan.uplinks(cfg))
         want = plan.plan(cfg, links, active)
         # The network part's order: NAT and the filter before anything routes LAN traffic out.
-        changes = IptcFirewall().sync(want.chains)
+        changes = dual_stack(cfg).sync(want.chains)
         changes += SysctlManager(ProcSysctl(), state_dir).apply(want.sysctls)
         changes += routes.apply(want.routes, want.rules)
     return changes

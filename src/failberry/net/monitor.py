@@ -1,5 +1,9 @@
 """Link and address events from netlink: one blocking reader thread, feeding the asyncio loop.
 
+Addresses of both families are reported (IPv6 for dynamic DNS AAAA records); an event with
+no address means one went away or became unfit, and a listener that keeps a set re-reads it
+(`addresses` lists the current ones through the same parser).
+
 The thread waits in select() on the netlink socket and a wake-up pipe, so stopping never
 depends on an event arriving. Parsing is pure (`parse`), so it is tested without a socket."""
 
@@ -19,6 +23,16 @@ LOG = logging.getLogger(__name__)
 
 IFF_LOWER_UP = 0x10000
 MAIN_TABLE = 254
+AF_INET, AF_INET6 = 2, 10
+# ifa_flags (linux/if_addr.h). For IPv6, 0x01 means a temporary (RFC 8981 privacy) address.
+IFA_F_TEMPORARY = 0x01
+IFA_F_DADFAILED = 0x08
+IFA_F_DEPRECATED = 0x20
+IFA_F_TENTATIVE = 0x40
+# An IPv6 address with one of these is not one to use or publish: still in duplicate address
+# detection, failed it, past its preferred lifetime, or a privacy address that changes daily
+# and is meant for outgoing connections only.
+_V6_UNFIT = IFA_F_TEMPORARY | IFA_F_DADFAILED | IFA_F_DEPRECATED | IFA_F_TENTATIVE
 
 
 class RouteChanged:
@@ -54,16 +68,35 @@ def parse(msg: Any, names: dict[int, str]) -> Event | None:
         names[msg["index"]] = name
         return LinkChanged(name, True, bool(msg["flags"] & IFF_LOWER_UP))
     if kind in ("RTM_NEWADDR", "RTM_DELADDR"):
-        if msg["family"] != 2:
+        if msg["family"] not in (AF_INET, AF_INET6):
             return None
+        family = 4 if msg["family"] == AF_INET else 6
         name = names.get(msg["index"]) or msg.get_attr("IFA_LABEL") or ""
         addr = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-        return AddressChanged(name, addr if kind == "RTM_NEWADDR" else None)
+        if kind == "RTM_DELADDR":
+            return AddressChanged(name, None, family)
+        flags = msg.get_attr("IFA_FLAGS") or msg["flags"]
+        if family == 6 and flags & _V6_UNFIT:
+            # Not an address to use (now or any more): tell listeners to look again, as for a
+            # deleted one.
+            return AddressChanged(name, None, family)
+        return AddressChanged(name, addr, family)
     if kind in ("RTM_NEWROUTE", "RTM_DELROUTE"):
         table = msg.get_attr("RTA_TABLE") or msg["table"]
         if msg["family"] == 2 and table == MAIN_TABLE and msg["dst_len"] == 0:
             return RouteChanged()
     return None
+
+
+def addresses(nl: Any) -> list[AddressChanged]:
+    """Every usable address now, as the events that would have announced it."""
+    names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in nl.get_links()}
+    out = []
+    for msg in nl.get_addr():
+        ev = parse(msg, names)
+        if isinstance(ev, AddressChanged) and ev.address is not None:
+            out.append(ev)
+    return out
 
 
 class LinkMonitor:

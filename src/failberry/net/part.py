@@ -116,6 +116,7 @@ class NetworkPart:
                                               c.probe_interval, HealthTracker(th))
         self._lock = asyncio.Lock()
         self._published: str | None = None
+        self._left: str | None = None  # the last uplink that carried the LAN
         self._over_cap = False
         self._recheck: asyncio.TimerHandle | None = None
         self._retry: asyncio.TimerHandle | None = None
@@ -155,6 +156,7 @@ class NetworkPart:
             self.s.monitor.start()
             await self._take_over()
             await self._reconcile("start")
+            await self._drop_unnated()
             tasks = [asyncio.create_task(self._probe_loop(u), name=f"probe-{n}")
                      for n, u in self.uplinks.items()]
             tasks += [asyncio.create_task(self._events(), name="net-events"),
@@ -197,6 +199,7 @@ class NetworkPart:
                          iface)
                 self.failover.active = name
                 self._applied_active = name
+                self._left = name
 
     def _stop_sync(self) -> None:
         """A clean stop: close the filter first (no LAN traffic out to any uplink, the uplinks
@@ -220,6 +223,13 @@ class NetworkPart:
         for change in changes:
             LOG.info("stop: %s", change)
         return True
+
+    async def _drop_unnated(self) -> None:
+        # NAT exists now; LAN flows that went out before it keep their private source.
+        try:
+            await self.s.flusher.drop_unnated(self.cfg.lan.address)
+        except Exception as e:  # noqa: BLE001  a failed clean-up must not stop the part
+            LOG.warning("could not delete un-NATed LAN flows: %s", e)
 
     async def _events(self) -> None:
         q = self.s.monitor.events
@@ -373,13 +383,18 @@ class NetworkPart:
                 LOG.info("%s (%s)", change, why)
         if "mobile" in self.uplinks and leaving is not None:
             await self._blocking(self._sample_usage)
-        if decision.changed:
-            old = self.uplinks[previous] if previous else None
-            if old is not None and old.address:
+        if decision.active is not None and self._left not in (None, decision.active):
+            # Flows NATed through the uplink we left go only once another one carries the
+            # LAN: with no uplink at all they may still resume where they were.
+            old = self.uplinks[self._left]
+            if old.address:
                 try:
                     await self.s.flusher.flush_nat(old.address)
                 except Exception as e:  # noqa: BLE001  a failed flush must not stop failover
                     LOG.warning("could not flush flows NATed to %s: %s", old.address, e)
+        if decision.active is not None:
+            self._left = decision.active
+        if decision.changed:
             self.bus.publish(ActiveUplinkChanged(decision.active, previous, decision.reason))
         addr = links[self.uplinks[decision.active].spec.interface].address \
             if decision.active else None
@@ -443,8 +458,6 @@ class NetworkPart:
         else:
             changes += self.s.firewall.sync(desired.chains)
             changes += self.sysctls.apply(desired.sysctls)
-        # Here netfw6's conntrack clean-up of entries created un-NATed before NAT existed
-        # belongs (net/conntrack.py): after NAT and the filter, before the routes send more.
         failed: ApplyError | None = None
         try:
             changes += self.routes.apply(desired.routes, desired.rules)
@@ -479,13 +492,14 @@ class NetworkPart:
                            apply_error=self._apply_error)
 
 
-def build(cfg: Config, status: Status, bus: Bus, state_dir: Path = STATE_DIR,
-          usage_path: Path = USAGE_FILE) -> NetworkPart:
-    """The part with real seams: pyroute2, python-iptables, /proc/sys, conntrack, sockets."""
+def build(cfg: Config, status: Status, bus: Bus, state_dir: Path | None = None,
+          usage_path: Path | None = None) -> NetworkPart:
+    """The part with real seams: pyroute2, python-iptables, /proc/sys, conntrack, sockets.
+    Its files go to `paths.run_dir` and `paths.state_dir` unless given."""
     from pyroute2 import IPRoute
 
-    from failberry.net.conntrack import ConntrackTool
-    from failberry.net.firewall import IptcFirewall
+    from failberry.net.conntrack import NetlinkConntrack
+    from failberry.net.firewall6 import dual_stack
     from failberry.net.sysctl import ProcSysctl
     from failberry.probes import SocketProber
 
@@ -494,7 +508,8 @@ def build(cfg: Config, status: Status, bus: Bus, state_dir: Path = STATE_DIR,
     def links() -> list[tuple[int, str]]:
         return [(m["index"], m.get_attr("IFLA_IFNAME")) for m in nl.get_links()]
 
-    seams = Seams(nl, IptcFirewall(), ProcSysctl(), ConntrackTool(), SocketProber(),
+    seams = Seams(nl, dual_stack(cfg), ProcSysctl(), NetlinkConntrack(), SocketProber(),
                   LinkMonitor(IPRoute, links), close=nl.close)
-    return NetworkPart(cfg, status, bus, seams, state_dir=state_dir, usage_path=usage_path,
+    return NetworkPart(cfg, status, bus, seams, state_dir=state_dir or Path(cfg.paths.run_dir),
+                       usage_path=usage_path or Path(cfg.paths.state_dir) / USAGE_FILE.name,
                        rebuild=lambda: build(cfg, status, bus, state_dir, usage_path))
