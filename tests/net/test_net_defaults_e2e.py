@@ -27,6 +27,7 @@ from topology import (
     ROOT,
     WIRED_ADDR,
     Topology,
+    example_probes_config,
     slow_topology_fixture,
 )
 
@@ -37,28 +38,6 @@ pytestmark = [pytest.mark.root]
 slow = pytest.fixture(slow_topology_fixture)
 
 PORT = 9000
-GATEWAY = """
-[lan]
-interface = "eth0"
-address = "192.168.50.1/24"
-[uplink.wired]
-interface = "eth1"
-address = "203.0.113.2/24"
-gateway = "203.0.113.1"
-[uplink.mobile]
-interface = "ppp0"
-[failover]
-mode = "{mode}"
-[modem]
-apn = "internet"
-enabled = false
-[recovery]
-reboots_per_day = 0
-reboot_command = ["true"]
-[paths]
-run_dir = "{tmp}/run"
-state_dir = "{tmp}/state"
-"""
 
 
 class Supervisor:
@@ -67,7 +46,7 @@ class Supervisor:
     def __init__(self, topo: Topology, tmp: Path, mode: str) -> None:
         self.topo = topo
         self.cfg_path = tmp / "failberry.toml"
-        self.cfg_path.write_text(GATEWAY.format(mode=mode, tmp=tmp))
+        self.cfg_path.write_text(example_probes_config(tmp, mode))
         self.cfg = config.load(self.cfg_path)
         self.log = tmp / "supervisor.log"
         with self.log.open("w") as log:

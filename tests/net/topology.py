@@ -70,6 +70,39 @@ allow_tcp = [9000]
 """
 
 
+EXAMPLE_PROBES_CONFIG = """
+[lan]
+interface = "eth0"
+address = "192.168.50.1/24"
+[uplink.wired]
+interface = "eth1"
+address = "203.0.113.2/24"
+gateway = "203.0.113.1"
+[uplink.mobile]
+interface = "ppp0"
+[failover]
+mode = "{mode}"
+{hold_down}
+[modem]
+apn = "internet"
+enabled = false
+[recovery]
+reboots_per_day = 0
+reboot_command = ["true"]
+[paths]
+run_dir = "{tmp}/run"
+state_dir = "{tmp}/state"
+"""
+
+
+def example_probes_config(tmp: Path, mode: str = "gateway", hold_down: str = "") -> str:
+    """A config naming only this topology's interfaces and addresses, the mode and the paths:
+    every probe setting (targets, quorum, intervals, counts) is the example's default. No modem
+    part; `hold_down` overrides the example's 30 s when given."""
+    return EXAMPLE_PROBES_CONFIG.format(
+        mode=mode, tmp=tmp, hold_down=f'hold_down = "{hold_down}"' if hold_down else "")
+
+
 def config_text(wired_targets: str = '["icmp:192.0.2.1", "icmp:192.0.2.2", '
                 '"tcp:192.0.2.80:8080"]', hold_down: str = "1s", quorum: int = 0,
                 loss: float = 50) -> str:
