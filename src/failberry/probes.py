@@ -402,10 +402,13 @@ class NameCache:
             self._addrs[host] = (addr, self._clock())
             return addr
         addr, when = cached
-        if self._clock() - when >= self.ttl and host not in self._refreshing:
-            # Held here: the loop keeps only a weak reference to a task.
-            self._refreshing[host] = asyncio.get_running_loop().create_task(
-                self._refresh(host))
+        loop = asyncio.get_running_loop()
+        pending = self._refreshing.get(host)
+        if self._clock() - when >= self.ttl and (
+                pending is None or pending.done() or pending.get_loop() is not loop):
+            # Held here: the loop keeps only a weak reference to a task. (A task of another,
+            # closed loop never finishes; it must not block refreshes.)
+            self._refreshing[host] = loop.create_task(self._refresh(host))
         return addr
 
     async def _refresh(self, host: str) -> None:
