@@ -21,7 +21,6 @@ from typing import Any
 import pytest
 from topology import (
     EXAMPLE_TARGETS,
-    HERE,
     MOBILE_ADDR,
     PY,
     ROOT,
@@ -41,7 +40,7 @@ PORT = 9000
 
 
 class Supervisor:
-    """The supervisor running in the Pi namespace (tests/net/run_supervisor.py)."""
+    """`failberry run` in the Pi namespace, as systemd starts it on the Pi."""
 
     def __init__(self, topo: Topology, tmp: Path, mode: str) -> None:
         self.topo = topo
@@ -50,7 +49,7 @@ class Supervisor:
         self.cfg = config.load(self.cfg_path)
         self.log = tmp / "supervisor.log"
         with self.log.open("w") as log:
-            self.proc = topo.spawn("pi", [PY, str(HERE / "run_supervisor.py"),
+            self.proc = topo.spawn("pi", [PY, "-m", "failberry", "run", "-c",
                                           str(self.cfg_path)],
                                    stdout=log, stderr=subprocess.STDOUT)
         self.started = time.monotonic()
@@ -155,7 +154,8 @@ def test_gateway_with_the_example_probes_over_a_slow_link(
     assert sup.wait(active("wired"), 1, "wired active")
     code, health = sup.get("/health")
     assert code == 200, health
-    assert "modem" not in sup.get("/status")[1]["parts"]  # [modem] enabled = false
+    # [modem] enabled = false: no modem part, and status says why.
+    assert sup.get("/status")[1]["parts"]["modem"]["state"] == "not managed"
     assert seen_as(slow) == WIRED_ADDR
 
     # The wired ISP stops forwarding; the cable and its carrier stay up. The bound: `down`
