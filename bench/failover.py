@@ -151,9 +151,10 @@ class HandSwitch:
              "-c", str(self.cfg), "--state-dir", str(self.state)], timeout=60)
 
 
-# The LAN flow runs while the routes are set up, and the network part applies routes before
-# NAT (issue 12 item 3): its conntrack entry can be confirmed un-NATed, and the steady flow then
-# keeps it alive for good. The benchmark measures failover, so it forgets that entry once set up.
+# The LAN flow runs while the routes are set up, and `python -m failberry.net apply` (the
+# hand-made switch's set-up) applies routes before NAT (issue 12 item 3): the flow's conntrack
+# entry can be confirmed un-NATed, and the steady flow then keeps it alive for good. The
+# benchmark measures failover, so it forgets that entry once set up.
 LEAKED_FLOWS = "conntrack -D -s 192.168.50.10 >/dev/null 2>&1; true"
 
 
