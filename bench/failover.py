@@ -269,7 +269,7 @@ def main() -> int:
         print(f"{NAMES[kind]:31} {len(over[kind]):3} | {stats(over[kind])}  | "
               f"{stats(floor[kind])}   | {ratio:5.1f}x | {statistics.median(ref_down):8.1f}s "
               f"{pct(ref_down, 0.95):5.1f}s | <= {TARGETS[kind]:g}s {ok}")
-    print(f"{'undo -> first packet via wired':31}")
+    print("undo -> first packet via wired")
     for kind in kinds:
         print(f"{'  after ' + kind:31} {len(back[kind]):3} | {stats(back[kind])}  | "
               f"{'(at once, by hand)':30} | {'':6} | {statistics.median(ref_up):8.1f}s "
