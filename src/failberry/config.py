@@ -505,7 +505,8 @@ class PihealthConfig:
 class AlertsConfig:
     """`[alerts]`: telling the admin by SMS through the stick, webhooks and hook scripts."""
 
-    sms_to: tuple[str, ...] = opt((), _str_list(alert_spec.phone), doc="numbers that get SMS alerts")
+    sms_to: tuple[str, ...] = opt((), _str_list(alert_spec.phone),
+                                  doc="numbers that get SMS alerts")
     sms_commands_from: tuple[str, ...] = opt((), _str_list(alert_spec.phone),
                                              doc="numbers whose SMS commands are obeyed")
     sms_port: str = opt("", _optional_str(_dev_path),
