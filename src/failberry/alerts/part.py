@@ -231,7 +231,7 @@ class AlertsPart:
         self.status.report(NAME, "sending" if waiting else "ok", **detail)
 
     async def run(self) -> None:
-        """Run until cancelled; the outboxes are saved on the way out."""
+        """Run until cancelled."""
         LOG.info("alerts: channels %s", ", ".join(self.outboxes) or "none")
         self.check_reboot()
         self.report()
@@ -254,4 +254,5 @@ class AlertsPart:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            self.save()
+            # Nothing to save here: every change was saved as it happened (a message in
+            # flight is in the file as not sent, so it goes again after a restart).
