@@ -241,3 +241,15 @@ def test_commands_from_the_allowlist_only(fake: FakeSmsModem, tmp_path: Path,
 def test_sms_waits_in_the_queue_across_a_restart(fake: FakeSmsModem,
                                                        tmp_path: Path) -> None:
     asyncio.run(_sms_waits_in_the_queue_across_a_restart(fake, tmp_path))
+
+
+def test_two_callers_share_one_opened_port(fake: FakeSmsModem) -> None:
+    async def scenario() -> None:
+        p = provider(fake)
+        a, b = await asyncio.gather(p.acquire(), p.acquire())
+        assert a is not None and a is b
+        assert await a.command("AT") == []
+        p.close()
+
+    asyncio.run(scenario())
+    assert fake.log.count("ATE0") == 1

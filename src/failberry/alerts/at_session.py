@@ -174,6 +174,7 @@ class SerialSmsProvider:
         self.opener = opener
         self._port: SmsPort | None = None
         self._urc: Callable[[str], None] = lambda line: None
+        self._opening = asyncio.Lock()  # two callers must not open the port twice
 
     def on_urc(self, callback: Callable[[str], None]) -> None:
         """URCs go to `callback`."""
@@ -184,6 +185,10 @@ class SerialSmsProvider:
 
     async def acquire(self) -> AtSession | None:
         """The open port, (re)opened and set up if needed; None if it cannot be."""
+        async with self._opening:
+            return await self._acquire()
+
+    async def _acquire(self) -> AtSession | None:
         if self._port is not None and self._port.gone is None:
             return self._port
         self.close()
