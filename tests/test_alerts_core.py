@@ -153,7 +153,11 @@ def test_uplink_changes() -> None:
     [a] = tr.uplink(ActiveUplinkChanged(None, "mobile", "all down"), T0)
     assert a.event is Event.NO_UPLINK and a.severity is Severity.CRITICAL
     [a] = tr.uplink(ActiveUplinkChanged("wired", None, "wired back"), T0)
-    assert a.event is Event.FAILBACK and a.group == "uplink"
+    assert a.event is Event.UPLINK_BACK and a.group == "uplink"
+    assert a.message == "wired works again: wired back"
+    [a] = tr.uplink(ActiveUplinkChanged("mobile", "wired", "3/3 lost"), T0)
+    [a] = tr.uplink(ActiveUplinkChanged("wired", "mobile", "wired passes"), T0)
+    assert a.event is Event.FAILBACK and a.severity is Severity.INFO
 
 
 def test_modem_events_and_mobile_lost_after_n() -> None:

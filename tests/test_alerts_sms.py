@@ -253,3 +253,44 @@ def test_two_callers_share_one_opened_port(fake: FakeSmsModem) -> None:
 
     asyncio.run(scenario())
     assert fake.log.count("ATE0") == 1
+
+
+def test_channel_session_over_the_modem_parts_at_channel(tmp_path: Path) -> None:
+    """The seam the lead wires: the modem part's own AtChannel carries the SMS (a stick that
+    buffers a body typed ahead of the prompt; AtChannel has no prompt wait yet)."""
+    from failberry.alerts.at_session import ChannelSession
+    from failberry.modem.at import AtChannel
+
+    fake = FakeSmsModem(tmp_path, flush_typeahead=False)
+
+    class Shared:
+        def __init__(self) -> None:
+            self.urcs: list[str] = []
+            self.channel = AtChannel(open_serial(str(fake.path)), "ttyUSB1", self.urcs.append)
+
+        async def acquire(self) -> ChannelSession:
+            return ChannelSession(self.channel)
+
+        def on_urc(self, callback: object) -> None:
+            pass
+
+    async def scenario() -> None:
+        shared = Shared()
+        shared.channel.start()
+        await shared.channel.command("ATE0")
+        sms = SmsModem(shared)
+        await sms.send(ADMIN, "failover: wired -> mobile")
+        await sms.send(ADMIN, "85 °C")
+        fake.deliver(ADMIN, "status")
+        await asyncio.sleep(0.1)
+        [msg] = await sms.receive()
+        assert (msg.sender, msg.text) == (ADMIN, "status")
+        assert shared.urcs == ['+CMTI: "SM",1']
+        shared.channel.close()
+
+    try:
+        asyncio.run(scenario())
+        assert fake.messages() == [(ADMIN, "failover: wired -> mobile"), (ADMIN, "85 °C")]
+        assert fake.store == {}
+    finally:
+        fake.close()

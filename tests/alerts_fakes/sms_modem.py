@@ -116,7 +116,8 @@ def encode_deliver(sender: str, text: str) -> str:
 class FakeSmsModem:
     """The fake on `directory/name` (a symlink to the pty)."""
 
-    def __init__(self, directory: Path, name: str = "ttyUSB3") -> None:
+    def __init__(self, directory: Path, name: str = "ttyUSB3", *,
+                 flush_typeahead: bool = True) -> None:
         self.master, self.slave = pty.openpty()
         tty.setraw(self.slave)
         os.set_blocking(self.master, False)
@@ -128,6 +129,7 @@ class FakeSmsModem:
         self.deleted: list[int] = []
         self.cms_error: int | None = None  # answer the next CMGS bodies with this
         self.lost_typeahead = 0
+        self.flush_typeahead = flush_typeahead  # False: a stick that buffers the body
         self._next_index = 1
         self._mr = 0
         self.echo = True
@@ -194,7 +196,7 @@ class FakeSmsModem:
             if not cmd:
                 continue
             self._command(cmd)
-            if self._cmgs is not None and self._buf:
+            if self._cmgs is not None and self._buf and self.flush_typeahead:
                 # Typed ahead of the prompt: this stick flushes its input when it prompts.
                 self.lost_typeahead += len(self._buf)
                 self._buf = b""

@@ -23,6 +23,7 @@ class Event(enum.StrEnum):
     FAILOVER = "failover"
     FAILBACK = "failback"
     NO_UPLINK = "no_uplink"
+    UPLINK_BACK = "uplink_back"
     MOBILE_LOST = "mobile_lost"
     MOBILE_BACK = "mobile_back"
     MODEM_RECOVERY = "modem_recovery"
@@ -38,6 +39,7 @@ class Event(enum.StrEnum):
 
 # Events that are repeats of one fact for de-duplication: every uplink switch is "uplink".
 GROUP = {Event.FAILOVER: "uplink", Event.FAILBACK: "uplink", Event.NO_UPLINK: "uplink",
+         Event.UPLINK_BACK: "uplink",
          Event.MOBILE_LOST: "mobile", Event.MOBILE_BACK: "mobile"}
 
 

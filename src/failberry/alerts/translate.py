@@ -44,6 +44,9 @@ class Translator:
         if ev.previous is None and first and not self._none_told:
             return []  # the first choice after start is no news
         self._none_told = False
+        if ev.previous is None:
+            return [Alert(Event.UPLINK_BACK, Severity.INFO, f"{ev.uplink} works again: "
+                          f"{ev.reason}", now, ev.uplink, None, ev.reason)]
         if ev.uplink == "mobile":
             kind, sev, verb = Event.FAILOVER, Severity.WARNING, "failover"
         else:
