@@ -19,7 +19,13 @@ from failberry.alerts.build import build
 from failberry.alerts.model import Alert, Event, Severity
 from failberry.alerts.outbox import Outbox, Policy, in_quiet
 from failberry.alerts.part import Clocks
-from failberry.bus import ActiveUplinkChanged, Bus, DyndnsBlocked, ModemStateChanged
+from failberry.bus import (
+    ActiveUplinkChanged,
+    Bus,
+    DyndnsBlocked,
+    ModemStateChanged,
+    PublishedAddressChanged,
+)
 from failberry.pihealth.events import AlertKind, HealthAlert
 from failberry.pihealth.events import Severity as PiSeverity
 from failberry.status import DataUsage, Status, report_network
@@ -336,3 +342,42 @@ def test_config_defaults_and_errors() -> None:
     with pytest.raises(config.ConfigError) as info:
         config.parse('[modem]\napn = "x"\n[alerts]\nretry_initial = "1h"\nretry_max = "1m"\n')
     assert [i.path for i in info.value.issues] == ["alerts.retry_max"]
+
+
+def test_dyndns_part_publishes_a_block_once() -> None:
+    """The dynamic DNS part tells the bus when the provider blocks a record (badauth)."""
+    from failberry.dyndns.base import DyndnsError, Record, Retry, UpdateResult
+    from failberry.dyndns.part import DyndnsPart
+    from failberry.dyndns.updater import Timing, Updater
+
+    class Refusing:
+        kind = "test"
+        calls = 0
+
+        def update(self, record: Record, address: str, source: str | None) -> UpdateResult:
+            self.calls += 1
+            raise DyndnsError("test", str(record), "badauth", retry=Retry.NEVER)
+
+    class Empty:
+        def lookup(self, record: Record) -> frozenset[str]:
+            return frozenset()
+
+    async def scenario() -> list[DyndnsBlocked]:
+        bus = Bus()
+        blocked = bus.subscribe(DyndnsBlocked)
+        updater = Updater(Refusing(), Empty(), [Record("pi.example.org", "A", 60)],
+                          timing=Timing(retry_initial=0.01, retry_max=0.02))
+        part = DyndnsPart(updater, Status(), bus, provider="test", report_every=0.05)
+        task = asyncio.create_task(part.run())
+        bus.publish(PublishedAddressChanged("192.0.2.7", "mobile"))
+        got = [await asyncio.wait_for(blocked.get(), 5)]
+        await asyncio.sleep(0.3)
+        while not blocked.empty():
+            got.append(blocked.get_nowait())
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return got
+
+    got = asyncio.run(scenario())
+    assert len(got) == 1 and got[0].record.startswith("pi.example.org")
+    assert "badauth" in got[0].reason
