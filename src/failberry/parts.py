@@ -67,4 +67,9 @@ def build_parts(cfg: Config, status: Status, bus: Bus, *,
     from failberry.pihealth.part import PiHealthPart
     parts.append(PiHealthPart.from_config(cfg, status, bus))
     # -- end Pi health --
+    # -- alerts: SMS, webhooks, hook scripts (issue 17). SMS goes through alerts.sms_port;
+    # hand in the modem part's monitoring AT port as `provider` once it offers one. --
+    from failberry.alerts.build import build as build_alerts
+    parts.append(build_alerts(cfg, status, bus))
+    # -- end alerts --
     return parts
