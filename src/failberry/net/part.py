@@ -35,6 +35,7 @@ from failberry.bus import (
     ActiveUplinkChanged,
     AddressChanged,
     Bus,
+    ForceUplink,
     LinkChanged,
     PublishedAddressChanged,
     UplinkHealth,
@@ -48,7 +49,7 @@ from failberry.net.conntrack import FlowFlusher
 from failberry.net.firewall import Firewall
 from failberry.net.monitor import LinkMonitor
 from failberry.net.sysctl import Sysctl, SysctlManager
-from failberry.net.usage import Usage
+from failberry.net.usage import HEALTH_KEY, Usage
 from failberry.probes import Binding, HealthTracker, Prober, Thresholds, Verdict, parse_target
 from failberry.status import Status
 
@@ -160,7 +161,9 @@ class NetworkPart:
             tasks = [asyncio.create_task(self._probe_loop(u), name=f"probe-{n}")
                      for n, u in self.uplinks.items()]
             tasks += [asyncio.create_task(self._events(), name="net-events"),
-                      asyncio.create_task(self._periodic(), name="net-periodic")]
+                      asyncio.create_task(self._periodic(), name="net-periodic"),
+                      asyncio.create_task(self._forces(self.bus.subscribe(ForceUplink)),
+                                          name="net-forces")]
             await asyncio.gather(*tasks)
         except asyncio.CancelledError:
             stopping = True
@@ -249,6 +252,14 @@ class NetworkPart:
             if relevant:
                 await self._reconcile("link event")
 
+    async def _forces(self, q: asyncio.Queue[ForceUplink]) -> None:
+        """An admin's forced failover/failback (SMS): the policy holds it, from this part's
+        clock, while the uplink's link is usable; a reconcile when it runs out ends it."""
+        while True:
+            event = await q.get()
+            self.failover.force(event.uplink, event.seconds, event.reason, self.s.clock())
+            await self._reconcile(f"force: {event.reason}")
+
     async def _periodic(self) -> None:
         last_sample = self.s.clock()
         while True:
@@ -284,7 +295,8 @@ class NetworkPart:
     def _sample_usage(self) -> None:
         if "mobile" not in self.uplinks:
             return
-        keys = netplan.counter_keys(self.cfg, self._over_cap)
+        keys = {**netplan.counter_keys(self.cfg, self._over_cap),
+                HEALTH_KEY: (netplan.HEALTH_COUNTER,)}  # kept apart from the devices
         chains: dict[str, list[tuple[int, int]]] = {}
         counts: dict[str, int] = {}
         for dev, where in keys.items():
@@ -488,8 +500,11 @@ class NetworkPart:
         self.status.report(self.name, state, active_uplink=active, uplinks=ups,
                            events=[e.as_dict() for e in self.failover.events],
                            data_used=self.usage.totals(), data_cap=self.usage.cap,
+                           health_check_bytes=self.usage.total(HEALTH_KEY),
                            over_cap=self._over_cap, errors=list(self._missing.values()),
-                           apply_error=self._apply_error)
+                           apply_error=self._apply_error,
+                           forced=None if self.failover.forced is None
+                           else self.failover.forced.as_dict(self.s.clock()))
 
 
 def build(cfg: Config, status: Status, bus: Bus, state_dir: Path | None = None,
