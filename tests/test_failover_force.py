@@ -33,7 +33,7 @@ def test_a_forced_failover_holds_until_its_time_is_up_then_the_policy_fails_back
     f.force("mobile", 600, "SMS failover from +491701234567", clock())
     d = f.decide(views(), clock())
     assert (d.active, d.previous, d.changed) == ("mobile", "wired", True)
-    assert "mobile forced for 600s: SMS failover from +491701234567" == d.reason
+    assert d.reason == "mobile forced for 600s: SMS failover from +491701234567"
     assert d.recheck_in == pytest.approx(600)
     assert f.events[-1].reason == d.reason
     clock.now += 599

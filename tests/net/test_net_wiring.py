@@ -35,7 +35,7 @@ class Forcing(Part):
     """tests/net/forcing.py (the supervisor, the network part, a bus console) in the Pi
     namespace; `force()` publishes a `ForceUplink` on its bus."""
 
-    def __init__(self, topo: Topology, tmp: Path, cfg: str) -> None:  # noqa: D107
+    def __init__(self, topo: Topology, tmp: Path, cfg: str) -> None:
         self.tmp = tmp
         (tmp / "failberry.toml").write_text(cfg + PATHS.format(tmp=tmp))
         self.status_file = tmp / "status.json"
