@@ -111,7 +111,7 @@ def test_a_forced_failover_moves_the_default_route_and_expires(topo: Topology,
 
     forcing.active("wired", timeout=8)
     held = time.monotonic() - sent
-    assert 3.5 < held < 6.5, held  # held for its 4 s, then the policy took over at once
+    assert 3.5 < held < 7.5, held  # held for its 4 s, then at once (not at a 5 s check)
     assert default_dev(topo) == "eth1" and seen_as(topo) == WIRED_ADDR
     st = forcing.status()
     assert st["forced"] is None
