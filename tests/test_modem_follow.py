@@ -57,6 +57,25 @@ def test_follow_does_nothing_for_a_named_interface() -> None:
     asyncio.run(go())
 
 
+def test_a_restarted_part_built_from_the_resolved_config_still_follows() -> None:
+    async def go() -> list[str]:
+        bus, seen = Bus(), []
+
+        async def apply(name: str) -> None:
+            seen.append(name)
+
+        resolved = resolve_mobile(config.parse(AUTO), "wwan0")
+        task = asyncio.create_task(follow(bus, resolved, apply))
+        await asyncio.sleep(0)
+        bus.publish(ModemStateChanged("connected", "x", "", "wwan1"))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return seen
+
+    assert asyncio.run(go()) == ["wwan1"]
+
+
 def test_resolved_config_plans_the_sticks_interface() -> None:
     cfg = resolve_mobile(config.parse(AUTO), "wwan0")
     links = {"wwan0": LinkState(True, True, "10.99.0.53", None, "10.99.0.1")}

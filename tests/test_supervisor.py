@@ -227,6 +227,69 @@ def test_a_crashing_part_is_restarted_with_backoff(tmp_path: Path,
                        for i, wait in ((1, 0.05), (2, 0.1), (3, 0.2))]
 
 
+class _Fresh:
+    """A part that crashes while `crashes` says so; `fresh()` builds the next object (failing
+    while `build_failures` says so), as the network part's does."""
+
+    name = "fresh"
+    deadline = 5.0
+
+    def __init__(self, status: Status, made: list[_Fresh], crashes: list[bool],
+                 build_failures: list[bool]) -> None:
+        self.status = status
+        self.made = made
+        self.crashes = crashes
+        self.build_failures = build_failures
+        self.runs = 0
+        made.append(self)
+
+    def fresh(self) -> _Fresh:
+        if self.build_failures and self.build_failures.pop(0):
+            raise OSError("no netlink socket")
+        return _Fresh(self.status, self.made, self.crashes, self.build_failures)
+
+    async def run(self) -> None:
+        self.runs += 1
+        if self.crashes and self.crashes.pop(0):
+            raise RuntimeError(f"object {len(self.made)} crashed")
+        while True:
+            self.status.report(self.name, "running", objects=len(self.made))
+            await asyncio.sleep(0.02)
+
+
+@pytest.mark.timeout(30)
+def test_a_crashed_part_is_rebuilt_fresh(tmp_path: Path,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    cfg = config.load(_cfg_file(tmp_path / "f.toml"))
+    made: list[_Fresh] = []
+
+    def parts(_cfg: Config, status: Status, _bus: Bus) -> list[Part]:
+        return [_Fresh(status, made, crashes=[True, True], build_failures=[False, True])]
+
+    async def scenario() -> None:
+        sup = Supervisor(cfg, port=0, host="127.0.0.1", parts=parts,
+                         timing=Timing(restart_initial=0.02, restart_max=0.1))
+        task = asyncio.create_task(sup.run())
+        await _until(lambda: sup.status.parts.get("fresh") is not None
+                     and sup.status.parts["fresh"].state == "running", 5)
+        await asyncio.sleep(0.1)
+        # Two crashes, one failed build: three objects, each run exactly once.
+        assert [m.runs for m in made] == [1, 1, 1]
+        assert sup.restarts["fresh"] == 3
+        sup.request_stop("test")
+        await task
+
+    with caplog.at_level(logging.INFO, logger="failberry.supervisor"):
+        asyncio.run(scenario())
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("part fresh")]
+    assert lines == ["part fresh crashed: RuntimeError: object 1 crashed; restarting it in "
+                     "0.02s (restart 1)",
+                     "part fresh crashed: RuntimeError: object 2 crashed; restarting it in "
+                     "0.04s (restart 2)",
+                     "part fresh could not be rebuilt: OSError: no netlink socket; restarting it "
+                     "in 0.08s (restart 3)"]
+
+
 @pytest.mark.timeout(30)
 def test_sighup_reload_refuses_a_bad_config_and_applies_a_good_one(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

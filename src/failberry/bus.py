@@ -73,6 +73,24 @@ class PublishedAddressChanged:
     family: int = 4
 
 
+@dataclass(frozen=True)
+class DyndnsBlocked:
+    """The DNS provider refused an update for good (abuse, bad auth): it needs a person."""
+
+    record: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ForceUplink:
+    """An admin (an SMS command) asks for `uplink` to carry traffic for `seconds`, whatever
+    the probes say; `uplink` None ends an earlier force. The network part is to honour it."""
+
+    uplink: str | None
+    seconds: float
+    reason: str
+
+
 class Bus:
     """Publish/subscribe by event type, within one asyncio loop."""
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from failberry import checks
+from failberry.alerts import spec as alert_spec
 from failberry.errors import ConfigError, ConfigIssue
 from failberry.units import parse_duration, parse_size
 
@@ -504,6 +505,37 @@ class PihealthConfig:
 
 
 @dataclass(frozen=True)
+class AlertsConfig:
+    """`[alerts]`: telling the admin by SMS through the stick, webhooks and hook scripts."""
+
+    sms_to: tuple[str, ...] = opt((), _str_list(alert_spec.phone),
+                                  doc="numbers that get SMS alerts")
+    sms_commands_from: tuple[str, ...] = opt((), _str_list(alert_spec.phone),
+                                             doc="numbers whose SMS commands are obeyed")
+    sms_port: str = opt("", _optional_str(_dev_path),
+                        doc="an AT port for SMS only; empty: the modem part's AT port")
+    sms_force_for: float = opt(1800.0, _duration(60, 86400),
+                               doc="how long an SMS failover/failback holds")
+    webhooks: tuple[str, ...] = opt((), _str_list(alert_spec.webhook),
+                                    doc="\"ntfy URL\", \"slack URL\" or \"json URL\"")
+    webhook_timeout: float = opt(10.0, _duration(0.1, 300))
+    hooks_dir: str = opt("/etc/failberry/hooks.d", _str(_abs_path))
+    hook_timeout: float = opt(30.0, _duration(0.1, 3600))
+    hold_down: float = opt(300.0, _duration(0, 86400),
+                           doc="one message per kind and channel this often, with a count")
+    max_per_hour: int = opt(20, _int_range(1, 3600), doc="per channel")
+    quiet_hours: str = opt("", _str(alert_spec.quiet_hours), doc="\"22:00-07:00\": hold "
+                           "non-critical alerts (local time); empty: none")
+    retry_initial: float = opt(10.0, _duration(0.01, 3600))
+    retry_max: float = opt(600.0, _duration(0.01, 86400))
+    retry_for: float = opt(86400.0, _duration(1, 30 * 86400), doc="give a message up after")
+    cap_warnings: tuple[float, ...] = opt((80.0, 100.0), alert_spec.percent_list,
+                                          doc="percent of failover.data_cap")
+    link_lost_after: float = opt(300.0, _duration(0, 86400),
+                                 doc="tell when the mobile link stays down this long")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole failberry config."""
 
@@ -520,6 +552,7 @@ class Config:
     hostguard: HostguardConfig = section(HostguardConfig)
     paths: PathsConfig = section(PathsConfig)
     pihealth: PihealthConfig = section(PihealthConfig)
+    alerts: AlertsConfig = section(AlertsConfig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -686,6 +719,8 @@ def _cross_checks(cfg: Config, issue: Callable[[str, str], None]) -> None:
                   f"uplink.{name}")
     if cfg.recovery.backoff_max < cfg.recovery.backoff_initial:
         issue("recovery.backoff_max", "must not be shorter than recovery.backoff_initial")
+    if cfg.alerts.retry_max < cfg.alerts.retry_initial:
+        issue("alerts.retry_max", "must not be shorter than alerts.retry_initial")
     if cfg.image.size < parse_size("768MiB"):
         issue("image.size", "must be at least 768MiB (kernel, firmware and Python need it)")
     if cfg.modem.password is not None and not cfg.modem.username:

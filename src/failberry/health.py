@@ -23,6 +23,7 @@ from failberry.httpserver import HttpStats, Response, error
 from failberry.status import (
     DYNDNS,
     MODEM,
+    NETWORK,
     UPLINKS,
     NetworkView,
     Status,
@@ -50,7 +51,9 @@ class Verdict:
 
 def decide(status: Status, mode: FailoverMode, now: float | None = None) -> Verdict:
     """The published path works: sidecar, the mobile uplink passes its probes; gateway, at
-    least one uplink does. Without a network part: running and every part current."""
+    least one uplink does; and the network part reports no configuration error (an interface
+    the config names that does not exist). Without a network part: running and every part
+    current."""
     if status.state != "running":
         return Verdict(False, f"supervisor {status.state}")
     net = network_view(status, now)
@@ -61,6 +64,9 @@ def decide(status: Status, mode: FailoverMode, now: float | None = None) -> Verd
         return Verdict(True, "running")
     if not net.current:
         return Verdict(False, "network checks not reporting")
+    errors = network_errors(status)
+    if errors:
+        return Verdict(False, "; ".join(errors))
     if mode is FailoverMode.SIDECAR:
         mobile = net.uplinks.get("mobile")
         if mobile is None:
@@ -72,6 +78,13 @@ def decide(status: Status, mode: FailoverMode, now: float | None = None) -> Verd
     if ups:
         return Verdict(True, f"{', '.join(ups)} up")
     return Verdict(False, "no uplink passes its probes")
+
+
+def network_errors(status: Status) -> list[str]:
+    """The network part's configuration errors (`errors` in its report), each one line."""
+    part = status.parts.get(NETWORK)
+    raw = part.detail.get("errors") if part is not None else None
+    return [str(e) for e in raw] if isinstance(raw, list | tuple) else []
 
 
 def decide_uplink(net: NetworkView | None, name: str) -> Verdict:

@@ -95,6 +95,7 @@ def render(doc: Mapping[str, Any]) -> str:
     _modem(w, doc.get("modem"))
     _dyndns(w, doc.get("dyndns"))
     _pihealth(w, parts.get("pihealth"))
+    _alerts(w, parts.get("alerts"))
     _http(w, doc.get("http") or {})
     return "\n".join(w.lines) + "\n"
 
@@ -200,6 +201,30 @@ def _pihealth(w: _Writer, pi: Any) -> None:
         w.one("sd_errors_total", "counter",
               "SD card and file system error lines in the kernel log since boot.",
               storage.get("errors_total"))
+
+
+def _alerts(w: _Writer, alerts: Any) -> None:
+    """Messages per alert channel (failberry.alerts), the health checks' share of the data."""
+    if not isinstance(alerts, Mapping):
+        return
+    channels: Mapping[str, Any] = alerts.get("channels") or {}
+    w.family("alerts_sent_total", "counter", "Alert messages delivered, per channel.",
+             _per(channels, "sent", "channel"))
+    w.family("alerts_failed_total", "counter", "Alert delivery attempts that failed.",
+             _per(channels, "failed", "channel"))
+    w.family("alerts_dropped_total", "counter", "Alert messages given up on.",
+             _per(channels, "dropped", "channel"))
+    w.family("alerts_queued", "gauge", "Alert messages waiting (queued or held).",
+             [({"channel": k}, float(v.get("queued", 0) + v.get("held", 0)))
+              for k, v in sorted(channels.items()) if isinstance(v, Mapping)])
+    w.one("mobile_health_check_bytes", "gauge",
+          "Mobile data this period used by health checks polling us.",
+          alerts.get("health_check_bytes"))
+    forecast = alerts.get("forecast")
+    if isinstance(forecast, Mapping):
+        w.one("mobile_data_forecast_bytes", "gauge",
+              "Mobile data expected at the cap reset at the current rate.",
+              forecast.get("projected_bytes"))
 
 
 def _http(w: _Writer, http: Mapping[str, Any]) -> None:

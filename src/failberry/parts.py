@@ -7,6 +7,9 @@ A part is any object with:
   deadline: float                seconds it may go without `status.report(name, ...)`;
                                  past that the watchdog stops pinging systemd
   async run() -> None            runs until cancelled; cleans up what it made on cancel
+and may have:
+  fresh() -> Part                a new object to run in its place after it crashed (the
+                                 supervisor then never runs the crashed object again)
 """
 
 from __future__ import annotations
@@ -64,4 +67,9 @@ def build_parts(cfg: Config, status: Status, bus: Bus, *,
     from failberry.pihealth.part import PiHealthPart
     parts.append(PiHealthPart.from_config(cfg, status, bus))
     # -- end Pi health --
+    # -- alerts: SMS, webhooks, hook scripts (issue 17). SMS goes through alerts.sms_port;
+    # hand in the modem part's monitoring AT port as `provider` once it offers one. --
+    from failberry.alerts.build import build as build_alerts
+    parts.append(build_alerts(cfg, status, bus))
+    # -- end alerts --
     return parts

@@ -24,7 +24,7 @@ import statistics
 import struct
 import time
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -224,13 +224,44 @@ def _checksum(data: bytes) -> int:
     return int(~total & 0xFFFF)
 
 
+def echo_request(ident: int, seq: int, payload: bytes) -> bytes:
+    """An ICMP echo request (type 8) with its checksum."""
+    header = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
+    return struct.pack("!BBHHH", 8, 0, _checksum(header + payload), ident, seq) + payload
+
+
+def is_echo_reply(data: bytes, *, raw: bool, ident: int, seq: int, payload: bytes) -> bool:
+    """Whether `data`, read from an ICMP socket, answers our echo request `seq`.
+
+    A raw socket's data starts with the IP header, and every raw ICMP socket on the host sees
+    every echo reply: the identifier, sequence number and payload must all be ours. A datagram
+    socket's identifier is rewritten by the kernel, which hands each socket only its own."""
+    if raw:
+        if not data:
+            return False
+        data = data[(data[0] & 0x0F) * 4:]
+    if len(data) < 8:
+        return False
+    kind, _code, _ck, rid, rseq = struct.unpack("!BBHHH", data[:8])
+    return kind == 0 and rseq == seq and (not raw or rid == ident) and data[8:] == payload
+
+
 class SocketProber:
     """Real probes. ICMP uses an unprivileged datagram socket where net.ipv4.ping_group_range
-    allows it (the kernel then matches replies for us), a raw socket otherwise."""
+    allows it, a raw socket otherwise.
 
-    def __init__(self) -> None:
+    The probes of both uplinks to every target are in flight at once, so nothing a reply is
+    matched against may be shared between them: each probe takes its own sequence number and
+    payload and compares replies with those (a shared "last sequence sent" let only the last
+    probe of a round pass once replies came after the next probe was sent)."""
+
+    def __init__(self, names: NameCache | None = None) -> None:
         self._seq = 0
+        # Raw sockets share the host's echo identifiers with ping and other probers: ours is
+        # random, and the sequence number and payload tell our own probes apart.
+        self._ident = int.from_bytes(os.urandom(2), "big")
         self._dgram_ok: bool | None = None
+        self._names = names or NameCache()
 
     async def round(self, binding: Binding, targets: Sequence[Target],
                     timeout: float) -> list[ProbeResult]:
@@ -268,31 +299,21 @@ class SocketProber:
 
     async def _icmp(self, binding: Binding, target: Target) -> None:
         loop = asyncio.get_running_loop()
-        dst = await _resolve(target.host)
-        self._seq = (self._seq + 1) & 0xFFFF
-        ident = (os.getpid() + id(binding)) & 0xFFFF
-        payload = b"failberry" + struct.pack("!d", time.monotonic())
-        header = struct.pack("!BBHHH", 8, 0, 0, ident, self._seq)
-        packet = struct.pack("!BBHHH", 8, 0, _checksum(header + payload), ident,
-                             self._seq) + payload
+        dst = await self._names.resolve(target.host)
+        self._seq = seq = (self._seq + 1) & 0xFFFF  # from here on only the local `seq`
+        payload = b"failberry" + struct.pack("!Hd", seq, time.monotonic())
         sock, dgram = self._icmp_socket(binding)
         with sock:
-            await loop.sock_sendto(sock, packet, (dst, 0))
+            await loop.sock_sendto(sock, echo_request(self._ident, seq, payload), (dst, 0))
             while True:
                 data, (src, _) = await loop.sock_recvfrom(sock, 2048)
-                if not dgram:  # raw sockets see the IP header and every ICMP packet
-                    data = data[(data[0] & 0x0F) * 4:]
-                if len(data) < 8 or src != dst:
-                    continue
-                kind, _code, _ck, rid, rseq = struct.unpack("!BBHHH", data[:8])
-                # A datagram socket's id is rewritten by the kernel; it only hands us ours.
-                if kind == 0 and rseq == self._seq and (dgram or rid == ident) \
-                        and data[8:] == payload:
+                if src == dst and is_echo_reply(data, raw=not dgram, ident=self._ident,
+                                                seq=seq, payload=payload):
                     return
 
     async def _tcp(self, binding: Binding, target: Target, url: str | None) -> None:
         loop = asyncio.get_running_loop()
-        dst = await _resolve(target.host)
+        dst = await self._names.resolve(target.host)
         sock: socket.socket | None = _bound_socket(binding, socket.SOCK_STREAM)
         assert sock is not None
         try:
@@ -350,13 +371,61 @@ class ProbeFailed(Exception):
     """A probe got an answer that does not count."""
 
 
-async def _resolve(host: str) -> str:
-    try:
-        return str(ipaddress.IPv4Address(host))
-    except ValueError:
-        pass
-    infos = await asyncio.get_running_loop().getaddrinfo(host, None, family=socket.AF_INET,
-                                                         type=socket.SOCK_DGRAM)
-    if not infos:
-        raise ProbeFailed(f"{host}: no IPv4 address")
-    return str(infos[0][4][0])
+NAME_TTL = 300.0  # seconds a looked-up target address is used before it is looked up again
+
+
+class NameCache:
+    """Addresses of probe targets given by name.
+
+    The lookup goes through the system resolver, whose queries leave by the active uplink, not
+    by the probed one: while the active uplink's path is dead every lookup fails, and if that
+    failed the backup's probes too, nothing would pass and failover would never happen. So a
+    name is looked up before its first probe; after that the last address found is used, and
+    refreshed in the background once it is older than `ttl`."""
+
+    def __init__(self, ttl: float = NAME_TTL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self._clock = clock
+        self._addrs: dict[str, tuple[str, float]] = {}
+        self._refreshing: dict[str, asyncio.Task[None]] = {}
+
+    async def resolve(self, host: str) -> str:
+        """The IPv4 address to probe for `host` (a literal address is its own)."""
+        try:
+            return str(ipaddress.IPv4Address(host))
+        except ValueError:
+            pass
+        cached = self._addrs.get(host)
+        if cached is None:
+            addr = await self.lookup(host)
+            self._addrs[host] = (addr, self._clock())
+            return addr
+        addr, when = cached
+        loop = asyncio.get_running_loop()
+        pending = self._refreshing.get(host)
+        if self._clock() - when >= self.ttl and (
+                pending is None or pending.done() or pending.get_loop() is not loop):
+            # Held here: the loop keeps only a weak reference to a task. (A task of another,
+            # closed loop never finishes; it must not block refreshes.)
+            self._refreshing[host] = loop.create_task(self._refresh(host))
+        return addr
+
+    async def _refresh(self, host: str) -> None:
+        try:
+            addr = await self.lookup(host)
+        except (OSError, ProbeFailed) as e:
+            LOG.debug("looking up probe target %s again failed (%s); keeping %s", host, e,
+                      self._addrs[host][0])
+        else:
+            self._addrs[host] = (addr, self._clock())
+        finally:
+            self._refreshing.pop(host, None)
+
+    async def lookup(self, host: str) -> str:
+        """Ask the system resolver (the seam tests replace)."""
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            host, None, family=socket.AF_INET, type=socket.SOCK_DGRAM)
+        if not infos:
+            raise ProbeFailed(f"{host}: no IPv4 address")
+        return str(infos[0][4][0])

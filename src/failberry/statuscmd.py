@@ -152,6 +152,36 @@ def _pihealth_lines(pi: Mapping[str, Any], now: float) -> list[str]:
     return lines
 
 
+def _alerts_lines(alerts: Mapping[str, Any], now: float) -> list[str]:
+    """Each alert channel's counts and trouble, the last alerts, the data forecast."""
+    words = []
+    channels = alerts.get("channels") or {}
+    for name, c in channels.items() if isinstance(channels, Mapping) else ():
+        if not isinstance(c, Mapping):
+            continue
+        text = f"{name} {c.get('sent', 0)} sent"
+        for key in ("failed", "queued", "held"):
+            if c.get(key):
+                text += f" {c[key]} {key}"
+        if c.get("last_error"):
+            text += f" ({c['last_error']})"
+        words.append(text)
+    lines = ["alerts: " + ("; ".join(words) if words else "no channels")]
+    recent = alerts.get("recent") or []
+    for a in list(recent)[-3:] if isinstance(recent, list) else []:
+        if isinstance(a, Mapping):
+            lines.append(f"  {_ago(a.get('at'), now):>9}  {a.get('message', '')}")
+    fc = alerts.get("forecast")
+    if isinstance(fc, Mapping) and isinstance(fc.get("projected_bytes"), int | float):
+        text = f"  data at the reset: about {_bytes(fc['projected_bytes'])}"
+        if isinstance(fc.get("reach_at"), int | float):
+            text += f", cap reached {time.strftime('%Y-%m-%d', time.localtime(fc['reach_at']))}"
+        if alerts.get("health_check_bytes"):
+            text += f" (health checks so far {_bytes(alerts['health_check_bytes'])})"
+        lines.append(text)
+    return lines
+
+
 def render(doc: Mapping[str, Any], now: float | None = None) -> list[str]:
     """The one-screen summary of a /status document."""
     now = time.time() if now is None else now
@@ -220,6 +250,9 @@ def render(doc: Mapping[str, Any], now: float | None = None) -> list[str]:
     pi = (doc.get("parts") or {}).get("pihealth")
     if isinstance(pi, Mapping):
         lines.extend(_pihealth_lines(pi, now))
+    alerts = (doc.get("parts") or {}).get("alerts")
+    if isinstance(alerts, Mapping):
+        lines.extend(_alerts_lines(alerts, now))
     stale = [n for n, p in (doc.get("parts") or {}).items()
              if isinstance(p, Mapping) and p.get("stale")]
     if stale:

@@ -131,6 +131,15 @@ class Timing:
     stop_grace: float = 1.5  # parts get this long to clean up; SIGTERM must end within 2 s
 
 
+def _fresh(part: Part) -> Part:
+    """The new object a crashed part builds to run in its place."""
+    fresh: Callable[[], Part] = getattr(part, "fresh")  # noqa: B009  optional in Part
+    new = fresh()
+    if new.name != part.name:
+        raise TypeError(f"part {part.name}: fresh() built a part named {new.name!r}")
+    return new
+
+
 def raise_nofile(want: int = WANT_NOFILE) -> int:
     """Raise the soft open-file limit toward `want` (within the hard limit); the new limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -198,25 +207,36 @@ class Supervisor:
         LOG.info("started %d part(s): %s", len(self._tasks), ", ".join(self._tasks) or "none")
 
     async def _keep_running(self, part: Part) -> None:
-        """Run `part`; when it crashes (or returns), log it and start it again after a backoff."""
+        """Run `part`; when it crashes (or returns), log it and start it again after a backoff.
+        A part with a `fresh()` method is replaced by the new object it builds (new sockets,
+        threads and state: nothing the crash left half-done is reused); one without is run
+        again as it is (it resets itself in `run`)."""
         loop = asyncio.get_running_loop()
         t = self.timing
         backoff = t.restart_initial
+        name = part.name
+        current: Part | None = part
         while True:
             started = loop.time()
             try:
-                await part.run()
+                if current is None:
+                    current = _fresh(part)
+                    part = current
+                await current.run()
                 why, level = "returned", logging.WARNING
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a crashing part must never take the loop down
-                why, level = f"crashed: {type(e).__name__}: {e}", logging.ERROR
-                LOG.debug("part %s traceback", part.name, exc_info=True)
+                what = "crashed" if current is not None else "could not be rebuilt"
+                why, level = f"{what}: {type(e).__name__}: {e}", logging.ERROR
+                LOG.debug("part %s traceback", name, exc_info=True)
             if loop.time() - started >= t.stable_after:
                 backoff = t.restart_initial
-            self.restarts[part.name] = self.restarts.get(part.name, 0) + 1
-            LOG.log(level, "part %s %s; restarting it in %gs (restart %d)", part.name, why,
-                    backoff, self.restarts[part.name])
+            self.restarts[name] = self.restarts.get(name, 0) + 1
+            LOG.log(level, "part %s %s; restarting it in %gs (restart %d)", name, why,
+                    backoff, self.restarts[name])
+            if hasattr(part, "fresh"):
+                current = None  # build a new one after the backoff
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, t.restart_max)
 

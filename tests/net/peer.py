@@ -1,7 +1,8 @@
 """Programs for the "internet" namespace: `python peer.py tcp HOST PORT` answers every TCP
 connection with the address it came from, then echoes lines; `python peer.py udp HOST PORT`
-prints `MONOTONIC SRC` for every datagram (the clock is system-wide, so a benchmark in another
-namespace can compare times)."""
+prints `MONOTONIC SRC WORD` for every datagram, WORD its payload's first word (the clock is
+system-wide, so a benchmark in another namespace can compare times, and put its send time in
+the payload)."""
 
 from __future__ import annotations
 
@@ -36,8 +37,9 @@ def udp(host: str, port: int) -> None:
         s.bind((host, port))
         print("ready", flush=True)
         while True:
-            _, addr = s.recvfrom(2048)
-            print(f"{time.monotonic():.6f} {addr[0]}", flush=True)
+            data, addr = s.recvfrom(2048)
+            word = (data.split() or [b"-"])[0].decode(errors="replace")
+            print(f"{time.monotonic():.6f} {addr[0]} {word}", flush=True)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import select
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -13,6 +14,8 @@ from topology import (
     LAN_HOST,
     LAN_OTHER,
     MOBILE_ADDR,
+    PY,
+    ROOT,
     SERVER,
     WIRED_ADDR,
     Part,
@@ -126,7 +129,33 @@ def test_nat_failover_conntrack_allowlist_failback_and_clean(
     assert seen_as(topo, bind=LAN_OTHER) == WIRED_ADDR  # the allowlist is for mobile only
 
     assert part.stop() == 0
+    assert_stopped_closed(topo, before)
+    net_clean(topo, part.tmp / "state")
     assert topo.snapshot() == before
+
+
+def assert_stopped_closed(topo: Topology, before: dict[str, str]) -> None:
+    """What a clean stop leaves: routes, rules, sysctls and NAT as before start, and the filter
+    chains, letting no LAN traffic out to an uplink and closing the uplinks."""
+    after = topo.snapshot()
+    assert {k: v for k, v in after.items() if k != "iptables"} == \
+        {k: v for k, v in before.items() if k != "iptables"}
+    save = after["iptables"]
+    nat = save.split("*nat", 1)[1].split("COMMIT", 1)[0]
+    assert "fb-" not in nat
+    assert "-A INPUT -j fb-input" in save and "-A FORWARD -j fb-forward" in save
+    for dev in ("eth1", "ppp0"):
+        assert f"-A fb-forward -i eth0 -o {dev} -j REJECT" in save
+        assert f"-A fb-input -i {dev} -j DROP" in save
+    assert "-A fb-forward -i eth0 -o eth1 -j ACCEPT" not in save
+
+
+def net_clean(topo: Topology, state_dir: Path) -> None:
+    """`failberry net clean` in the Pi namespace."""
+    out = subprocess.run(["ip", "netns", "exec", topo.ns["pi"], PY, "-m", "failberry", "net",
+                          "clean", "--state-dir", str(state_dir)],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
 
 
 @pytest.mark.timeout(60)

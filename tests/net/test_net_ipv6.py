@@ -1,7 +1,8 @@
 """IPv6 on the uplinks (issue 12 item 4): with real packets between namespaces, a listener on
 `[::]` on the Pi is closed to the uplink side (link-local and global addresses) except the
 configured ports, open to the LAN; nothing is forwarded from the uplinks, LAN IPv6 does not
-leave through them; stop and `failberry net clean` leave ip6tables exactly as before."""
+leave through them; a stop leaves them closed (fail closed), and `failberry net clean` leaves
+ip6tables exactly as before."""
 
 from __future__ import annotations
 
@@ -140,8 +141,8 @@ FILTERED = {**OPEN_ALL, "wired link-local": False, "wired global": False,
 
 @pytest.mark.root
 @pytest.mark.timeout(120)
-def test_uplinks_closed_to_ipv6_lan_open_and_stop_restores(topo6: Topology,
-                                                           tmp_path: Path) -> None:
+def test_uplinks_closed_to_ipv6_lan_open_stop_keeps_them_closed(topo6: Topology,
+                                                               tmp_path: Path) -> None:
     topo = topo6
     listeners = [listen(topo, CLOSED), listen(topo, OPEN)]
     try:
@@ -155,9 +156,16 @@ def test_uplinks_closed_to_ipv6_lan_open_and_stop_restores(topo6: Topology,
         for ns in ("pi", "lan", "wisp", "misp"):
             topo.sh(ns, "ip -6 neigh flush all")
         assert exposure(topo) == FILTERED
-        assert "-A INPUT -j fb-input" in save6(topo)
+        applied = save6(topo)
+        assert "-A INPUT -j fb-input" in applied
         assert part.stop() == 0
-        assert save6(topo) == before
+        assert save6(topo) == applied  # a stop leaves the uplinks closed...
+        assert exposure(topo) == FILTERED
+        out = subprocess.run(["ip", "netns", "exec", topo.ns["pi"], PY, "-m", "failberry",
+                              "net", "clean", "--state-dir", str(tmp_path / "state")],
+                             capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert out.returncode == 0, out.stderr
+        assert save6(topo) == before  # ...`failberry net clean` opens them again
         assert exposure(topo) == OPEN_ALL
     finally:
         for s in listeners:

@@ -27,7 +27,8 @@ def test_totals_survive_counter_restarts_and_a_supervisor_restart(tmp_path: Path
     assert not u.over_cap()
     assert u.maybe_persist(now=100.0)
     assert not u.maybe_persist(now=130.0)  # at most once a minute
-    assert json.loads(path.read_text()) == {"period": "2026-03-01", "bytes": {"a": 350}}
+    assert json.loads(path.read_text()) == {"period": "2026-03-01", "bytes": {"a": 350},
+                                            "live": {"a": 50}}
     u.sample({"a": 700}, day)
     assert u.maybe_persist(now=130.0, force=True)
     again = Usage(path, 1, cap=1000)  # a restart: rules (and counters) start from zero
@@ -35,6 +36,20 @@ def test_totals_survive_counter_restarts_and_a_supervisor_restart(tmp_path: Path
     again.sample({"a": 300}, day)
     assert again.totals() == {"a": 1300}
     assert again.over_cap()
+
+
+def test_counters_that_survive_a_restart_are_not_counted_twice(tmp_path: Path) -> None:
+    # A crashed network part leaves its chains (fail closed), so the restarted part finds the
+    # counters where they were, not at zero.
+    path = tmp_path / "usage.json"
+    day = dt.date(2026, 3, 15)
+    u = Usage(path, 1, cap=0)
+    u.sample({"a": 0}, day)
+    u.sample({"a": 400}, day)
+    assert u.maybe_persist(now=100.0)
+    again = Usage(path, 1, cap=0)
+    again.sample({"a": 450}, day)  # 50 more bytes since the file was written
+    assert again.totals() == {"a": 450}
 
 
 def test_a_new_period_starts_from_zero(tmp_path: Path) -> None:

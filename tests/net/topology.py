@@ -4,7 +4,12 @@ link to the Pi a veth named `ppp0`, point-to-point addressed like pppd does it) 
 
     lan (192.168.50.10, .11) -- eth0 [pi] eth1 203.0.113.2 -- [wisp] -- 10.1.0.0/30 --+
                                           ppp0 100.64.0.2 -- [misp] -- 10.2.0.0/30 --+-- [inet]
-    inet: targets 192.0.2.1-3, server 192.0.2.80
+    inet: targets 192.0.2.1-3, server 192.0.2.80, and the example config's targets 1.1.1.1,
+          8.8.8.8, 9.9.9.9 (test-only copies: nothing leaves the namespaces)
+
+With `delay_ms`, the two ISP-to-internet links are TUN devices joined by a relay
+(tests/net/latency.py) that holds each packet `delay_ms` in each direction: probe replies then
+come a round trip later, as on a real network, instead of before `sendto` returns.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from latency import tun_link
 from pyroute2 import netns
 
 HERE = Path(__file__).resolve().parent
@@ -31,6 +37,7 @@ if not Path(PY).exists():
 
 SERVER = "192.0.2.80"
 TARGETS = ("192.0.2.1", "192.0.2.2", "192.0.2.3")
+EXAMPLE_TARGETS = ("1.1.1.1", "8.8.8.8", "9.9.9.9")  # examples/failberry.toml's probe targets
 WIRED_ADDR = "203.0.113.2"
 MOBILE_ADDR = "100.64.0.2"
 LAN_HOST = "192.168.50.10"
@@ -63,6 +70,39 @@ allow_tcp = [9000]
 """
 
 
+EXAMPLE_PROBES_CONFIG = """
+[lan]
+interface = "eth0"
+address = "192.168.50.1/24"
+[uplink.wired]
+interface = "eth1"
+address = "203.0.113.2/24"
+gateway = "203.0.113.1"
+[uplink.mobile]
+interface = "ppp0"
+[failover]
+mode = "{mode}"
+{hold_down}
+[modem]
+apn = "internet"
+enabled = false
+[recovery]
+reboots_per_day = 0
+reboot_command = ["true"]
+[paths]
+run_dir = "{tmp}/run"
+state_dir = "{tmp}/state"
+"""
+
+
+def example_probes_config(tmp: Path, mode: str = "gateway", hold_down: str = "") -> str:
+    """A config naming only this topology's interfaces and addresses, the mode and the paths:
+    every probe setting (targets, quorum, intervals, counts) is the example's default. No modem
+    part; `hold_down` overrides the example's 30 s when given."""
+    return EXAMPLE_PROBES_CONFIG.format(
+        mode=mode, tmp=tmp, hold_down=f'hold_down = "{hold_down}"' if hold_down else "")
+
+
 def config_text(wired_targets: str = '["icmp:192.0.2.1", "icmp:192.0.2.2", '
                 '"tcp:192.0.2.80:8080"]', hold_down: str = "1s", quorum: int = 0,
                 loss: float = 50) -> str:
@@ -82,8 +122,9 @@ def run(argv: list[str], check: bool = True, timeout: float = 30) -> str:
 class Topology:
     """Build with `up()`, always `down()`."""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, delay_ms: float = 0) -> None:
         self.prefix = prefix
+        self.delay_ms = delay_ms
         self.ns = {k: f"{prefix}{k}" for k in ("lan", "pi", "wisp", "misp", "inet")}
         self.procs: list[subprocess.Popen[str]] = []
 
@@ -102,7 +143,12 @@ class Topology:
         pairs = [("pi", "eth0", "lan", "eth0"), ("pi", "eth1", "wisp", "eth0"),
                  ("pi", "ppp0", "misp", "eth0"), ("wisp", "up0", "inet", "w0"),
                  ("misp", "up0", "inet", "m0")]
+        slow = pairs[3:] if self.delay_ms else []
         for a, ai, b, bi in pairs:
+            if (a, ai, b, bi) in slow:
+                for argv in tun_link(n[a], ai, n[b], bi):
+                    run(argv)
+                continue
             run(["ip", "-n", n[a], "link", "add", ai, "type", "veth", "peer", "name", bi,
                  "netns", n[b]])
         script = {
@@ -119,12 +165,19 @@ class Topology:
                     "ip route add default via 10.2.0.2; sysctl -qw net.ipv4.ip_forward=1",
             "inet": "ip addr add 10.1.0.2/30 dev w0; ip addr add 10.2.0.2/30 dev m0;"
                     "ip link set w0 up; ip link set m0 up; ip link set lo up;"
-                    + "".join(f"ip addr add {a}/32 dev lo;" for a in (*TARGETS, SERVER))
+                    + "".join(f"ip addr add {a}/32 dev lo;"
+                              for a in (*TARGETS, *EXAMPLE_TARGETS, SERVER))
                     + "ip route add 203.0.113.0/24 via 10.1.0.1;"
                     "ip route add 100.64.0.0/10 via 10.2.0.1",
         }
         for ns, cmd in script.items():
             self.sh(ns, cmd)
+        for a, ai, b, bi in slow:
+            p = subprocess.Popen([PY, str(HERE / "latency.py"), n[a], ai, n[b], bi,
+                                  str(self.delay_ms)], text=True, stdout=subprocess.PIPE,
+                                 start_new_session=True)
+            self.procs.append(p)
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
         self.sh("pi", "ip link set lo up")
         # x_tables makes a namespace's tables on first use; make them now (empty), so that
         # "as before start" compares table contents, not whether anyone has looked yet.
@@ -183,7 +236,16 @@ class Topology:
 def topology_fixture() -> Iterator[Topology]:
     """Body of the `topo` fixture: the namespaces, removed afterwards whatever happened.
     (A module-level helper rather than a conftest, whose name would shadow tests/conftest.)"""
-    t = Topology(unique_prefix())
+    yield from _topology(0)
+
+
+def slow_topology_fixture() -> Iterator[Topology]:
+    """Body of a fixture whose internet answers 20 ms later (10 ms each way), like a real one."""
+    yield from _topology(10)
+
+
+def _topology(delay_ms: float) -> Iterator[Topology]:
+    t = Topology(unique_prefix(), delay_ms)
     try:
         t.up()
         yield t

@@ -16,7 +16,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from failberry.bus import ActiveUplinkChanged, AddressChanged, Bus, PublishedAddressChanged
+from failberry.bus import (
+    ActiveUplinkChanged,
+    AddressChanged,
+    Bus,
+    DyndnsBlocked,
+    PublishedAddressChanged,
+)
 from failberry.config import Config, DnsProvider, DyndnsConfig
 from failberry.dyndns.addresses import AddressBook, Chooser, family_of, usable
 from failberry.dyndns.base import Provider, Record, Verifier
@@ -92,6 +98,8 @@ class DyndnsPart:
         self._addresses = bus.subscribe(AddressChanged)
         self._active = bus.subscribe(ActiveUplinkChanged)
         self._report_now = asyncio.Event()
+        self.bus = bus
+        self._blocked: set[str] = set()  # records whose block was published (alerts)
         self.state = state
         if state is not None:
             updater.restore(state.load())
@@ -99,6 +107,10 @@ class DyndnsPart:
 
     def _changed(self) -> None:
         self._report_now.set()
+        for st in self.updater.states.values():
+            if st.blocked is not None and str(st.record) not in self._blocked:
+                self._blocked.add(str(st.record))
+                self.bus.publish(DyndnsBlocked(str(st.record), st.blocked))
         if self.state is not None:
             self.state.save(self.updater.holds())
 

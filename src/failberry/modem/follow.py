@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
+import weakref
 from collections.abc import Awaitable, Callable
 
 from failberry.bus import Bus, ModemStateChanged
@@ -19,18 +20,23 @@ LOG = logging.getLogger(__name__)
 
 AUTO = "auto"
 CGNAT = ipaddress.ip_network("100.64.0.0/10")
+# Configs made by `resolve_mobile`: still "auto" at heart (a network part restarted after a
+# crash is built from the resolved config and must go on following).
+_RESOLVED: weakref.WeakSet[Config] = weakref.WeakSet()
 
 
 def resolve_mobile(cfg: Config, interface: str) -> Config:
     """`cfg` with the mobile uplink's interface set to `interface`."""
     mobile = dataclasses.replace(cfg.uplink.mobile, interface=interface)
-    return dataclasses.replace(cfg, uplink=dataclasses.replace(cfg.uplink, mobile=mobile))
+    out = dataclasses.replace(cfg, uplink=dataclasses.replace(cfg.uplink, mobile=mobile))
+    _RESOLVED.add(out)
+    return out
 
 
 async def follow(bus: Bus, cfg: Config, apply: Callable[[str], Awaitable[None]]) -> None:
     """With `uplink.mobile.interface = "auto"`, `apply(name)` each time the modem's link comes
     up on an interface other than the last; otherwise return at once."""
-    if cfg.uplink.mobile.interface != AUTO:
+    if cfg.uplink.mobile.interface != AUTO and cfg not in _RESOLVED:
         return
     changes = bus.subscribe(ModemStateChanged)
     current: str | None = None

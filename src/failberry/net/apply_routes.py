@@ -3,7 +3,9 @@ idempotently, and remove exactly what failberry owns (its tables and rule priori
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import socket
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
@@ -40,8 +42,21 @@ class Netlink(Protocol):
 class NetlinkError(FailberryError):
     """A netlink request failed; names what we asked for."""
 
-    def __init__(self, what: str, error: Exception) -> None:
+    def __init__(self, what: str, error: Exception, table: int | None = None) -> None:
         super().__init__(f"netlink: {what}: {error}")
+        self.table = table  # the routing table it was about, if one
+
+
+class ApplyError(FailberryError):
+    """Some route or rule changes failed (the others were made); names each failure."""
+
+    def __init__(self, errors: list[NetlinkError], changes: list[str],
+                 active_failed: bool = False) -> None:
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        super().__init__(f"{errors[0]}{more}")
+        self.errors = errors
+        self.changes = changes  # what was changed nonetheless
+        self.active_failed = active_failed  # table 2000 (the switch itself) is not as wanted
 
 
 def observe(nl: Netlink, interfaces: Iterable[str]) -> dict[str, LinkState]:
@@ -117,77 +132,125 @@ class RouteApplier:
         self.nl = nl
 
     def observe(self, interfaces: Iterable[str]) -> dict[str, LinkState]:
-        """Current state of the uplink interfaces."""
-        return observe(self.nl, interfaces)
+        """Current state of these interfaces."""
+        try:
+            return observe(self.nl, interfaces)
+        except Exception as e:
+            raise NetlinkError("read links, addresses and routes", e) from e
+
+    def active_interface(self) -> str | None:
+        """The interface the default route in table 2000 names (left by a run that crashed),
+        or None."""
+        try:
+            for msg in _routes_in(self.nl, TABLE_ACTIVE):
+                if msg["dst_len"] == 0 and msg.get_attr("RTA_OIF"):
+                    idx = msg.get_attr("RTA_OIF")
+                    return next((str(m.get_attr("IFLA_IFNAME")) for m in self.nl.get_links()
+                                 if m["index"] == idx), None)
+        except Exception as e:
+            raise NetlinkError(f"read table {TABLE_ACTIVE}", e) from e
+        return None
 
     def apply(self, routes: Iterable[RouteSpec], rules: Iterable[RuleSpec]) -> list[str]:
-        """Make our tables and rules equal to these; the changes made. Routes first, so the
-        active default is replaced atomically before anything else moves."""
-        changes = self._apply_routes(list(routes))
-        changes += self._apply_rules(list(rules))
+        """Make our tables and rules equal to these; the changes made. The active table
+        first: its `route replace` is the switch itself. A failed change (a link that went
+        away since it was read, a gateway that is not on-link) does not stop the others: they
+        are all tried, then `ApplyError` names the failures."""
+        errors: list[NetlinkError] = []
+        changes = self._apply_routes(list(routes), errors)
+        active_failed = bool(errors) and errors[0].table == TABLE_ACTIVE
+        changes += self._apply_rules(list(rules), errors)
+        if errors:
+            raise ApplyError(errors, changes, active_failed)
         return changes
 
-    def _apply_routes(self, routes: list[RouteSpec]) -> list[str]:
-        changes = []
+    def _apply_routes(self, routes: list[RouteSpec], errors: list[NetlinkError]) -> list[str]:
+        changes: list[str] = []
         want: dict[int, RouteSpec] = {r.table: r for r in routes}
-        # The active table first: its replace is the switch itself.
         for table in sorted(set(want) | set(CLEAN_TABLES), key=lambda t: t != TABLE_ACTIVE):
-            have = _routes_in(self.nl, table)
-            spec = want.get(table)
-            keep = None
-            if spec is not None:
-                idx = _index(self.nl, spec.interface)
-                if idx is None:
-                    continue
-                for msg in have:
-                    if (msg["dst_len"] == 0 and msg.get_attr("RTA_OIF") == idx
-                            and msg.get_attr("RTA_GATEWAY") == spec.gateway):
-                        keep = msg
-                if keep is None:
-                    args: dict[str, Any] = {"dst": "0.0.0.0/0", "oif": idx, "table": table,
-                                            "family": socket.AF_INET}
-                    if spec.gateway:
-                        args["gateway"] = spec.gateway
-                    else:
-                        args["scope"] = SCOPE_LINK
-                    self._call("route", "replace", args)
-                    changes.append(f"table {table}: default "
-                                   f"{'via ' + spec.gateway if spec.gateway else ''} "
-                                   f"dev {spec.interface}")
-                    have = _routes_in(self.nl, table)
-                    keep = next((m for m in have if m["dst_len"] == 0
-                                 and m.get_attr("RTA_OIF") == idx), None)
-            for msg in have:
-                if keep is not None and _same_route(msg, keep):
-                    continue
-                self._del_route(msg)
-                changes.append(f"table {table}: removed {_describe(msg)}")
+            try:
+                self._apply_table(table, want.get(table), changes)
+            except NetlinkError as e:
+                e.table = table
+                errors.append(e)
+            except Exception as e:  # noqa: BLE001  a read failed: pyroute2 raises its own
+                errors.append(NetlinkError(f"table {table}", e, table))
         return changes
 
-    def _apply_rules(self, rules: list[RuleSpec]) -> list[str]:
-        changes = []
+    def _apply_table(self, table: int, spec: RouteSpec | None, changes: list[str]) -> None:
+        have = _routes_in(self.nl, table)
+        keep = None
+        if spec is not None:
+            idx = _index(self.nl, spec.interface)
+            if idx is None:
+                return
+            for msg in have:
+                if (msg["dst_len"] == 0 and msg.get_attr("RTA_OIF") == idx
+                        and msg.get_attr("RTA_GATEWAY") == spec.gateway):
+                    keep = msg
+            if keep is None:
+                args: dict[str, Any] = {"dst": "0.0.0.0/0", "oif": idx, "table": table,
+                                        "family": socket.AF_INET}
+                if spec.gateway:
+                    args["gateway"] = spec.gateway
+                else:
+                    args["scope"] = SCOPE_LINK
+                what = (f"table {table}: default {'via ' + spec.gateway if spec.gateway else ''} "
+                        f"dev {spec.interface}")
+                self._call("route", "replace", args, f"route replace {what}")
+                changes.append(what)
+                have = _routes_in(self.nl, table)
+                keep = next((m for m in have if m["dst_len"] == 0
+                             and m.get_attr("RTA_OIF") == idx), None)
+        for msg in have:
+            if keep is not None and _same_route(msg, keep):
+                continue
+            self._del_route(msg)
+            changes.append(f"table {table}: removed {_describe(msg)}")
+
+    def _apply_rules(self, rules: list[RuleSpec], errors: list[NetlinkError]) -> list[str]:
+        changes: list[str] = []
         want = set(rules)
         seen: set[RuleSpec] = set()
-        for msg in _our_rules(self.nl):
+        try:
+            ours = _our_rules(self.nl)
+        except Exception as e:  # noqa: BLE001  pyroute2 raises its own
+            errors.append(NetlinkError("list rules", e))
+            return changes
+        for msg in ours:
             key = _rule_key(msg)
             if key in want and key not in seen:
                 seen.add(key)
                 continue
-            self._call("rule", "del", _rule_args(key))
-            changes.append(f"rule {key.priority}: removed {_describe_rule(key)}")
+            try:
+                self._call("rule", "del", _rule_args(key),
+                           f"rule del {key.priority} {_describe_rule(key)}", gone_ok=True)
+                changes.append(f"rule {key.priority}: removed {_describe_rule(key)}")
+            except NetlinkError as e:
+                errors.append(e)
         for spec in rules:
             if spec not in seen:
-                self._call("rule", "add", _rule_args(spec))
-                changes.append(f"rule {spec.priority}: added {_describe_rule(spec)}")
+                try:
+                    self._call("rule", "add", _rule_args(spec),
+                               f"rule add {spec.priority} {_describe_rule(spec)}")
+                    changes.append(f"rule {spec.priority}: added {_describe_rule(spec)}")
+                except NetlinkError as e:
+                    errors.append(e)
         return changes
 
     def clean(self) -> list[str]:
         """Remove every rule at our priorities and every route in our tables."""
-        changes = self._apply_rules([])
+        errors: list[NetlinkError] = []
+        changes = self._apply_rules([], errors)
         for table in CLEAN_TABLES:
-            for msg in _routes_in(self.nl, table):
-                self._del_route(msg)
-                changes.append(f"table {table}: removed {_describe(msg)}")
+            try:
+                self._apply_table(table, None, changes)
+            except NetlinkError as e:
+                errors.append(e)
+            except Exception as e:  # noqa: BLE001  a read failed: pyroute2 raises its own
+                errors.append(NetlinkError(f"table {table}", e))
+        if errors:
+            raise ApplyError(errors, changes)
         return changes
 
     def _del_route(self, msg: Any) -> None:
@@ -198,13 +261,20 @@ class RouteApplier:
             args["oif"] = msg.get_attr("RTA_OIF")
         if msg.get_attr("RTA_GATEWAY"):
             args["gateway"] = msg.get_attr("RTA_GATEWAY")
-        self._call("route", "del", args)
+        self._call("route", "del", args, f"route del table {args['table']} {_describe(msg)}",
+                   gone_ok=True)
 
-    def _call(self, what: str, command: str, args: Mapping[str, Any]) -> None:
+    def _call(self, kind: str, command: str, args: Mapping[str, Any], what: str,
+              gone_ok: bool = False) -> None:
         try:
-            getattr(self.nl, what)(command, **args)
+            getattr(self.nl, kind)(command, **args)
         except Exception as e:
-            raise NetlinkError(f"{what} {command} {dict(args)}", e) from e
+            code = getattr(e, "code", None)
+            # Deleting what the kernel already removed (its link went away since we read the
+            # table) got us what we wanted.
+            if gone_ok and code in (errno.ESRCH, errno.ENOENT):
+                return
+            raise NetlinkError(what, OSError(code, os.strerror(code)) if code else e) from e
 
 
 def _same_route(a: Any, b: Any) -> bool:

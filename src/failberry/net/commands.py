@@ -57,9 +57,10 @@ def apply_once(cfg_path: Path, active: str | None, state_dir: Path) -> list[str]
         routes = RouteApplier(nl)
         links = routes.observe(u.interface for u in plan.uplinks(cfg))
         want = plan.plan(cfg, links, active)
-        changes = routes.apply(want.routes, want.rules)
-    changes += SysctlManager(ProcSysctl(), state_dir).apply(want.sysctls)
-    changes += dual_stack(cfg).sync(want.chains)
+        # The network part's order: NAT and the filter before anything routes LAN traffic out.
+        changes = dual_stack(cfg).sync(want.chains)
+        changes += SysctlManager(ProcSysctl(), state_dir).apply(want.sysctls)
+        changes += routes.apply(want.routes, want.rules)
     return changes
 
 

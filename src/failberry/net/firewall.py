@@ -3,7 +3,10 @@ what `iptables-legacy -S` shows).
 
 Each table is changed in one libiptc transaction (autocommit off, one commit): the kernel swaps
 the whole table at once, so a switch never leaves a half-written chain in place. A chain whose
-rules already equal the plan is not touched, so its byte counters keep counting."""
+rules already equal the plan is not touched, so its byte counters keep counting.
+
+The tables are written nat first, then filter, then mangle: whatever the filter lets out is
+already masqueraded (a LAN packet must never leave with its private source)."""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from failberry.net.plan import CHAIN_PREFIX, ChainSpec
 
 LOG = logging.getLogger(__name__)
 
-TABLES = ("filter", "nat", "mangle")
+TABLES = ("nat", "filter", "mangle")
 BUILTINS = {"filter": ("INPUT", "FORWARD", "OUTPUT"),
             "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
             "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")}
@@ -32,11 +35,11 @@ class FirewallError(FailberryError):
 class Firewall(Protocol):
     """What the network part needs from the packet filter."""
 
-    def sync(self, chains: Sequence[ChainSpec]) -> list[str]:
-        """Make our chains equal to these; the changes made."""
+    def sync(self, chains: Sequence[ChainSpec], tables: Sequence[str] = TABLES) -> list[str]:
+        """Make our chains in these tables equal to these; the changes made."""
 
-    def clean(self) -> list[str]:
-        """Remove every chain we own and every jump to it."""
+    def clean(self, tables: Sequence[str] = TABLES) -> list[str]:
+        """Remove every chain we own in these tables and every jump to it."""
 
     def counters(self, table: str, chain: str) -> list[tuple[int, int]]:
         """(packets, bytes) of each rule of a chain; empty if it does not exist."""
@@ -58,34 +61,42 @@ class IptcFirewall:
         t.refresh()  # see what the kernel has now, including changes made by hand
         return t
 
-    def sync(self, chains: Sequence[ChainSpec]) -> list[str]:
-        """Make our chains equal to these; the changes made."""
+    def sync(self, chains: Sequence[ChainSpec], tables: Sequence[str] = TABLES) -> list[str]:
+        """Make our chains in these tables (in this order) equal to these; the changes made."""
         changes: list[str] = []
-        for tname in TABLES:
+        for tname in tables:
             specs = [c for c in chains if c.table == tname]
             changes += self._in_transaction(tname, "sync",
                                             lambda t, s=specs: self._sync_table(t, s))
         return changes
 
-    def clean(self) -> list[str]:
-        """Remove every chain we own and every jump to it."""
+    def clean(self, tables: Sequence[str] = TABLES) -> list[str]:
+        """Remove every chain we own in these tables and every jump to it."""
         changes: list[str] = []
-        for tname in TABLES:
+        for tname in tables:
             changes += self._in_transaction(tname, "clean", lambda t: self._sync_table(t, []))
         return changes
 
     def counters(self, table: str, chain: str) -> list[tuple[int, int]]:
         """(packets, bytes) of each rule of a chain; empty if it does not exist."""
-        t = self._table(table)
+        try:
+            t = self._table(table)
+        except self._iptc.IPTCError as e:
+            raise FirewallError(table, f"read counters of {chain}", e) from e
         try:
             if not t.is_chain(chain):
                 return []
             return [tuple(r.get_counters()) for r in self._iptc.Chain(t, chain).rules]
+        except self._iptc.IPTCError as e:
+            raise FirewallError(table, f"read counters of {chain}", e) from e
         finally:
             t.autocommit = True
 
     def _in_transaction(self, tname: str, what: str, body: Any) -> list[str]:
-        t = self._table(tname)
+        try:
+            t = self._table(tname)
+        except self._iptc.IPTCError as e:
+            raise FirewallError(tname, what, e) from e
         try:
             changes: list[str] = body(t)
             if changes:

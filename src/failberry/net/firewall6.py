@@ -20,7 +20,7 @@ from typing import Any
 from failberry.config import Config
 from failberry.errors import FailberryError
 from failberry.net import plan as netplan
-from failberry.net.firewall import Firewall, FirewallError, IptcFirewall
+from failberry.net.firewall import TABLES, Firewall, FirewallError, IptcFirewall
 from failberry.net.plan import CHAIN_FORWARD, CHAIN_INPUT, ChainSpec, Rule
 
 LOG = logging.getLogger(__name__)
@@ -98,12 +98,16 @@ class Ip6tcFirewall(IptcFirewall):
         t.refresh()
         return t
 
-    def sync(self, chains: Sequence[ChainSpec]) -> list[str]:
-        """Make our IPv6 filter chains equal to these; the changes made."""
+    def sync(self, chains: Sequence[ChainSpec], tables: Sequence[str] = TABLES) -> list[str]:
+        """Make our IPv6 filter chains equal to these (if `tables` names filter)."""
+        if "filter" not in tables:
+            return []
         return self._filter("sync", [c for c in chains if c.table == "filter"])
 
-    def clean(self) -> list[str]:
-        """Remove every IPv6 chain we own and every jump to it."""
+    def clean(self, tables: Sequence[str] = TABLES) -> list[str]:
+        """Remove every IPv6 chain we own and every jump to it (if `tables` names filter)."""
+        if "filter" not in tables:
+            return []
         return self._filter("clean", [])
 
     def _filter(self, what: str, specs: Sequence[ChainSpec]) -> list[str]:
@@ -127,12 +131,19 @@ class DualStackFirewall:
         self.v6 = v6
         self.chains6 = tuple(chains6)
 
-    def sync(self, chains: Sequence[ChainSpec]) -> list[str]:
-        """Make our IPv4 chains equal to these and the IPv6 ones to the config's."""
+    def sync(self, chains: Sequence[ChainSpec], tables: Sequence[str] = TABLES) -> list[str]:
+        """Make our IPv4 chains equal to these and the IPv6 ones to the config's. With only
+        some `tables` (the filter before a switch, the closed filter of a clean stop), IPv4
+        only: the IPv6 chains do not depend on the active uplink and stay as they are."""
+        if tuple(tables) != TABLES:
+            return self.v4.sync(chains, tables)
         return _both(lambda: self.v4.sync(chains), lambda: self.v6.sync(self.chains6))
 
-    def clean(self) -> list[str]:
-        """Remove every chain we own, IPv4 and IPv6."""
+    def clean(self, tables: Sequence[str] = TABLES) -> list[str]:
+        """Remove every chain we own, IPv4 and IPv6; with only some `tables` (a clean stop
+        removing NAT), IPv4 only."""
+        if tuple(tables) != TABLES:
+            return self.v4.clean(tables)
         return _both(self.v4.clean, self.v6.clean)
 
     def counters(self, table: str, chain: str) -> list[tuple[int, int]]:

@@ -2,9 +2,22 @@
 firewall, conntrack and bus events out.
 
 Every change goes through `_reconcile`: observe the links, ask the failover policy, compute
-the plan, apply it (routes first: the switch is one atomic `route replace`), flush the flows
-NATed through the uplink we left, publish and report. Reconciling every few seconds also
-repairs drift (a rule deleted by hand comes back)."""
+the plan, apply it, flush the flows NATed through the uplink we left, publish and report.
+Reconciling every few seconds also repairs drift (a rule deleted by hand comes back).
+
+The apply order keeps LAN traffic from ever leaving un-NATed or meeting a stale REJECT: the nat
+table, then the filter, then mangle, then sysctls (forwarding), then routes and rules. On a
+switch the filter written first lets the LAN out through both the old and the new uplink, the
+route moves (one atomic `route replace` in table 2000), then the filter is narrowed to the new
+one. A failed apply (a link that flapped since it was read, a gateway that is not on-link) is
+logged and retried with a backoff; it never ends the part.
+
+Fail closed: a part that crashes leaves routes, NAT and the firewall as they are, and the part
+the supervisor builds in its place starts from them (nothing is removed at start), so the
+uplinks stay closed throughout. A clean stop (cancel: SIGTERM, a reload) removes the routes,
+rules, NAT and sysctl changes but leaves the filter chains, rewritten to let no LAN traffic out
+to any uplink: the Pi stays closed from the uplinks while failberry is not running.
+`failberry net clean` removes everything."""
 
 from __future__ import annotations
 
@@ -23,20 +36,22 @@ from failberry.bus import (
     ActiveUplinkChanged,
     AddressChanged,
     Bus,
+    ForceUplink,
     LinkChanged,
     PublishedAddressChanged,
     UplinkHealth,
 )
 from failberry.config import Config
+from failberry.errors import FailberryError
 from failberry.failover import Failover, UplinkView
 from failberry.modem.follow import follow, resolve_mobile
 from failberry.net import plan as netplan
-from failberry.net.apply_routes import Netlink, RouteApplier
+from failberry.net.apply_routes import ApplyError, Netlink, RouteApplier
 from failberry.net.conntrack import FlowFlusher
 from failberry.net.firewall import Firewall
 from failberry.net.monitor import LinkMonitor
 from failberry.net.sysctl import Sysctl, SysctlManager
-from failberry.net.usage import Usage
+from failberry.net.usage import HEALTH_KEY, Usage
 from failberry.probes import Binding, HealthTracker, Prober, Thresholds, Verdict, parse_target
 from failberry.status import Status
 
@@ -44,6 +59,7 @@ LOG = logging.getLogger(__name__)
 
 RECONCILE_EVERY = 5.0
 SAMPLE_EVERY = 10.0
+RETRY_FIRST = 0.25  # a failed apply is tried again after this, doubling up to RECONCILE_EVERY
 STATE_DIR = Path("/run/failberry")
 USAGE_FILE = Path("/var/lib/failberry/mobile-usage.json")
 
@@ -71,6 +87,7 @@ class Seams:
     monitor: LinkMonitor
     clock: Callable[[], float] = time.monotonic
     wall: Callable[[], float] = time.time
+    close: Callable[[], None] | None = None  # releases the netlink socket when the part ends
 
 
 class NetworkPart:
@@ -80,11 +97,15 @@ class NetworkPart:
     deadline = 3 * RECONCILE_EVERY
 
     def __init__(self, cfg: Config, status: Status, bus: Bus, seams: Seams, *,
-                 state_dir: Path = STATE_DIR, usage_path: Path = USAGE_FILE) -> None:
+                 state_dir: Path = STATE_DIR, usage_path: Path = USAGE_FILE,
+                 rebuild: Callable[[], NetworkPart] | None = None) -> None:
         self.cfg = cfg
         self.status = status
         self.bus = bus
         self.s = seams
+        self.state_dir = state_dir
+        self.usage_path = usage_path
+        self._rebuild = rebuild
         self.routes = RouteApplier(seams.netlink)
         self.sysctls = SysctlManager(seams.sysctl, state_dir)
         self.failover = Failover(cfg.failover.hold_down)
@@ -101,41 +122,114 @@ class NetworkPart:
         self._left: str | None = None  # the last uplink that carried the LAN
         self._over_cap = False
         self._recheck: asyncio.TimerHandle | None = None
+        self._retry: asyncio.TimerHandle | None = None
+        self._failures = 0  # failed applies in a row
+        self._apply_error: str | None = None
+        self._applied_active: str | None = None  # the uplink table 2000 names, as last applied
+        self._seen: set[str] = set()  # required interfaces seen since start
+        self._missing: dict[str, str] = {}  # config key -> error, for required interfaces
         self._background: set[asyncio.Task[None]] = set()
         # One thread for every blocking netlink/iptables call, so they never run at once.
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="net-apply")
+        # Made by `run`, which shuts it down on the way out.
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def fresh(self) -> NetworkPart:
+        """A new part to run after this one crashed: new sockets, threads and state. It starts
+        from the routes, NAT and firewall this one left in the kernel. Without `rebuild` it
+        shares these seams (which then must not have a `close`)."""
+        if self._rebuild is not None:
+            return self._rebuild()
+        return NetworkPart(self.cfg, self.status, self.bus, self.s, state_dir=self.state_dir,
+                           usage_path=self.usage_path)
 
     async def _blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
+        assert self._pool is not None, "only while running"
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def run(self) -> None:
-        """Run until cancelled; removes everything it added on the way out."""
+        """Run until cancelled. A clean stop (cancel) leaves the uplinks closed and removes the
+        rest of what failberry added; a crash leaves everything in place (fail closed)."""
         self.status.register(self.name, self.deadline)
-        await self._blocking(self._clean_sync)  # leftovers of a crashed run
-        self.s.monitor.start()
-        tasks = []
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="net-apply")
+        tasks: list[asyncio.Task[None]] = []
+        stopping = False
         try:
+            # Nothing is removed at start: the apply diffs against what a crashed run left, so
+            # the uplinks never stand open while the part restarts.
+            self.s.monitor.start()
+            await self._take_over()
             await self._reconcile("start")
             await self._drop_unnated()
             tasks = [asyncio.create_task(self._probe_loop(u), name=f"probe-{n}")
                      for n, u in self.uplinks.items()]
             tasks += [asyncio.create_task(self._events(), name="net-events"),
                       asyncio.create_task(self._periodic(), name="net-periodic"),
+                      asyncio.create_task(self._forces(self.bus.subscribe(ForceUplink)),
+                                          name="net-forces"),
                       asyncio.create_task(follow(self.bus, self.cfg, self._follow_mobile),
                                           name="net-follow-mobile")]
             await asyncio.gather(*tasks)
+        except asyncio.CancelledError:
+            stopping = True
+            raise
         finally:
             tasks += list(self._background)
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            if self._recheck is not None:
-                self._recheck.cancel()
+            for timer in (self._recheck, self._retry):
+                if timer is not None:
+                    timer.cancel()
             self.s.monitor.stop()
             await self._blocking(self._sample_usage)
             self.usage.maybe_persist(self.s.clock(), force=True)
-            await self._blocking(self._clean_sync)
-            self._pool.shutdown()
+            if stopping:
+                await self._blocking(self._stop_sync)
+            else:
+                LOG.error("network part failed; routes, NAT and the firewall stay as they are "
+                          "(the uplinks stay closed) until it runs again")
+            self._pool.shutdown(wait=False)
+            if self.s.close is not None:
+                self.s.close()
+
+    async def _take_over(self) -> None:
+        """Start from the uplink a crashed run left active: its flows do not move, and the
+        policy waits for that uplink's first probe round before it leaves it."""
+        try:
+            iface = await self._blocking(self.routes.active_interface)
+        except FailberryError as e:
+            LOG.warning("could not read the active route a previous run left: %s", e)
+            return
+        for name, up in self.uplinks.items():
+            if iface is not None and up.spec.interface == iface:
+                LOG.info("taking over from a previous run: %s (%s) is the active uplink", name,
+                         iface)
+                self.failover.active = name
+                self._applied_active = name
+                self._left = name
+
+    def _stop_sync(self) -> None:
+        """A clean stop: close the filter first (no LAN traffic out to any uplink, the uplinks
+        closed as before), then remove routes and rules, restore sysctls, and only then remove
+        NAT (if the filter could not be closed, NAT stays: nothing leaves un-NATed)."""
+        closed = self._step("close the filter", lambda: self.s.firewall.sync(
+            netplan.closed(self.cfg, self._over_cap), ("filter",)))
+        self._step("remove routes and rules", self.routes.clean)
+        self._step("restore sysctls", self.sysctls.restore)
+        if closed:
+            self._step("remove the nat and mangle chains",
+                       lambda: self.s.firewall.clean(("nat", "mangle")))
+
+    @staticmethod
+    def _step(what: str, fn: Callable[[], list[str]]) -> bool:
+        try:
+            changes = fn()
+        except (FailberryError, OSError) as e:
+            LOG.error("stop: could not %s: %s", what, e)
+            return False
+        for change in changes:
+            LOG.info("stop: %s", change)
+        return True
 
     async def _drop_unnated(self) -> None:
         # NAT exists now; LAN flows that went out before it keep their private source.
@@ -144,15 +238,13 @@ class NetworkPart:
         except Exception as e:  # noqa: BLE001  a failed clean-up must not stop the part
             LOG.warning("could not delete un-NATed LAN flows: %s", e)
 
-    def _clean_sync(self) -> None:
-        for change in (self.routes.clean() + self.s.firewall.clean() + self.sysctls.restore()):
-            LOG.info("clean: %s", change)
-
     async def _events(self) -> None:
         q = self.s.monitor.events
         while True:
             event = await q.get()
-            watched = {u.spec.interface for u in self.uplinks.values()}  # "auto" may move
+            # computed per burst: with `uplink.mobile.interface = "auto"` the mobile one moves
+            watched = {u.spec.interface for u in self.uplinks.values()} | \
+                set(self._required().values())
             relevant = False
             while True:  # take the whole burst; one reconcile for all of it
                 if isinstance(event, LinkChanged | AddressChanged):
@@ -174,6 +266,14 @@ class NetworkPart:
             up = self.uplinks["mobile"]
             up.spec = dataclasses.replace(up.spec, interface=interface)
         await self._reconcile(f"mobile uplink is on {interface}")
+
+    async def _forces(self, q: asyncio.Queue[ForceUplink]) -> None:
+        """An admin's forced failover/failback (SMS): the policy holds it, from this part's
+        clock, while the uplink's link is usable; a reconcile when it runs out ends it."""
+        while True:
+            event = await q.get()
+            self.failover.force(event.uplink, event.seconds, event.reason, self.s.clock())
+            await self._reconcile(f"force: {event.reason}")
 
     async def _periodic(self) -> None:
         last_sample = self.s.clock()
@@ -210,14 +310,19 @@ class NetworkPart:
     def _sample_usage(self) -> None:
         if "mobile" not in self.uplinks:
             return
-        keys = netplan.counter_keys(self.cfg, self._over_cap)
+        keys = {**netplan.counter_keys(self.cfg, self._over_cap),
+                HEALTH_KEY: (netplan.HEALTH_COUNTER,)}  # kept apart from the devices
         chains: dict[str, list[tuple[int, int]]] = {}
         counts: dict[str, int] = {}
         for dev, where in keys.items():
             total = 0
             for chain, idx in where:
                 if chain not in chains:
-                    chains[chain] = self.s.firewall.counters("filter", chain)
+                    try:
+                        chains[chain] = self.s.firewall.counters("filter", chain)
+                    except FailberryError as e:  # counted at the next sample
+                        LOG.warning("could not read the data counters: %s", e)
+                        return
                 rules = chains[chain]
                 if idx < len(rules):
                     total += rules[idx][1]
@@ -228,17 +333,56 @@ class NetworkPart:
         async with self._lock:
             await self._reconcile_locked(why)
 
+    def _required(self) -> dict[str, str]:
+        """Interfaces that must exist, by config key: the LAN and the wired uplink. Not the
+        mobile one: it comes and goes with the modem."""
+        out = {"lan.interface": self.cfg.lan.interface}
+        if "wired" in self.uplinks:
+            out["uplink.wired.interface"] = self.uplinks["wired"].spec.interface
+        return {k: v for k, v in out.items() if v}
+
+    def _check_interfaces(self, links: dict[str, netplan.LinkState]) -> None:
+        """An ERROR line (and an entry in status `errors`) for a required interface that is
+        missing: the LAN's whenever it is, the wired uplink's until it has been seen once (a
+        wired link that goes away later is a failure the failover handles)."""
+        missing: dict[str, str] = {}
+        for key, name in self._required().items():
+            if links[name].present:
+                if key in self._missing:
+                    LOG.info("%s: interface %s is there now", key, name)
+                self._seen.add(name)
+                continue
+            if key != "lan.interface" and name in self._seen:
+                continue
+            missing[key] = f"{key}: interface {name} does not exist"
+            if key not in self._missing:
+                LOG.error("%s: interface %s does not exist; %s", key, name,
+                          "the LAN is not served" if key == "lan.interface" else
+                          "the wired uplink cannot carry traffic")
+        self._missing = missing
+
+    def _missing_names(self) -> set[str]:
+        req = self._required()
+        return {req[key] for key in self._missing}
+
     async def _reconcile_locked(self, why: str) -> None:
         now = self.s.clock()
-        links = await self._blocking(self.routes.observe,
-                                     [u.spec.interface for u in self.uplinks.values()])
+        names = {u.spec.interface for u in self.uplinks.values()} | set(self._required().values())
+        try:
+            links = await self._blocking(self.routes.observe, sorted(names))
+        except FailberryError as e:
+            self._apply_failed(why, e)
+            self._report(self.failover.active)
+            return
+        self._check_interfaces(links)
         views = {}
         for name, up in self.uplinks.items():
             up.link = links[up.spec.interface]
             if up.link.address:
                 up.address = up.link.address
             if not up.link.usable and up.tracker.up is not False:
-                what = ("is gone" if not up.link.present else
+                what = ("does not exist" if up.spec.interface in self._missing_names() else
+                        "is gone" if not up.link.present else
                         "has no carrier" if not up.link.carrier else "has no address")
                 v = up.tracker.reset(f"{up.spec.interface} {what}")
                 up.last = v
@@ -247,12 +391,25 @@ class NetworkPart:
         previous = self.failover.active
         decision = self.failover.decide(views, now, self.s.wall())
         self._over_cap = self.usage.over_cap()
-        desired = netplan.plan(self.cfg, links, decision.active, self._over_cap)
-        if "mobile" in self.uplinks:
+        # The uplink the route still names, while a switch moves away from it.
+        leaving = (self._applied_active if self._applied_active != decision.active else None)
+        desired = netplan.plan(self.cfg, links, decision.active, self._over_cap, leaving)
+        final = (netplan.plan(self.cfg, links, decision.active, self._over_cap).chains
+                 if leaving is not None else None)
+        if "mobile" in self.uplinks and leaving is None:
             await self._blocking(self._sample_usage)
-        changes = await self._blocking(self._apply, desired)
-        for change in changes:
-            LOG.info("%s (%s)", change, why)
+        changes: list[str] = []
+        try:
+            await self._blocking(self._apply, desired, decision.active, final, changes)
+        except (FailberryError, OSError) as e:
+            self._apply_failed(why, e)
+        else:
+            self._apply_ok()
+        finally:
+            for change in changes:
+                LOG.info("%s (%s)", change, why)
+        if "mobile" in self.uplinks and leaving is not None:
+            await self._blocking(self._sample_usage)
         if decision.active is not None and self._left not in (None, decision.active):
             # Flows NATed through the uplink we left go only once another one carries the
             # LAN: with no uplink at all they may still resume where they were.
@@ -280,16 +437,68 @@ class NetworkPart:
         self._report(decision.active)
 
     def _hold_down_over(self) -> None:
+        self._spawn("hold-down over")
+
+    def _spawn(self, why: str) -> None:
         # Keep a reference: the loop holds tasks only weakly.
-        task = asyncio.get_running_loop().create_task(self._reconcile("hold-down over"))
+        task = asyncio.get_running_loop().create_task(self._reconcile(why))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _apply(self, desired: netplan.NetPlan) -> list[str]:
-        changes = self.routes.apply(desired.routes, desired.rules)
-        changes += self.sysctls.apply(desired.sysctls)
-        changes += self.s.firewall.sync(desired.chains)
-        return changes
+    def _apply_failed(self, why: str, e: Exception) -> None:
+        """Log it (every change of error, and at the 1st, 2nd, 4th, 8th... failure in a row)
+        and try again after a doubling delay; the periodic check tries too."""
+        self._failures += 1
+        n = self._failures
+        delay = min(RECONCILE_EVERY, RETRY_FIRST * 2 ** min(n - 1, 10))
+        text = str(e)
+        level = logging.WARNING if text != self._apply_error or (n & (n - 1)) == 0 else \
+            logging.DEBUG
+        LOG.log(level, "could not apply the network plan (%s, attempt %d): %s; retrying in %gs",
+                why, n, text, delay)
+        self._apply_error = text
+        if self._retry is not None:
+            self._retry.cancel()
+        self._retry = asyncio.get_running_loop().call_later(delay, self._spawn,
+                                                            "retry after a failed apply")
+
+    def _apply_ok(self) -> None:
+        if self._failures:
+            LOG.info("network plan applied after %d failed attempt(s)", self._failures)
+        self._failures = 0
+        self._apply_error = None
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+
+    def _apply(self, desired: netplan.NetPlan, active: str | None,
+               final: tuple[netplan.ChainSpec, ...] | None, changes: list[str]) -> None:
+        """nat, filter, mangle, sysctls, then routes and rules: NAT and the filter exist before
+        any route sends LAN traffic out. `final`: the filter once the route has moved (a
+        switch); `desired` then lets the LAN out through both uplinks. Appends to `changes` as
+        it goes, so a failure still reports what was done."""
+        if final is not None and self._failures == 0:
+            # A switch after a good apply: NAT, mangle and sysctls do not depend on the active
+            # uplink and are in place, so only the filter goes before the route moves (each
+            # table read costs milliseconds of the switch); the rest is checked right after.
+            changes += self.s.firewall.sync(desired.chains, ("filter",))
+        else:
+            changes += self.s.firewall.sync(desired.chains)
+            changes += self.sysctls.apply(desired.sysctls)
+        failed: ApplyError | None = None
+        try:
+            changes += self.routes.apply(desired.routes, desired.rules)
+        except ApplyError as e:
+            changes += e.changes
+            if e.active_failed:
+                raise  # the route still names the old uplink: keep the filter that allows it
+            failed = e
+        self._applied_active = active
+        if final is not None:
+            changes += self.s.firewall.sync(final)
+            changes += self.sysctls.apply(desired.sysctls)
+        if failed is not None:
+            raise failed
 
     def _report(self, active: str | None) -> None:
         ups = {}
@@ -306,7 +515,11 @@ class NetworkPart:
         self.status.report(self.name, state, active_uplink=active, uplinks=ups,
                            events=[e.as_dict() for e in self.failover.events],
                            data_used=self.usage.totals(), data_cap=self.usage.cap,
-                           over_cap=self._over_cap)
+                           health_check_bytes=self.usage.total(HEALTH_KEY),
+                           over_cap=self._over_cap, errors=list(self._missing.values()),
+                           apply_error=self._apply_error,
+                           forced=None if self.failover.forced is None
+                           else self.failover.forced.as_dict(self.s.clock()))
 
 
 def build(cfg: Config, status: Status, bus: Bus, state_dir: Path | None = None,
@@ -326,6 +539,7 @@ def build(cfg: Config, status: Status, bus: Bus, state_dir: Path | None = None,
         return [(m["index"], m.get_attr("IFLA_IFNAME")) for m in nl.get_links()]
 
     seams = Seams(nl, dual_stack(cfg), ProcSysctl(), NetlinkConntrack(), SocketProber(),
-                  LinkMonitor(IPRoute, links))
+                  LinkMonitor(IPRoute, links), close=nl.close)
     return NetworkPart(cfg, status, bus, seams, state_dir=state_dir or Path(cfg.paths.run_dir),
-                       usage_path=usage_path or Path(cfg.paths.state_dir) / USAGE_FILE.name)
+                       usage_path=usage_path or Path(cfg.paths.state_dir) / USAGE_FILE.name,
+                       rebuild=lambda: build(cfg, status, bus, state_dir, usage_path))

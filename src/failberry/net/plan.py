@@ -37,6 +37,8 @@ CHAIN_MOBILE_OUT = "fb-mobile-out"
 CHAIN_MOBILE_IN = "fb-mobile-in"
 CHAIN_NAT = "fb-postrouting"
 CHAIN_MSS = "fb-mss"
+CHAIN_HEALTH = "fb-health"  # counts the health endpoint's traffic on a metered uplink
+CHAIN_OUTPUT = "fb-output"  # the Pi's own packets out (health answers, for the count)
 MARK_MASK = 0x00FF0000  # connmark bits naming the LAN device a mobile flow belongs to
 ALL_DEVICES = "*"
 
@@ -158,8 +160,10 @@ def next_hop(up: UplinkSpec, link: LinkState) -> str | None:
 
 
 def plan(cfg: Config, links: Mapping[str, LinkState], active: str | None,
-         over_cap: bool = False) -> NetPlan:
-    """The whole desired state for these links, this active uplink and the data-cap state."""
+         over_cap: bool = False, leaving: str | None = None) -> NetPlan:
+    """The whole desired state for these links, this active uplink and the data-cap state.
+    `leaving`: the uplink a switch moves away from; its LAN traffic is still let out (the
+    bridge filter written before the route moves, so no packet meets a REJECT mid-switch)."""
     ups = uplinks(cfg)
     routes: list[RouteSpec] = []
     rules: list[RuleSpec] = [RuleSpec(PRIO_MAIN, MAIN_TABLE, suppress_prefixlen=0),
@@ -180,14 +184,22 @@ def plan(cfg: Config, links: Mapping[str, LinkState], active: str | None,
         if up.name == active:
             routes.append(RouteSpec(TABLE_ACTIVE, up.interface, hop))
     rules.sort(key=lambda r: r.priority)
-    return NetPlan(tuple(routes), tuple(rules), firewall(cfg, ups, active, over_cap), sysctls)
+    return NetPlan(tuple(routes), tuple(rules), firewall(cfg, ups, active, over_cap, leaving),
+                   sysctls)
+
+
+def closed(cfg: Config, over_cap: bool = False) -> tuple[ChainSpec, ...]:
+    """The filter chains a clean stop leaves: the uplinks closed as when running, and no LAN
+    traffic forwarded to any uplink (there is no NAT any more)."""
+    return tuple(c for c in firewall(cfg, uplinks(cfg), None, over_cap) if c.table == "filter")
 
 
 def firewall(cfg: Config, ups: list[UplinkSpec], active: str | None,
-             over_cap: bool) -> tuple[ChainSpec, ...]:
-    """failberry's iptables chains for these uplinks and this active uplink."""
+             over_cap: bool, leaving: str | None = None) -> tuple[ChainSpec, ...]:
+    """failberry's iptables chains for these uplinks and this active uplink (and the one a
+    switch is leaving, while the route still points at it)."""
     lan = cfg.lan.interface
-    inp: list[Rule] = []
+    inp: list[Rule] = health_input_rules(cfg, ups)
     fwd: list[Rule] = []
     nat: list[Rule] = []
     mss: list[Rule] = []
@@ -211,8 +223,9 @@ def firewall(cfg: Config, ups: list[UplinkSpec], active: str | None,
                             "target": {"TCPMSS": {"clamp-mss-to-pmtu": ""}}})
     for up in ups:
         i = up.interface
-        if up.name != active:
-            # The LAN may only leave through the active uplink.
+        if up.name not in (active, leaving):
+            # The LAN may only leave through the active uplink (and, mid-switch, the one
+            # being left, which the route still names until it is replaced).
             fwd.append({"in-interface": lan, "out-interface": i, "target": "REJECT"})
             continue
         # A flow whose NAT binding was deleted on a switch shows up as a mid-stream packet
@@ -228,9 +241,38 @@ def firewall(cfg: Config, ups: list[UplinkSpec], active: str | None,
         out_rules, in_rules = metered_rules(cfg, over_cap)
         chains += [ChainSpec("filter", CHAIN_MOBILE_OUT, out_rules, ""),
                    ChainSpec("filter", CHAIN_MOBILE_IN, in_rules, "")]
+    chains += health_chains(cfg, ups)
     chains.append(ChainSpec("nat", CHAIN_NAT, tuple(nat), "POSTROUTING"))
     chains.append(ChainSpec("mangle", CHAIN_MSS, tuple(mss), "FORWARD"))
     return tuple(chains)
+
+
+# -- health-check bytes: DNS failover services poll the health port over the mobile link every
+# 10-30 s; those bytes count against the data cap without any LAN device making them. Both
+# directions pass through `fb-health` (one RETURN rule: its counter is the total), from the
+# first rules of `fb-input` (before the ESTABLISHED accept) and from `fb-output`.
+
+
+def health_input_rules(cfg: Config, ups: list[UplinkSpec]) -> list[Rule]:
+    """`fb-input`'s first rules: the health port's packets in on a metered uplink."""
+    return [{"in-interface": up.interface, "protocol": "tcp",
+             "tcp": {"dport": str(cfg.health.port)}, "target": CHAIN_HEALTH}
+            for up in ups if up.metered]
+
+
+def health_chains(cfg: Config, ups: list[UplinkSpec]) -> list[ChainSpec]:
+    """`fb-health` (the counter) and `fb-output` (hooked into OUTPUT: the answers)."""
+    metered = [up for up in ups if up.metered]
+    if not metered:
+        return []
+    out: tuple[Rule, ...] = tuple(
+        {"out-interface": up.interface, "protocol": "tcp",
+         "tcp": {"sport": str(cfg.health.port)}, "target": CHAIN_HEALTH} for up in metered)
+    return [ChainSpec("filter", CHAIN_HEALTH, ({"target": "RETURN"},), ""),
+            ChainSpec("filter", CHAIN_OUTPUT, out, "OUTPUT")]
+
+
+HEALTH_COUNTER = (CHAIN_HEALTH, 0)  # (chain, rule index) of the health-check byte counter
 
 
 def metered_rules(cfg: Config, over_cap: bool) -> tuple[tuple[Rule, ...], tuple[Rule, ...]]:
