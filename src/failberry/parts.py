@@ -10,6 +10,10 @@ A part is any object with:
 and may have:
   fresh() -> Part                a new object to run in its place after it crashed (the
                                  supervisor then never runs the crashed object again)
+  release() -> None              close what outlives `run()` (bus subscriptions made in
+                                 `__init__`); called once the part is stopped for good or
+                                 replaced by `fresh()`. Whatever a part subscribed through
+                                 its bus is closed anyway when the supervisor stops it.
 """
 
 from __future__ import annotations

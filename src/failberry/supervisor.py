@@ -140,6 +140,13 @@ def _fresh(part: Part) -> Part:
     return new
 
 
+def _release(part: Part) -> None:
+    """Let a part that is stopped for good (or replaced) close its bus subscriptions."""
+    release: Callable[[], None] | None = getattr(part, "release", None)  # optional in Part
+    if release is not None:
+        release()
+
+
 def raise_nofile(want: int = WANT_NOFILE) -> int:
     """Raise the soft open-file limit toward `want` (within the hard limit); the new limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -175,6 +182,8 @@ class Supervisor:
         host, port = self._address(cfg)
         self.http = HttpServer(self.app, host, port, limits, self.http_stats)
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._scope: Bus | None = None  # the running parts' view of the bus
+        self._current: dict[str, Part] = {}  # the object each part's task runs now
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._background: set[asyncio.Task[Any]] = set()
@@ -196,9 +205,12 @@ class Supervisor:
     # -- parts --
 
     def _start_parts(self) -> None:
-        for part in self.parts_factory(self.cfg, self.status, self.bus):
+        # What these parts subscribe to ends with them (and with their reload).
+        self._scope = self.bus.scope()
+        for part in self.parts_factory(self.cfg, self.status, self._scope):
             if part.name in self._tasks or part.name == LOOP_PART:
                 LOG.error("part name %r used twice; not starting the second", part.name)
+                _release(part)
                 continue
             self.status.register(part.name, part.deadline)
             self.restarts.setdefault(part.name, 0)
@@ -210,7 +222,15 @@ class Supervisor:
         """Run `part`; when it crashes (or returns), log it and start it again after a backoff.
         A part with a `fresh()` method is replaced by the new object it builds (new sockets,
         threads and state: nothing the crash left half-done is reused); one without is run
-        again as it is (it resets itself in `run`)."""
+        again as it is (it resets itself in `run`). A part replaced, or stopped for good,
+        is released (its bus subscriptions closed)."""
+        self._current[part.name] = part
+        try:
+            await self._restart_loop(part)
+        finally:
+            _release(self._current.pop(part.name, part))
+
+    async def _restart_loop(self, part: Part) -> None:
         loop = asyncio.get_running_loop()
         t = self.timing
         backoff = t.restart_initial
@@ -221,7 +241,8 @@ class Supervisor:
             try:
                 if current is None:
                     current = _fresh(part)
-                    part = current
+                    _release(part)
+                    part = self._current[name] = current
                 await current.run()
                 why, level = "returned", logging.WARNING
             except asyncio.CancelledError:
@@ -255,6 +276,9 @@ class Supervisor:
                     LOG.warning("part %s failed while stopping: %s", name, task.exception())
         for name in tasks:
             self.status.unregister(name)
+        if self._scope is not None:  # what parts subscribed in run() and left open
+            self._scope.close()
+            self._scope = None
 
     # -- reload --
 

@@ -139,6 +139,10 @@ class PiHealthPart:
                         f"under-voltage since {now - self.power.since:.0f} s; check the power "
                         "supply")
 
+    def release(self) -> None:
+        """Close the bus subscription: the part is stopped for good."""
+        self._modem.close()
+
     def close(self) -> None:
         """Let go of the kernel log."""
         if self.source is not None:
