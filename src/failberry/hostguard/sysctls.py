@@ -20,6 +20,7 @@ from pathlib import Path
 
 from failberry.config import HostguardConfig
 from failberry.errors import FailberryError
+from failberry.fileio import write_atomic
 
 LOG = logging.getLogger(__name__)
 
@@ -302,18 +303,6 @@ def _own_file(path: Path) -> bool:
         return False
 
 
-def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 def install(cfg: HostguardConfig, root: Path, proc: ProcSys | None, *,
             dry_run: bool = False) -> list[Change]:
     """Record the previous live values (once), apply the wanted ones live, write the drop-in.
@@ -333,7 +322,7 @@ def install(cfg: HostguardConfig, root: Path, proc: ProcSys | None, *,
         if not state.exists():
             changes.append(Change(f"record previous values in {state}"))
             if not dry_run:
-                _write_atomic(state, json.dumps(current, indent=1, sort_keys=True) + "\n",
+                write_atomic(state, json.dumps(current, indent=1, sort_keys=True) + "\n",
                               0o600)
         applied: list[tuple[str, str]] = []
         for key in KEYS:
@@ -359,7 +348,7 @@ def install(cfg: HostguardConfig, root: Path, proc: ProcSys | None, *,
     if not (dropin.is_file() and dropin.read_text(encoding="utf-8") == text):
         changes.append(Change(f"write {dropin}"))
         if not dry_run:
-            _write_atomic(dropin, text)
+            write_atomic(dropin, text)
             LOG.info("wrote %s", dropin)
     return changes
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
+
+from failberry.fileio import write_atomic
 
 LOG = logging.getLogger(__name__)
 
@@ -59,10 +60,7 @@ class SysctlManager:
         return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
     def _save(self, saved: Mapping[str, str]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(dict(saved), sort_keys=True))
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(dict(saved), sort_keys=True))
 
     def apply(self, desired: Mapping[str, str]) -> list[str]:
         """Set every key that differs; the changes made."""
