@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Protocol
 
 from failberry.fileio import write_atomic
+from failberry.procsys import ProcSys
 
 LOG = logging.getLogger(__name__)
 
@@ -27,22 +28,7 @@ class Sysctl(Protocol):
         """Set it."""
 
 
-class ProcSysctl:
-    """The real `/proc/sys` of the calling process's network namespace."""
-
-    def __init__(self, root: Path = Path("/proc/sys")) -> None:
-        self.root = root
-
-    def read(self, key: str) -> str | None:
-        """The value, or None when the key does not exist."""
-        try:
-            return (self.root / key).read_text().strip()
-        except FileNotFoundError:
-            return None
-
-    def write(self, key: str, value: str) -> None:
-        """Set it."""
-        (self.root / key).write_text(value + "\n")
+ProcSysctl = ProcSys  # the real `/proc/sys` of the calling process's network namespace
 
 
 class SysctlManager:
