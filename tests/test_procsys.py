@@ -24,6 +24,6 @@ def test_dotted_and_slashed_keys(tmp_path: Path) -> None:
 
 
 def test_a_missing_key_is_an_error_not_a_new_file(tmp_path: Path) -> None:
-    with pytest.raises(SysctlError, match="kernel.nope"):
+    with pytest.raises(SysctlError, match=r"kernel\.nope"):
         ProcSys(tmp_path).write("kernel.nope", "1")
     assert not (tmp_path / "kernel").exists()

@@ -34,7 +34,6 @@ from failberry.dyndns.route53 import Route53Provider
 from failberry.dyndns.route53_lambda import Route53LambdaProvider
 from failberry.dyndns.updater import Timing, Updater
 from failberry.dyndns.verify import AuthoritativeVerifier
-from failberry.errors import NotBuiltYet
 from failberry.net.monitor import LinkMonitor
 from failberry.status import DYNDNS, Status
 
@@ -55,7 +54,8 @@ def make_provider(d: DyndnsConfig, http: HttpClient) -> Provider:
         return Route53LambdaProvider.from_config(d.route53_lambda, http)
     if d.provider is DnsProvider.ROUTE53:
         return Route53Provider.from_config(d.route53, http)
-    raise NotBuiltYet(f"dyndns.provider {d.provider.value!r} has no implementation")
+    # Only "none" is left, and `build_parts` builds no dyndns part for it.
+    raise ValueError(f"dyndns.provider {d.provider.value!r}: there is no provider to make")
 
 
 def make_verifier(d: DyndnsConfig) -> Verifier:
