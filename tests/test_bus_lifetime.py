@@ -131,3 +131,51 @@ def test_ten_sighup_reloads_leave_one_subscriber_per_part(
     assert len(builds) == 11
     assert not [r for r in caplog.records if "full" in r.getMessage()]
     assert all(bus.subscribers(k) == 0 for k in (PublishedAddressChanged, ModemStateChanged))
+
+
+class _Crashy:
+    """Subscribes in `__init__`, crashes on its first two runs, rebuilt by `fresh()`."""
+
+    name = "crashy"
+    deadline = 30.0
+
+    def __init__(self, bus: Bus, runs: list[int]) -> None:
+        self.bus = bus
+        self.runs = runs
+        self.sub = bus.subscribe(DyndnsBlocked)
+
+    def fresh(self) -> _Crashy:
+        return _Crashy(self.bus, self.runs)
+
+    def release(self) -> None:
+        self.sub.close()
+
+    async def run(self) -> None:
+        self.runs.append(1)
+        if len(self.runs) <= 2:
+            raise RuntimeError("boom")
+        await asyncio.Event().wait()
+
+
+@pytest.mark.timeout(30)
+def test_a_part_replaced_after_a_crash_leaves_one_subscriber(tmp_path: Path) -> None:
+    from failberry.supervisor import Timing
+
+    path = _cfg_file(tmp_path / "f.toml", tmp_path, "internet")
+    runs: list[int] = []
+
+    async def scenario() -> tuple[int, int]:
+        sup = Supervisor(config.load(path), port=0, host="127.0.0.1",
+                         parts=lambda c, s, b: [_Crashy(b, runs)],
+                         timing=Timing(restart_initial=0.01, restart_max=0.02))
+        task = asyncio.create_task(sup.run())
+        end = time.monotonic() + 10
+        while len(runs) < 3:
+            assert time.monotonic() < end
+            await asyncio.sleep(0.01)
+        running = sup.bus.subscribers(DyndnsBlocked)
+        sup.request_stop("test")
+        await task
+        return running, sup.bus.subscribers(DyndnsBlocked)
+
+    assert asyncio.run(scenario()) == (1, 0)

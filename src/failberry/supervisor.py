@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from failberry import __version__, config
+from failberry.backoff import exponential
 from failberry.bus import Bus
 from failberry.config import Config
 from failberry.errors import ConfigError, FailberryError
@@ -233,7 +234,7 @@ class Supervisor:
     async def _restart_loop(self, part: Part) -> None:
         loop = asyncio.get_running_loop()
         t = self.timing
-        backoff = t.restart_initial
+        failures = 0  # in a row, each after a short run
         name = part.name
         current: Part | None = part
         while True:
@@ -252,14 +253,15 @@ class Supervisor:
                 why, level = f"{what}: {type(e).__name__}: {e}", logging.ERROR
                 LOG.debug("part %s traceback", name, exc_info=True)
             if loop.time() - started >= t.stable_after:
-                backoff = t.restart_initial
+                failures = 0
+            failures += 1
+            backoff = exponential(failures, t.restart_initial, t.restart_max)
             self.restarts[name] = self.restarts.get(name, 0) + 1
             LOG.log(level, "part %s %s; restarting it in %gs (restart %d)", name, why,
                     backoff, self.restarts[name])
             if hasattr(part, "fresh"):
                 current = None  # build a new one after the backoff
             await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, t.restart_max)
 
     async def _stop_parts(self) -> None:
         tasks = dict(self._tasks)
