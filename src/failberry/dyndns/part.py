@@ -34,7 +34,6 @@ from failberry.dyndns.route53 import Route53Provider
 from failberry.dyndns.route53_lambda import Route53LambdaProvider
 from failberry.dyndns.updater import Timing, Updater
 from failberry.dyndns.verify import AuthoritativeVerifier
-from failberry.errors import NotBuiltYet
 from failberry.net.monitor import LinkMonitor
 from failberry.status import DYNDNS, Status
 
@@ -55,7 +54,8 @@ def make_provider(d: DyndnsConfig, http: HttpClient) -> Provider:
         return Route53LambdaProvider.from_config(d.route53_lambda, http)
     if d.provider is DnsProvider.ROUTE53:
         return Route53Provider.from_config(d.route53, http)
-    raise NotBuiltYet(f"dyndns.provider {d.provider.value!r} has no implementation")
+    # Only "none" is left, and `build_parts` builds no dyndns part for it.
+    raise ValueError(f"dyndns.provider {d.provider.value!r}: there is no provider to make")
 
 
 def make_verifier(d: DyndnsConfig) -> Verifier:
@@ -95,7 +95,8 @@ class DyndnsPart:
         self.chooser = Chooser(interface, uplinks, network)
         # Subscribe now, not in run(): events published before the loop starts us still count.
         self._published = bus.subscribe(PublishedAddressChanged)
-        self._addresses = bus.subscribe(AddressChanged)
+        # With its own link monitor the part reads netlink, not the bus's addresses.
+        self._addresses = bus.subscribe(AddressChanged) if monitor is None else None
         self._active = bus.subscribe(ActiveUplinkChanged)
         self._report_now = asyncio.Event()
         self.bus = bus
@@ -104,6 +105,12 @@ class DyndnsPart:
         if state is not None:
             updater.restore(state.load())
         updater.on_change = self._changed
+
+    def release(self) -> None:
+        """Close the bus subscriptions: the part is stopped for good."""
+        for sub in (self._published, self._addresses, self._active):
+            if sub is not None:
+                sub.close()
 
     def _changed(self) -> None:
         self._report_now.set()
@@ -274,6 +281,7 @@ class DyndnsPart:
             # monitor started, so nothing falls between the two).
             await self._relist("address present at start")
             queue = self.monitor.events if self.monitor is not None else self._addresses
+            assert queue is not None  # one of the two is always set
             tasks = [asyncio.create_task(c, name=f"dyndns-{n}") for n, c in (
                 ("updater", self.updater.run()), ("published", self._pump_published()),
                 ("addresses", self._pump_addresses(queue)), ("active", self._pump_active()),
