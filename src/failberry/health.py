@@ -1,5 +1,5 @@
-"""The routes on port 9000: `/health` for DNS failover checkers, `/health/<uplink>`, `/status`
-(the whole snapshot as JSON) and `/metrics` (Prometheus text).
+"""The routes on port 9000: `/ping` (200 whenever the supervisor runs), `/health` for DNS
+failover checkers, `/health/<uplink>`, `/status` (the whole snapshot as JSON) and `/metrics` (Prometheus text).
 
 The health decision is what a Route53-style checker acts on, so it is one pure function of the
 status snapshot and the topology (`decide`); the server around it is `failberry.httpserver`."""
@@ -113,6 +113,11 @@ def versions() -> dict[str, str]:
     return out
 
 
+# `/ping`: answered whenever the supervisor runs, whatever the uplinks' state: "you reached
+# the Pi through this path" (a DNS failover checker's test of the wired path).
+PING = Response(200, b"ok\n", "text/plain; charset=utf-8")
+
+
 class HealthApp:
     """The request handler: routes, the LAN restriction, and the /status document."""
 
@@ -166,6 +171,8 @@ class HealthApp:
 
     def __call__(self, method: str, path: str, peer: str) -> Response:
         """Route one GET or HEAD."""
+        if path == "/ping":
+            return PING
         if path == "/health":
             return self._health_response("", self.verdict())
         if path.startswith("/health/"):
