@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_health import supervisor, wait_for
+from test_health import supervisor, wait_for
 
 
 @pytest.mark.timeout(60)

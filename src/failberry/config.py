@@ -408,7 +408,8 @@ class ForwardConfig:
                     doc="on the uplinks: a port or a range \"60000-60010\"")
     to: str = opt("", _str(checks.ip_address), required=True,
                   doc="a LAN address (inside lan.address's prefix)")
-    to_port: str = opt("", lambda v: "" if v == "" else _port_range(v), doc="empty: the same port(s)")
+    to_port: str = opt("", lambda v: "" if v == "" else _port_range(v),
+                       doc="empty: the same port(s)")
     uplinks: tuple[str, ...] = opt((), _str_list(lambda s: _one_of(s, ("wired", "mobile"))),
                                    doc="empty: every uplink failberry owns in this mode")
 

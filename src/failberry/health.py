@@ -1,5 +1,6 @@
 """The routes on port 9000: `/ping` (200 whenever the supervisor runs), `/health` for DNS
-failover checkers, `/health/<uplink>`, `/status` (the whole snapshot as JSON) and `/metrics` (Prometheus text).
+failover checkers, `/health/<uplink>`, `/status` (the whole snapshot as JSON) and `/metrics`
+(Prometheus text).
 
 The health decision is what a Route53-style checker acts on, so it is one pure function of the
 status snapshot and the topology (`decide`); the server around it is `failberry.httpserver`."""

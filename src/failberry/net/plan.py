@@ -202,7 +202,7 @@ def closed(cfg: Config, over_cap: bool = False) -> tuple[ChainSpec, ...]:
 
 
 def firewall(cfg: Config, ups: list[UplinkSpec], active: str | None,
-             over_cap: bool, leaving: str | None = None, forwards: bool = True
+             over_cap: bool, leaving: str | None = None, *, forwards: bool = True
              ) -> tuple[ChainSpec, ...]:
     """failberry's iptables chains for these uplinks and this active uplink (and the one a
     switch is leaving, while the route still points at it). `forwards`: with the port
