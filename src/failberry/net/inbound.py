@@ -3,7 +3,9 @@ replies that leave by the path their connection came in on.
 
 Port forwards: DNAT in `fb-prerouting` (nat PREROUTING) per forward and uplink, and at the top
 of `fb-forward` one rule per forward, uplink and direction that accepts (and counts) exactly
-that forward's connections: `--ctstate DNAT` only matches connections our DNAT made.
+that forward's connections: `--ctstate DNAT` only matches connections our DNAT made. In sidecar
+mode they are also source-NATed to the Pi's LAN address (`fb-postrouting`): the LAN host's
+default route is the main router, and its replies must come back to the Pi.
 
 Reply paths: a new connection arriving on an uplink gets that uplink's path mark in its
 connmark (`fb-pathmark`, mangle PREROUTING; bits 0x0F000000, apart from the per-device bits
@@ -82,6 +84,24 @@ def dnat_rules(cfg: Config, ups: list[UplinkSpec]) -> tuple[Rule, ...]:
                             "target": {"DNAT": {"to-destination":
                                                 f"{fw.to}:{t_first + p - first}"}}})
     return tuple(out)
+
+
+def forward_snat(cfg: Config, ups: list[UplinkSpec]) -> list[Rule]:
+    """Sidecar mode: forwarded connections leave towards the LAN host from the Pi's LAN
+    address, so the host answers the Pi (its default route is the main router, which would
+    send the replies out of the wired link from another address)."""
+    if cfg.failover.mode is not FailoverMode.SIDECAR:
+        return []
+    me = str(ipaddress.ip_interface(cfg.lan.address).ip)
+    out: list[Rule] = []
+    for fw in cfg.forward:
+        if forward_uplinks(fw, ups):
+            out.append({"out-interface": cfg.lan.interface, "dst": f"{fw.to}/32",
+                        "protocol": fw.protocol,
+                        fw.protocol: {"dport": _ports(fw.to_port or fw.port)},
+                        "conntrack": {"ctstate": "DNAT"},
+                        "target": {"SNAT": {"to-source": me}}})
+    return out
 
 
 def forward_filter(cfg: Config, ups: list[UplinkSpec]) -> list[Rule]:

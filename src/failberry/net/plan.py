@@ -252,6 +252,8 @@ def firewall(cfg: Config, ups: list[UplinkSpec], active: str | None,
         out_rules, in_rules = metered_rules(cfg, over_cap)
         chains += [ChainSpec("filter", CHAIN_MOBILE_OUT, out_rules, ""),
                    ChainSpec("filter", CHAIN_MOBILE_IN, in_rules, "")]
+    if forwards:
+        nat += inbound.forward_snat(cfg, ups)
     chains.append(ChainSpec("nat", CHAIN_NAT, tuple(nat), "POSTROUTING"))
     chains.append(ChainSpec("mangle", CHAIN_MSS, tuple(mss), "FORWARD"))
     if forwards:

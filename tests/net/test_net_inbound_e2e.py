@@ -1,0 +1,134 @@
+"""Acceptance: staying reachable from outside (issue 14), with real packets in namespaces.
+
+Sidecar: an outside host reaches the Pi's `/ping` through the main router's port forward (the
+wired path), `/health` through the Pi's mobile address, and the LAN host's UDP 1194 and TCP 443
+through the mobile address (`[[forward]]`), every reply from the address it was sent to.
+Gateway: the same through both uplinks, while either one is active. Clean-up: after a stop
+and after `failberry net clean`, rules, every routing table and both legacy iptables equal
+the state before start (after a stop, except the fb-input/fb-forward filter chains a clean
+stop keeps closed on purpose until `net clean`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from inbound_topo import (
+    HOST,
+    OUTSIDE,
+    PI_LAN,
+    PI_MOBILE,
+    PI_WIRED,
+    ROUTER_WAN,
+    Inbound,
+    config_text,
+    get,
+    tcp_ask,
+    udp_ask,
+    until,
+)
+from topology import PY
+
+pytestmark = [pytest.mark.root]
+KEPT = ("fb-input", "fb-forward", "fb-mobile-")  # a clean stop keeps these until `net clean`
+
+
+@pytest.fixture(params=["sidecar", "gateway"])
+def net(request: pytest.FixtureRequest) -> Iterator[Inbound]:
+    t = Inbound(request.param)
+    try:
+        t.up()
+        yield t
+    finally:
+        t.down()
+
+
+def start(t: Inbound, tmp: Path) -> subprocess.Popen[str]:
+    cfg = tmp / "failberry.toml"
+    cfg.write_text(config_text(t.mode, tmp))
+    log = (tmp / "supervisor.log").open("w")
+    return t.spawn("pi", [PY, str(Path(__file__).parent / "inbound_topo.py"), "run", str(cfg),
+                          str(tmp / "run")], stdout=log, stderr=subprocess.STDOUT)
+
+
+def active(t: Inbound) -> str | None:
+    with t.inside("pi"):
+        code, raw = get("127.0.0.1", 9000, "/status", source="")
+    assert code == 200
+    value = json.loads(raw)["active_uplink"]
+    return None if value is None else str(value)
+
+
+def wait_active(t: Inbound, name: str) -> None:
+    def check() -> None:
+        assert active(t) == name
+    until(check, 20)
+
+
+def reachable(t: Inbound, addr: str, seen_as: str) -> None:
+    """/health and both forwards through `addr`; each reply from `addr`; the LAN host saw the
+    connection come from `seen_as`."""
+    with t.inside():
+        code, raw = until(lambda: get(addr, 9000, "/health"))  # type: ignore[misc]
+        assert code == 200 and b'"ok"' in raw, (addr, code, raw)
+        data, src = until(lambda: udp_ask(addr))  # type: ignore[misc]
+        assert (data, src) == (f"udp from {seen_as}".encode(), addr)
+        assert until(lambda: tcp_ask(addr)) == f"tcp from {seen_as}".encode()
+
+
+def stop(p: subprocess.Popen[str]) -> None:
+    os.killpg(p.pid, signal.SIGTERM)
+    assert p.wait(20) == 0
+
+
+def without_kept(snap: dict[str, str]) -> dict[str, str]:
+    return {k: "\n".join(line for line in v.splitlines()
+                         if not any(c in line for c in KEPT)) for k, v in snap.items()}
+
+
+@pytest.mark.timeout(180)
+def test_reachable_from_outside_and_cleaned_up(net: Inbound, tmp_path: Path) -> None:
+    t = net
+    before = t.snapshot()
+    p = start(t, tmp_path)
+    try:
+        if t.mode == "sidecar":
+            wait_active(t, "mobile")
+            with t.inside():
+                # The wired path: the main router's forward to the Pi, answered back through it.
+                assert until(lambda: get(ROUTER_WAN, 9000, "/ping")) == (200, b"ok\n")
+                # The router's own forward of UDP 1194 to the LAN host still works.
+                assert udp_ask(ROUTER_WAN) == (f"udp from {OUTSIDE}".encode(), ROUTER_WAN)
+            # Forwards through the mobile link reach the host from the Pi's LAN address (the
+            # host's default route is the main router).
+            reachable(t, PI_MOBILE, PI_LAN)
+        else:
+            wait_active(t, "wired")
+            for addr in (PI_WIRED, PI_MOBILE):
+                reachable(t, addr, OUTSIDE)
+            # The wired path fails its probes: mobile carries the LAN; both stay reachable.
+            t.sh("inet", "iptables-legacy -A INPUT -i w0 -p icmp -j DROP")
+            wait_active(t, "mobile")
+            for addr in (PI_WIRED, PI_MOBILE):
+                reachable(t, addr, OUTSIDE)
+            with t.inside():
+                assert get(PI_WIRED, 9000, "/ping") == (200, b"ok\n")
+            t.sh("inet", "iptables-legacy -D INPUT -i w0 -p icmp -j DROP")
+            wait_active(t, "wired")
+            for addr in (PI_WIRED, PI_MOBILE):
+                reachable(t, addr, OUTSIDE)
+        counters = t.sh("pi", "iptables-legacy -vxn -L fb-forward")
+        assert f"{HOST}" in counters
+    finally:
+        stop(p)
+    after_stop = t.snapshot()
+    assert any(c in after_stop["iptables-legacy-save"] for c in KEPT)
+    assert without_kept(after_stop) == without_kept(before)
+    out = t.sh("pi", f"{PY} -m failberry net clean --state-dir {tmp_path / 'run'}")
+    assert "change" in out
+    assert t.snapshot() == before
