@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 from inbound_topo import (
-    HOST,
     OUTSIDE,
     PI_LAN,
     PI_MOBILE,
@@ -122,8 +121,19 @@ def test_reachable_from_outside_and_cleaned_up(net: Inbound, tmp_path: Path) -> 
             wait_active(t, "wired")
             for addr in (PI_WIRED, PI_MOBILE):
                 reachable(t, addr, OUTSIDE)
-        counters = t.sh("pi", "iptables-legacy -vxn -L fb-forward")
-        assert f"{HOST}" in counters
+        # Each forward is counted (sampled with the periodic check, every 5 s).
+        def counted() -> None:
+            with t.inside("pi"):
+                code, raw = get("127.0.0.1", 9000, "/metrics", source="")
+            assert code == 200
+            text = raw.decode()
+            for name in ("udp/1194", "tcp/443"):
+                for d in ("in", "out"):
+                    lines = [x for x in text.splitlines()
+                             if x.startswith("failberry_forward_packets_total{")
+                             and f'forward="{name}"' in x and f'direction="{d}"' in x]
+                    assert len(lines) == 1 and float(lines[0].split()[-1]) > 0, lines
+        until(counted, 12)
     finally:
         stop(p)
     after_stop = t.snapshot()

@@ -1,10 +1,11 @@
 """Inbound reachability, as pure functions the plan uses: port forwards (`[[forward]]`) and
 replies that leave by the path their connection came in on.
 
-Port forwards: DNAT in `fb-prerouting` (nat PREROUTING) per forward and uplink, and at the top
-of `fb-forward` one rule per forward, uplink and direction that accepts (and counts) exactly
-that forward's connections: `--ctstate DNAT` only matches connections our DNAT made. In sidecar
-mode they are also source-NATed to the Pi's LAN address (`fb-postrouting`): the LAN host's
+Port forwards: DNAT in `fb-prerouting` (nat PREROUTING) per forward and uplink, and in
+`fb-inbound` (jumped to first from `fb-forward`; a chain of its own so a switch, which rewrites
+`fb-forward`, keeps its counters) one rule per forward, uplink and direction that accepts (and
+counts) exactly that forward's connections: `--ctstate DNAT` only matches connections our
+DNAT made. In sidecar mode they are also source-NATed to the Pi's LAN address (`fb-postrouting`): the LAN host's
 default route is the main router, and its replies must come back to the Pi.
 
 Reply paths: a new connection arriving on an uplink gets that uplink's path mark in its
@@ -40,6 +41,7 @@ PRIO_LAN_RETURN = 10009
 CHAIN_DNAT = "fb-prerouting"
 CHAIN_PATHMARK = "fb-pathmark"
 CHAIN_PATHMARK_OUT = "fb-pathmark-out"
+CHAIN_FORWARDS = "fb-inbound"  # filter: the forwards' accepts, jumped to from fb-forward
 
 
 def path_mark(up: UplinkSpec) -> int:
@@ -104,9 +106,18 @@ def forward_snat(cfg: Config, ups: list[UplinkSpec]) -> list[Rule]:
     return out
 
 
+def forward_chains(cfg: Config, ups: list[UplinkSpec]) -> tuple[list[Rule], list[ChainSpec]]:
+    """The jump at the top of `fb-forward` and the `fb-inbound` chain (none without
+    forwards)."""
+    if not cfg.forward:
+        return [], []
+    return ([{"target": CHAIN_FORWARDS}],
+            [ChainSpec("filter", CHAIN_FORWARDS, tuple(forward_filter(cfg, ups)), "")])
+
+
 def forward_filter(cfg: Config, ups: list[UplinkSpec]) -> list[Rule]:
-    """The top of `fb-forward`: per forward and uplink, its connections in (uplink to LAN
-    host) and their replies out; both counted. Laid out as `forward_counters` says."""
+    """`fb-inbound`: per forward and uplink, its connections in (uplink to LAN host) and
+    their replies out; both counted. Laid out as `forward_counters` says."""
     lan = cfg.lan.interface
     out: list[Rule] = []
     for fw in cfg.forward:
@@ -125,7 +136,7 @@ def forward_filter(cfg: Config, ups: list[UplinkSpec]) -> list[Rule]:
 
 
 def forward_counters(cfg: Config, ups: list[UplinkSpec]) -> dict[str, list[tuple[int, str]]]:
-    """Where each forward is counted: (rule index in `fb-forward`, "in" or "out")."""
+    """Where each forward is counted: (rule index in `fb-inbound`, "in" or "out")."""
     out: dict[str, list[tuple[int, str]]] = {}
     idx = 0
     for fw in cfg.forward:

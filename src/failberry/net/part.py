@@ -126,6 +126,7 @@ class NetworkPart:
         self._seen: set[str] = set()  # required interfaces seen since start
         self._missing: dict[str, str] = {}  # config key -> error, for required interfaces
         self._background: set[asyncio.Task[None]] = set()
+        self._forwards: dict[str, dict[str, int]] = {}  # [[forward]] name -> its counters
         # One thread for every blocking netlink/iptables call, so they never run at once.
         # Made by `run`, which shuts it down on the way out.
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -258,6 +259,7 @@ class NetworkPart:
                 last_sample = now
                 await self._blocking(self._sample_usage)
                 self.usage.maybe_persist(now)
+            await self._blocking(self._sample_forwards)
             await self._reconcile("periodic check")
 
     async def _probe_loop(self, up: _Uplink) -> None:
@@ -301,6 +303,28 @@ class NetworkPart:
                     total += rules[idx][1]
             counts[dev] = total
         self.usage.sample(counts, dt.date.fromtimestamp(self.s.wall()))
+
+    def _sample_forwards(self) -> None:
+        """Each `[[forward]]`'s packets and bytes in (to the LAN host) and out (its replies),
+        from its rules in `fb-inbound`."""
+        from failberry.net import inbound
+
+        where = inbound.forward_counters(self.cfg, netplan.uplinks(self.cfg))
+        if not where:
+            return
+        try:
+            rules = self.s.firewall.counters("filter", inbound.CHAIN_FORWARDS)
+        except FailberryError as e:  # counted at the next sample
+            LOG.warning("could not read the port forward counters: %s", e)
+            return
+        out: dict[str, dict[str, int]] = {}
+        for name, places in where.items():
+            c = out[name] = {"packets_in": 0, "bytes_in": 0, "packets_out": 0, "bytes_out": 0}
+            for idx, direction in places:
+                if idx < len(rules):
+                    c[f"packets_{direction}"] += rules[idx][0]
+                    c[f"bytes_{direction}"] += rules[idx][1]
+        self._forwards = out
 
     async def _reconcile(self, why: str) -> None:
         async with self._lock:
@@ -489,7 +513,7 @@ class NetworkPart:
                            events=[e.as_dict() for e in self.failover.events],
                            data_used=self.usage.totals(), data_cap=self.usage.cap,
                            over_cap=self._over_cap, errors=list(self._missing.values()),
-                           apply_error=self._apply_error)
+                           apply_error=self._apply_error, forwards=self._forwards)
 
 
 def build(cfg: Config, status: Status, bus: Bus, state_dir: Path | None = None,

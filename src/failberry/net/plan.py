@@ -211,7 +211,8 @@ def firewall(cfg: Config, ups: list[UplinkSpec], active: str | None,
 
     lan = cfg.lan.interface
     inp: list[Rule] = []
-    fwd: list[Rule] = inbound.forward_filter(cfg, ups) if forwards else []
+    jump, inbound_chains = inbound.forward_chains(cfg, ups) if forwards else ([], [])
+    fwd: list[Rule] = jump
     nat: list[Rule] = []
     mss: list[Rule] = []
     for up in ups:
@@ -248,6 +249,7 @@ def firewall(cfg: Config, ups: list[UplinkSpec], active: str | None,
                     "target": CHAIN_MOBILE_OUT if up.metered else "ACCEPT"})
     chains = [ChainSpec("filter", CHAIN_INPUT, tuple(inp), "INPUT"),
               ChainSpec("filter", CHAIN_FORWARD, tuple(fwd), "FORWARD")]
+    chains += inbound_chains
     if any(u.metered for u in ups):
         out_rules, in_rules = metered_rules(cfg, over_cap)
         chains += [ChainSpec("filter", CHAIN_MOBILE_OUT, out_rules, ""),
