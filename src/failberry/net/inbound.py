@@ -5,8 +5,9 @@ Port forwards: DNAT in `fb-prerouting` (nat PREROUTING) per forward and uplink, 
 `fb-inbound` (jumped to first from `fb-forward`; a chain of its own so a switch, which rewrites
 `fb-forward`, keeps its counters) one rule per forward, uplink and direction that accepts (and
 counts) exactly that forward's connections: `--ctstate DNAT` only matches connections our
-DNAT made. In sidecar mode they are also source-NATed to the Pi's LAN address (`fb-postrouting`): the LAN host's
-default route is the main router, and its replies must come back to the Pi.
+DNAT made. In sidecar mode they are also source-NATed to the Pi's LAN address
+(`fb-postrouting`): the LAN host's default route is the main router, and its replies must come
+back to the Pi.
 
 Reply paths: a new connection arriving on an uplink gets that uplink's path mark in its
 connmark (`fb-pathmark`, mangle PREROUTING; bits 0x0F000000, apart from the per-device bits
