@@ -20,6 +20,7 @@ from typing import Any
 
 from failberry import __version__, metrics
 from failberry.config import Config, FailoverMode
+from failberry.inbound import mobile_warning
 from failberry.httpserver import HttpStats, Response, error
 from failberry.status import (
     DYNDNS,
@@ -244,6 +245,7 @@ class HealthApp:
             "version": __version__,
             "versions": self._versions,
             "active_uplink": None if net is None else net.active_uplink,
+            "inbound_warning": mobile_warning(uplinks.get("mobile", {}).get("address")),
             "uplinks": uplinks,
             "modem": None if parts.get(MODEM) is None else modem_view(parts[MODEM]),
             "data": None if net is None or net.data is None else jsonable(net.data),

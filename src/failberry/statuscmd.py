@@ -213,6 +213,8 @@ def render(doc: Mapping[str, Any], now: float | None = None) -> list[str]:
         lines.extend(_uplink_line(n, u) for n, u in uplinks.items() if isinstance(u, Mapping))
     else:
         lines.append("uplinks: not reported")
+    if doc.get("inbound_warning"):
+        lines.append(f"warning: {doc['inbound_warning']}")
     data = doc.get("data")
     if isinstance(data, Mapping):
         cap = data.get("cap_bytes") or 0
