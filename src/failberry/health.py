@@ -20,8 +20,8 @@ from typing import Any
 
 from failberry import __version__, metrics
 from failberry.config import Config, FailoverMode
-from failberry.inbound import mobile_warning
 from failberry.httpserver import HttpStats, Response, error
+from failberry.inbound import mobile_warning
 from failberry.status import (
     DYNDNS,
     MODEM,
