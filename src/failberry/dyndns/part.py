@@ -199,7 +199,8 @@ class DyndnsPart:
         """A CGNAT or private address is never published (nobody outside could reach it);
         logged once per address."""
         kind = not_public(address)
-        if kind is None:
+        if kind is None or self.provider == DnsProvider.ROUTE53_LAMBDA.value:
+            # route53-lambda publishes the address its function sees, not this one.
             return False
         if address not in self._refused:
             self._refused.add(address)
