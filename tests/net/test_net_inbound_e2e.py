@@ -136,6 +136,9 @@ def test_reachable_from_outside_and_cleaned_up(net: Inbound, tmp_path: Path) -> 
         until(counted, 12)
     finally:
         stop(p)
+    # Idempotent: the periodic checks (every 5 s) found nothing to change.
+    log = (tmp_path / "supervisor.log").read_text()
+    assert "(periodic check)" not in log, log
     after_stop = t.snapshot()
     assert any(c in after_stop["iptables-legacy-save"] for c in KEPT)
     assert without_kept(after_stop) == without_kept(before)
