@@ -34,6 +34,8 @@ def doc_for(mobile: str | None) -> dict[str, object]:
     st = Status()
     report_network(st, "ok", active_uplink="mobile",
                    uplinks={"mobile": UplinkReport(True, "ok", "ppp0", True, mobile)})
+    st.parts["network"].detail["forwards"] = {
+        "udp/1194": {"packets_in": 3, "bytes_in": 2048, "packets_out": 2, "bytes_out": 1024}}
     cfg = config.parse('[modem]\napn = "internet"\n')
     return HealthApp(st, cfg, HttpStats()).document()
 
@@ -44,6 +46,7 @@ def test_status_and_status_command_say_so_plainly() -> None:
         "inbound through the mobile link will not work: the operator gives a CGNAT address "
         "(100.72.1.2); ask for a public-IP APN")
     assert f"warning: {doc['inbound_warning']}" in render(doc)
+    assert "forwards: udp/1194 in 2.0 KiB, out 1.0 KiB" in render(doc)
     public = doc_for("198.51.100.7")
     assert public["inbound_warning"] is None
     assert not any(line.startswith("warning:") for line in render(public))
