@@ -99,3 +99,47 @@ def test_dyndns_does_not_publish_a_cgnat_or_private_address(
     refused = [r.getMessage() for r in caplog.records if "not publishing" in r.getMessage()]
     assert len(refused) == 2  # once per address, not per event
     assert "100.64.9.9: it is a CGNAT address" in refused[0]
+
+
+def test_mobile_warning_for_a_natted_public_address() -> None:
+    assert mobile_warning("198.51.100.7", "198.51.100.7") is None
+    assert mobile_warning("198.51.100.7", None) is None
+    assert mobile_warning("198.51.100.7", "203.0.113.9") == (
+        "inbound through the mobile link will not work: the operator NATs its address "
+        "(198.51.100.7 is seen outside as 203.0.113.9); ask for a public-IP APN")
+
+
+def test_public_address_fetch() -> None:
+    import http.server
+    import threading
+
+    from failberry.errors import FailberryError
+    from failberry.net.publicaddr import fetch
+
+    answers = {"/ip": (200, b" 127.0.0.1\n"), "/junk": (200, b"<html>"), "/gone": (404, b"")}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            code, body = answers[self.path]
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert fetch(f"{base}/ip", "127.0.0.1") == "127.0.0.1"
+        with pytest.raises(FailberryError, match="did not answer an address"):
+            fetch(f"{base}/junk", "127.0.0.1")
+        with pytest.raises(FailberryError, match="answered 404"):
+            fetch(f"{base}/gone", "127.0.0.1")
+    finally:
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(FailberryError, match="refused"):
+        fetch(f"{base}/ip", "127.0.0.1", timeout=2)  # nobody listens any more

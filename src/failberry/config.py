@@ -342,6 +342,9 @@ class MobileUplink:
     up: int = opt(3, _int_range(1, 1000))
     priority: int = opt(20, _int_range(1, 1000))
     mss_clamp: bool = opt(True)
+    public_address_url: str = opt("", _optional_str(checks.http_url),
+                                  doc="an outside \"what is my address\" URL, asked over "
+                                      "this link to detect NAT; empty: not asked")
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,14 @@ def versions() -> dict[str, str]:
 PING = Response(200, b"ok\n", "text/plain; charset=utf-8")
 
 
+def _inbound_warning(uplinks: Mapping[str, Any], parts: Mapping[str, Any]) -> str | None:
+    """The CGNAT/NAT sentence for the mobile uplink's current address, or None."""
+    address = (uplinks.get("mobile") or {}).get("address")
+    seen = (parts.get("network") or {}).get("public_address") or {}
+    public = seen.get("public") if seen.get("local") == address else None
+    return mobile_warning(address, public)
+
+
 class HealthApp:
     """The request handler: routes, the LAN restriction, and the /status document."""
 
@@ -245,7 +253,7 @@ class HealthApp:
             "version": __version__,
             "versions": self._versions,
             "active_uplink": None if net is None else net.active_uplink,
-            "inbound_warning": mobile_warning(uplinks.get("mobile", {}).get("address")),
+            "inbound_warning": _inbound_warning(uplinks, parts),
             "uplinks": uplinks,
             "modem": None if parts.get(MODEM) is None else modem_view(parts[MODEM]),
             "data": None if net is None or net.data is None else jsonable(net.data),

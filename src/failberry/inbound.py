@@ -29,10 +29,14 @@ def not_public(address: str | None) -> str | None:
     return None
 
 
-def mobile_warning(address: str | None) -> str | None:
-    """The plain sentence `/status` and `failberry status` show, or None."""
+def mobile_warning(address: str | None, public: str | None = None) -> str | None:
+    """The plain sentence `/status` and `failberry status` show, or None. `public`: the
+    address an outside "what is my address" URL saw for this one, when asked."""
     kind = not_public(address)
-    if kind is None:
-        return None
-    return (f"inbound through the mobile link will not work: the operator gives {kind} "
-            f"({address}); ask for a public-IP APN")
+    if kind is not None:
+        return (f"inbound through the mobile link will not work: the operator gives {kind} "
+                f"({address}); ask for a public-IP APN")
+    if address and public and public != address:
+        return (f"inbound through the mobile link will not work: the operator NATs its "
+                f"address ({address} is seen outside as {public}); ask for a public-IP APN")
+    return None

@@ -1,7 +1,9 @@
 """Namespaces for inbound reachability: an outside host, a main router (sidecar layout), the
 Pi and a LAN host. Also run as a script: `inbound_topo.py serve` (the LAN host's UDP 1194 and
-TCP 443 servers, which answer with the address they saw) and `inbound_topo.py run CONFIG
-STATE_DIR` (the real supervisor with only the network part, health on 0.0.0.0).
+TCP 443 servers, which answer with the address they saw), `inbound_topo.py myip [ADDRESS]`
+(the outside "what is my address" service on 192.0.2.1:8080: the caller's address, or ADDRESS
+as an operator's NAT would show it) and `inbound_topo.py run CONFIG STATE_DIR` (the real
+supervisor with only the network part, health on 0.0.0.0).
 
 Sidecar:
     outside 192.0.2.50 [inet] w0 203.0.113.254 -- wan0 203.0.113.1 [router] br0 192.168.1.1
@@ -38,6 +40,7 @@ PI_WIRED = "203.0.113.2"
 PI_MOBILE = "198.18.0.2"
 PI_LAN = "192.168.1.2"
 HOST = "192.168.1.10"
+NATTED = "203.0.113.77"  # the mobile address as the "what is my address" service shows it
 
 CONFIG = """
 [modem]
@@ -55,6 +58,7 @@ down = 2
 up = 2
 [uplink.mobile]
 interface = "ppp0"
+public_address_url = "http://192.0.2.1:8080/ip"
 probe_targets = ["icmp:192.0.2.1"]
 probe_interval = "200ms"
 down = 2
@@ -157,6 +161,11 @@ class Inbound:
                       "iptables-legacy -t $t -S >/dev/null; ip6tables-legacy -t $t -S >/dev/null;"
                       " done")
         p = self.spawn("host", [PY, str(HERE / "inbound_topo.py"), "serve"],
+                       stdout=subprocess.PIPE)
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        # Sidecar: the operator NATs the mobile address (a 1:1 NAT to another address).
+        nat = [NATTED] if self.mode == "sidecar" else []
+        p = self.spawn("inet", [PY, str(HERE / "inbound_topo.py"), "myip", *nat],
                        stdout=subprocess.PIPE)
         assert p.stdout is not None and p.stdout.readline().strip() == "ready"
 
@@ -293,8 +302,29 @@ def _run(cfg_path: Path, state_dir: Path) -> None:
     asyncio.run(sup.run())
 
 
+def _myip(fixed: str) -> None:
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = (fixed or self.client_address[0]).encode() + b"\n"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer((TARGET, 8080), Handler)
+    print("ready", flush=True)
+    server.serve_forever()
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "serve":
         asyncio.run(_serve())
+    elif sys.argv[1] == "myip":
+        _myip(sys.argv[2] if len(sys.argv) > 2 else "")
     else:
         _run(Path(sys.argv[2]), Path(sys.argv[3]))

@@ -16,9 +16,11 @@ import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from inbound_topo import (
+    NATTED,
     OUTSIDE,
     PI_LAN,
     PI_MOBILE,
@@ -55,11 +57,16 @@ def start(t: Inbound, tmp: Path) -> subprocess.Popen[str]:
                           str(tmp / "run")], stdout=log, stderr=subprocess.STDOUT)
 
 
-def active(t: Inbound) -> str | None:
+def status(t: Inbound) -> dict[str, Any]:
     with t.inside("pi"):
         code, raw = get("127.0.0.1", 9000, "/status", source="")
     assert code == 200
-    value = json.loads(raw)["active_uplink"]
+    doc: dict[str, Any] = json.loads(raw)
+    return doc
+
+
+def active(t: Inbound) -> str | None:
+    value = status(t)["active_uplink"]
     return None if value is None else str(value)
 
 
@@ -106,10 +113,24 @@ def test_reachable_from_outside_and_cleaned_up(net: Inbound, tmp_path: Path) -> 
             # Forwards through the mobile link reach the host from the Pi's LAN address (the
             # host's default route is the main router).
             reachable(t, PI_MOBILE, PI_LAN)
+            # The "what is my address" service shows the mobile address NATed: said plainly.
+            def natted() -> None:
+                assert status(t)["inbound_warning"] == (
+                    "inbound through the mobile link will not work: the operator NATs its "
+                    f"address ({PI_MOBILE} is seen outside as {NATTED}); ask for a public-IP APN")
+            until(natted, 10)
         else:
             wait_active(t, "wired")
             for addr in (PI_WIRED, PI_MOBILE):
                 reachable(t, addr, OUTSIDE)
+            # Asked over the mobile link (from elsewhere the internet would drop it), the
+            # service sees the mobile address itself: no warning.
+            def public() -> None:
+                doc = status(t)
+                assert doc["parts"]["network"]["public_address"] == {"local": PI_MOBILE,
+                                                                      "public": PI_MOBILE}
+                assert doc["inbound_warning"] is None
+            until(public, 10)
             # The wired path fails its probes: mobile carries the LAN; both stay reachable.
             t.sh("inet", "iptables-legacy -A INPUT -i w0 -p icmp -j DROP")
             wait_active(t, "mobile")

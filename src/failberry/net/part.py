@@ -56,6 +56,7 @@ LOG = logging.getLogger(__name__)
 
 RECONCILE_EVERY = 5.0
 SAMPLE_EVERY = 10.0
+PUBLIC_EVERY = 600.0  # how often uplink.mobile.public_address_url is asked
 RETRY_FIRST = 0.25  # a failed apply is tried again after this, doubling up to RECONCILE_EVERY
 STATE_DIR = Path("/run/failberry")
 USAGE_FILE = Path("/var/lib/failberry/mobile-usage.json")
@@ -127,6 +128,7 @@ class NetworkPart:
         self._missing: dict[str, str] = {}  # config key -> error, for required interfaces
         self._background: set[asyncio.Task[None]] = set()
         self._forwards: dict[str, dict[str, int]] = {}  # [[forward]] name -> its counters
+        self._public: dict[str, str] | None = None  # the mobile address as the outside sees it
         # One thread for every blocking netlink/iptables call, so they never run at once.
         # Made by `run`, which shuts it down on the way out.
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -162,6 +164,8 @@ class NetworkPart:
                      for n, u in self.uplinks.items()]
             tasks += [asyncio.create_task(self._events(), name="net-events"),
                       asyncio.create_task(self._periodic(), name="net-periodic")]
+            if "mobile" in self.uplinks and self.cfg.uplink.mobile.public_address_url:
+                tasks.append(asyncio.create_task(self._public_address_loop(), name="net-public"))
             await asyncio.gather(*tasks)
         except asyncio.CancelledError:
             stopping = True
@@ -303,6 +307,33 @@ class NetworkPart:
                     total += rules[idx][1]
             counts[dev] = total
         self.usage.sample(counts, dt.date.fromtimestamp(self.s.wall()))
+
+    async def _public_address_loop(self) -> None:
+        """Ask `uplink.mobile.public_address_url` over the mobile link when its address
+        changes and every PUBLIC_EVERY seconds; a different answer is NAT (logged once per
+        pair, shown in status)."""
+        from failberry.net.publicaddr import PublicAddressError, fetch
+
+        url = self.cfg.uplink.mobile.public_address_url
+        up = self.uplinks["mobile"]
+        asked: str | None = None
+        next_at = 0.0
+        while True:
+            local = up.link.address if up.link.usable else None
+            if local is not None and (local != asked or self.s.clock() >= next_at):
+                asked, next_at = local, self.s.clock() + PUBLIC_EVERY
+                try:
+                    seen = await asyncio.to_thread(fetch, url, local)
+                except (PublicAddressError, ValueError) as e:
+                    LOG.warning("could not learn the mobile link's public address: %s", e)
+                else:
+                    new = {"local": local, "public": seen}
+                    if seen != local and new != self._public:
+                        LOG.warning("the mobile link's address %s is seen outside as %s (the "
+                                    "operator NATs it): inbound through it will not work; ask "
+                                    "for a public-IP APN", local, seen)
+                    self._public = new
+            await asyncio.sleep(RECONCILE_EVERY)
 
     def _sample_forwards(self) -> None:
         """Each `[[forward]]`'s packets and bytes in (to the LAN host) and out (its replies),
@@ -513,7 +544,8 @@ class NetworkPart:
                            events=[e.as_dict() for e in self.failover.events],
                            data_used=self.usage.totals(), data_cap=self.usage.cap,
                            over_cap=self._over_cap, errors=list(self._missing.values()),
-                           apply_error=self._apply_error, forwards=self._forwards)
+                           apply_error=self._apply_error, forwards=self._forwards,
+                           public_address=self._public)
 
 
 def build(cfg: Config, status: Status, bus: Bus, state_dir: Path | None = None,
