@@ -5,8 +5,10 @@ wired path), `/health` through the Pi's mobile address, and the LAN host's UDP 1
 through the mobile address (`[[forward]]`), every reply from the address it was sent to.
 Gateway: the same through both uplinks, while either one is active. Clean-up: after a stop
 and after `failberry net clean`, rules, every routing table and both legacy iptables equal
-the state before start (after a stop, except the fb-input/fb-forward filter chains a clean
-stop keeps closed on purpose until `net clean`)."""
+the state before start (after a stop, except the filter chains a clean stop keeps closed on
+purpose until `net clean`: fb-input, fb-forward and the metered link's fb-mobile-in/-out, which
+fb-forward jumps to). The "internet" drops packets whose source does not belong to the link
+they arrive on, so a reply sent out of the wrong uplink is lost, as with a real operator."""
 
 from __future__ import annotations
 
