@@ -82,8 +82,10 @@ def reachable(t: Inbound, addr: str, seen_as: str) -> None:
     """/health and both forwards through `addr`; each reply from `addr`; the LAN host saw the
     connection come from `seen_as`."""
     with t.inside():
-        code, raw = until(lambda: get(addr, 9000, "/health"))  # type: ignore[misc]
-        assert code == 200 and b'"ok"' in raw, (addr, code, raw)
+        def healthy() -> None:
+            code, raw = get(addr, 9000, "/health")
+            assert code == 200 and b'"ok"' in raw, (addr, code, raw)
+        until(healthy)
         data, src = until(lambda: udp_ask(addr))  # type: ignore[misc]
         assert (data, src) == (f"udp from {seen_as}".encode(), addr)
         assert until(lambda: tcp_ask(addr)) == f"tcp from {seen_as}".encode()
