@@ -106,8 +106,12 @@ def test_reboot_log_round_trip(tmp_path: Path) -> None:
 def test_part_from_config_uses_the_real_seams() -> None:
     from failberry.bus import Bus
     from failberry.config import Config
+    from failberry.modem.bearer import BearerRunner
+    from failberry.modem.datapath import Switch
     from failberry.modem.discovery import UdevDiscovery
+    from failberry.modem.hilink import HilinkRunner
     from failberry.modem.part import ModemPart
+    from failberry.modem.ppp import PppRunner
     from failberry.status import Status
     from failberry.usbpower import SysfsUsbPower
 
@@ -115,10 +119,27 @@ def test_part_from_config_uses_the_real_seams() -> None:
     assert auto.name == "modem" and auto.deadline >= 60
     assert isinstance(auto.discovery, UdevDiscovery)
     assert isinstance(auto.driver.usb, SysfsUsbPower)
-    assert auto.driver.ppp.argv == ["/usr/sbin/pppd"]
+    switch = auto.driver.ppp  # data = "auto": the runner follows what discovery finds
+    assert isinstance(switch, Switch) and isinstance(switch.runners["ppp"], PppRunner)
+    assert switch.runners["ppp"].argv == ["/usr/sbin/pppd"]
+    assert isinstance(switch.runners["ncm"], BearerRunner)
+    assert switch.current is switch.runners["ppp"]
+    switch.select("ncm", "wwan0")
+    assert switch.current is switch.runners["ncm"] and not switch.exclusive
     fixed = ModemPart.from_config(
         Config(modem=ModemConfig(apn="internet", device="/dev/ttyUSB2")), Status(), Bus())
     assert isinstance(fixed.discovery, PathWatcher) and fixed.discovery.path == "/dev/ttyUSB2"
+    assert isinstance(fixed.driver.ppp, PppRunner)
+    ncm = ModemPart.from_config(Config(modem=ModemConfig(apn="internet", device="/dev/ttyUSB2",
+                                                         data="ncm")), Status(), Bus())
+    assert isinstance(ncm.driver.ppp, BearerRunner)
+    assert isinstance(ncm.discovery, PathWatcher) and ncm.discovery.data == "ncm"
+    assert ncm.discovery.data_path == "/dev/ttyUSB2"  # bearer and monitoring on one port
+    assert isinstance(switch.runners["hilink"], HilinkRunner)
+    assert auto.driver.hilink is not None and auto.driver.hilink.runner is switch.runners["hilink"]
+    hl = ModemPart.from_config(Config(modem=ModemConfig(apn="internet", data="hilink")),
+                               Status(), Bus())
+    assert isinstance(hl.driver.ppp, HilinkRunner) and hl.driver.hilink is not None
 
 
 def stick_sysfs(root: Path) -> Path:

@@ -375,6 +375,9 @@ class ModemConfig:
                        doc="AT port kept for monitoring while the data port carries PPP; "
                            "empty: found automatically")
     pppd: str = opt("/usr/sbin/pppd", _str(_abs_path), doc="the pppd program")
+    data: str = opt("auto", _str(lambda s: s if s in ("auto", "ppp", "ncm", "ecm", "hilink")
+                                 else _bad('must be "auto", "ppp", "ncm", "ecm" or "hilink"')),
+                    doc="data path: auto (from what the stick presents), ppp, ncm, ecm, hilink")
 
 
 @dataclass(frozen=True)

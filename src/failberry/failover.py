@@ -10,6 +10,11 @@ Rules, in order:
 4. If none is usable, stay on the active one while its link is there (probes can all fail
    because the targets are down, not the path), else take the best uplink that has a link,
    else none.
+
+A force (an admin's SMS `failover`/`failback`) overrides all of these: the forced uplink is
+active until its time runs out, whatever the probes say, but only while its link is there; a
+force of an uplink without a link is ignored, and one whose link goes is ended (both logged).
+When it ends the rules above decide again (a failback that the hold-down allows is at once).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 import collections
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 LOG = logging.getLogger(__name__)
 
@@ -43,7 +48,7 @@ class Decision:
     active: str | None
     previous: str | None
     reason: str
-    recheck_in: float | None = None  # seconds until a pending failback may happen
+    recheck_in: float | None = None  # seconds until a pending failback, or a force's end
 
     @property
     def changed(self) -> bool:
@@ -66,14 +71,65 @@ class FailoverEvent:
                 "reason": self.reason}
 
 
+@dataclass(frozen=True)
+class Force:
+    """An uplink forced active until monotonic time `until`, and who asked."""
+
+    uplink: str
+    until: float
+    reason: str
+
+    def as_dict(self, now: float) -> dict[str, object]:
+        """JSON-ready form, with the seconds left at `now`."""
+        return {"uplink": self.uplink, "remaining_s": round(max(0.0, self.until - now), 1),
+                "reason": self.reason}
+
+
 class Failover:
     """Holds the active uplink and the time each uplink became usable; no I/O, no clock."""
 
     def __init__(self, hold_down: float, keep: int = 20) -> None:
         self.hold_down = hold_down
         self.active: str | None = None
+        self.forced: Force | None = None
         self._usable_since: dict[str, float] = {}
         self.events: collections.deque[FailoverEvent] = collections.deque(maxlen=keep)
+
+    def force(self, uplink: str | None, seconds: float, reason: str, now: float) -> None:
+        """Make `uplink` the active one until `now + seconds` (monotonic), whatever the probes
+        say; its link is checked at the next `decide`. `uplink` None (or no time) ends a
+        force."""
+        if uplink is None or seconds <= 0:
+            if self.forced is not None:
+                LOG.info("force of %s cancelled: %s", self.forced.uplink, reason)
+            self.forced = None
+            return
+        LOG.info("forcing %s for %gs: %s", uplink, seconds, reason)
+        self.forced = Force(uplink, now + seconds, reason)
+
+    def _force_holds(self, views: Mapping[str, UplinkView], now: float) -> tuple[Force | None,
+                                                                                  str]:
+        """The force still in effect, or None and why the one there was has ended."""
+        f = self.forced
+        if f is None:
+            return None, ""
+        view = views.get(f.uplink)
+        if view is None:
+            LOG.warning("ignoring the force of %s (%s): there is no such uplink", f.uplink,
+                        f.reason)
+            why = ""
+        elif not view.link:
+            verb = "ending" if self.active == f.uplink else "ignoring"
+            LOG.warning("%s the force of %s (%s): its link is not usable", verb, f.uplink,
+                        f.reason)
+            why = f"{verb} the force of {f.uplink}: it has no usable link"
+        elif now >= f.until:
+            LOG.info("force of %s over (%s)", f.uplink, f.reason)
+            why = f"force of {f.uplink} over"
+        else:
+            return f, ""
+        self.forced = None
+        return None, why
 
     def decide(self, views: Mapping[str, UplinkView], now: float,
                wall: float | None = None) -> Decision:
@@ -83,7 +139,15 @@ class Failover:
                 self._usable_since.setdefault(name, now)
             else:
                 self._usable_since.pop(name, None)
-        decision = self._choose(views, now)
+        forced, ended = self._force_holds(views, now)
+        if forced is not None:
+            decision = Decision(forced.uplink, self.active,
+                                f"{forced.uplink} forced for {forced.until - now:.0f}s: "
+                                f"{forced.reason}", forced.until - now)
+        else:
+            decision = self._choose(views, now)
+            if ended:
+                decision = replace(decision, reason=f"{ended}; {decision.reason}")
         if decision.changed:
             LOG.info("active uplink %s -> %s: %s", decision.previous, decision.active,
                      decision.reason)

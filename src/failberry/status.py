@@ -251,6 +251,8 @@ class ModemReport:
     registration: str | None = None  # home, roaming, searching, denied, ...
     interface: str | None = None  # ppp0 when connected
     address: str | None = None
+    private_address: bool | None = None  # NATed (HiLink, CGNAT): no inbound without forwarding
+    data_path: str | None = None  # ppp, ncm, ecm, hilink
     device: str | None = None  # the AT port
     model: str | None = None
     bytes_in: int | None = None

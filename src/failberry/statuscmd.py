@@ -196,8 +196,11 @@ def render(doc: Mapping[str, Any], now: float | None = None) -> list[str]:
         for key in ("operator", "technology", "registration"):
             if modem.get(key):
                 words.append(str(modem[key]))
+        if modem.get("data_path"):
+            words.append(f"via {modem['data_path']}")
         if modem.get("address"):
-            words.append(f"address {modem['address']}")
+            words.append(f"address {modem['address']}" + (
+                " (private: NAT, no inbound)" if modem.get("private_address") else ""))
         if modem.get("rung"):
             words.append(f"recovery: {modem['rung']}")
         if modem.get("reason"):

@@ -13,6 +13,10 @@ one JSON object a line:
     {"op": "hangup"}                           NO CARRIER on the data port
     {"op": "unplug"} / {"op": "replug"}        the ports vanish / come back (new ptys)
     {"op": "get"}                              counters as JSON
+    {"op": "wedge"}                            the bearer drops without a word (ncm/ecm)
+
+"maker"/"model" set the identity (a Huawei answers AT^NDISDUP); "bearer" (see fake_bearer)
+gives the stick an Ethernet side whose bearer AT commands raise and drop.
 
 Scenario keys beyond the defaults below: "urc_n" (registration URCs carry <n>, as some
 firmware sends them), "register_after" (seconds after plugging until the network registers,
@@ -35,6 +39,9 @@ import time
 import tty
 from typing import Any
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from modem_fakes.fake_bearer import Bearer  # run as a script
+
 GUARD = 1.0  # V.250 S12: the escape's guard time
 
 DEFAULTS: dict[str, Any] = {
@@ -54,6 +61,9 @@ DEFAULTS: dict[str, Any] = {
     "cpinr": False,
     "pin_plain_error": False,  # a wrong PIN gets ERROR, not +CME ERROR: 16
     "pin_tries": 3,
+    "maker": "ZTE CORPORATION",
+    "model": "MF180",
+    "bearer": None,
 }
 
 
@@ -103,6 +113,7 @@ class Modem:
         self.storm_rate = 0
         self.storm_next = 0.0
         self.replug_at = 0.0
+        self.bearer = Bearer(self.s["bearer"]) if self.s["bearer"] else None
         self.plug()
         ctl = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         ctl.bind(os.path.join(directory, "ctl"))
@@ -159,9 +170,9 @@ class Modem:
             port.echo = up == "ATE1"
             self.reply(port, "OK")
         elif up == "AT+CGMI":
-            self.reply(port, "ZTE CORPORATION", "OK")
+            self.reply(port, s["maker"], "OK")
         elif up == "AT+CGMM":
-            self.reply(port, "MF180", "OK")
+            self.reply(port, s["model"], "OK")
         elif up == "AT+CGSN":
             self.reply(port, "866666012345678", "OK")
         elif up == "AT+ZCDRUN=8":
@@ -203,8 +214,14 @@ class Modem:
         elif up == "AT+CFUN=1,1":
             self.counters["cfun_reset"] += 1
             self.reply(port, "OK")
+            if self.bearer is not None:
+                self.bearer.stop()
             self.unplug()
             self.replug_at = time.monotonic() + s["reset_delay"]
+        elif self.bearer is not None and (done := self.bearer.command(up)) is not None:
+            self.reply(port, "OK" if done[0] else "ERROR")
+            if done[1]:
+                self.urc(done[1])
         else:  # AT+CEREG=2 and friends: an MF180 is a 3G stick
             self.reply(port, "ERROR")
 
@@ -273,8 +290,13 @@ class Modem:
             elif op == "replug":
                 if not self.ports:
                     self.plug()
+            elif op == "wedge":
+                if self.bearer is not None:
+                    self.bearer.stop()
             elif op == "get":
                 out = {**self.counters, "log": self.log, "plugged": bool(self.ports)}
+                if self.bearer is not None:
+                    out.update(bearer_up=self.bearer.up, bearer_ups=self.bearer.ups)
             conn.sendall((json.dumps(out) + "\n").encode())
 
     def storm(self) -> None:

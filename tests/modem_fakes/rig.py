@@ -23,6 +23,9 @@ from failberry.bus import Bus, ModemStateChanged
 from failberry.config import ModemConfig, RecoveryConfig, Secret
 from failberry.modem.adapters import Rebooter
 from failberry.modem.at import SerialPort, open_serial
+from failberry.modem.bearer import BearerRunner
+from failberry.modem.datapath import DataRunner
+from failberry.modem.dhcp import DhcpClient
 from failberry.modem.discovery import PathWatcher
 from failberry.modem.driver import Driver, RebootLog
 from failberry.modem.machine import Machine, Phase
@@ -34,6 +37,23 @@ from modem_fakes.usbfake import RecordingBackend, fake_sysfs
 
 FAKES = Path(__file__).resolve().parent
 _COUNTER = itertools.count()
+
+# One ICMP echo over a raw socket, answered within 1 s: exit 0 (no ping(8) on the machine).
+PING = """
+import os, select, socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+body = struct.pack("!BBHHH", 8, 0, 0, os.getpid() & 0xFFFF, 1) + b"failberry"
+total = sum(struct.unpack("!%dH" % (len(body) // 2), body[: len(body) // 2 * 2]))
+total += body[-1] << 8 if len(body) % 2 else 0
+total = (total >> 16) + (total & 0xFFFF)
+csum = ~(total + (total >> 16)) & 0xFFFF
+s.sendto(body[:2] + struct.pack("!H", csum) + body[4:], (sys.argv[1], 0))
+while select.select([s], [], [], 1.0)[0]:
+    data, addr = s.recvfrom(1500)
+    if addr[0] == sys.argv[1] and data[20] == 0:
+        sys.exit(0)
+sys.exit(1)
+"""
 
 FAST = RecoveryConfig(registration_timeout=2.0, redial_limit=1, modem_reset_limit=1,
                       usb_rebind_limit=1, port_power_limit=1, reboots_per_day=1,
@@ -74,8 +94,9 @@ class Rig:
                  ganged: bool = False, start_part: bool = True,
                  opener: Callable[[str], SerialPort] = open_serial,
                  rebooter: Rebooter | None = None, step_timeout: float = 15.0,
-                 single_port: bool = False, machine_opts: dict[str, Any] | None = None
-                 ) -> None:
+                 single_port: bool = False, machine_opts: dict[str, Any] | None = None,
+                 bearer: str | None = None) -> None:
+        self.bearer = bearer  # "huawei", "zte", "generic": the ncm/ecm path over a veth
         self.machine_opts = machine_opts or {}
         self.start_part = start_part
         self.opener = opener
@@ -102,6 +123,8 @@ class Rig:
 
     async def __aenter__(self) -> Rig:
         subprocess.run(["ip", "netns", "add", self.ns], check=True)
+        if self.bearer:
+            self._make_isp()
         self.modem = subprocess.Popen([sys.executable, str(FAKES / "fake_modem.py"),
                                        str(self.dev), json.dumps(self.scenario)])
         for _ in range(200):
@@ -115,15 +138,23 @@ class Rig:
                                **{"step_timeout": self.step_timeout, **self.machine_opts})
         ppp_argv = ["ip", "netns", "exec", self.ns, sys.executable,
                     str(FAKES / "fake_pppd.py"), "--control", str(self.tmp)]
+        runner: DataRunner = PppRunner(self.cfg, self.tmp / "ppp", argv=ppp_argv,
+                                       stop_grace=3.0)
+        if self.bearer:
+            dhcp = DhcpClient(self.tmp / "dhcp", ["ip", "netns", "exec", self.ns, "udhcpc"])
+            runner = BearerRunner(self.cfg, dhcp, at_timeout=self.at_timeout)
         self.driver = Driver(
             self.cfg, self.machine, status=self.status, bus=self.bus, opener=self.opener,
-            ppp=PppRunner(self.cfg, self.tmp / "ppp", argv=ppp_argv, stop_grace=3.0),
+            ppp=runner,
             usb=SysfsUsbPower(self.sysroot, self.backend, off_time=0.05),
             rebooter=self.rebooter, reboot_log=RebootLog(self.tmp / "reboots.json"),
             poll_interval=self.poll_interval, at_timeout=self.at_timeout)
         data = self.dev / "ttyUSB2"
-        discovery = PathWatcher(str(data if self.single_port else self.dev / "ttyUSB1"),
-                                str(data), usb_path="1-1.2", interval=0.2)
+        control = str(data if self.single_port else self.dev / "ttyUSB1")
+        discovery = PathWatcher(control, control if self.bearer else str(data),
+                                usb_path="1-1.2", interval=0.2,
+                                data="ncm" if self.bearer else "ppp",
+                                net="wwan0" if self.bearer else None)
         self.part = ModemPart(self.driver, discovery, self.bus)
         changes = self.bus.subscribe(ModemStateChanged)
 
@@ -145,12 +176,55 @@ class Rig:
             self.modem.send_signal(signal.SIGTERM)
             self.modem.wait(10)
         # pppd stand-ins are stopped by the part; anything left in the namespace dies here
-        pids = subprocess.run(["ip", "netns", "pids", self.ns], capture_output=True,
-                              text=True).stdout.split()
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid), signal.SIGKILL)
-        subprocess.run(["ip", "netns", "del", self.ns], check=False)
+        for ns in (self.ns, self.isp) if self.bearer else (self.ns,):
+            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
+                                  text=True).stdout.split()
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+
+    def _make_isp(self) -> None:
+        """The stick's Ethernet side: wwan0 in the Pi namespace, isp0 in the ISP one."""
+        self.isp = self.ns + "-isp"
+        subprocess.run(["ip", "netns", "add", self.isp], check=True)
+        tag = f"fb{os.getpid() % 100000}{next(_COUNTER)}"
+        subprocess.run(["ip", "link", "add", f"{tag}a", "type", "veth", "peer", "name",
+                        f"{tag}b"], check=True)
+        subprocess.run(["ip", "link", "set", f"{tag}a", "netns", self.ns, "name", "wwan0"],
+                       check=True)
+        subprocess.run(["ip", "link", "set", f"{tag}b", "netns", self.isp, "name", "isp0"],
+                       check=True)
+        for ns, dev in ((self.isp, "isp0"), (self.isp, "lo"), (self.ns, "lo")):
+            subprocess.run(["ip", "-n", ns, "link", "set", dev, "up"], check=True)
+        self.scenario = {"maker": {"huawei": "huawei", "zte": "ZTE CORPORATION"}.get(
+            self.bearer or "", "Quectel"), "model": "E3372", **self.scenario,
+            "bearer": {"ns": self.isp, "if": "isp0", "gw": "10.99.0.1/24",
+                       "range": "10.99.0.50,10.99.0.60", "dir": str(self.tmp),
+                       "vendor": self.bearer}}
+
+    def address(self, dev: str = "wwan0") -> str | None:
+        """The IPv4 address on `dev` in the Pi namespace."""
+        out = subprocess.run(["ip", "-n", self.ns, "-j", "-4", "addr", "show", "dev", dev],
+                             capture_output=True, text=True)
+        data = json.loads(out.stdout or "[]")
+        for a in (data[0].get("addr_info", []) if data else []):
+            return str(a["local"])
+        return None
+
+    def routes(self) -> str:
+        """`ip route` in the Pi namespace."""
+        return subprocess.run(["ip", "-n", self.ns, "route"], capture_output=True,
+                              text=True).stdout
+
+    def channel_open(self) -> bool:
+        """Is the driver's AT channel open?"""
+        return self.driver.channel is not None
+
+    def ping(self, target: str = "10.99.0.1") -> bool:
+        """One ping from the Pi namespace (a probe through the mobile uplink)."""
+        return subprocess.run(["ip", "netns", "exec", self.ns, sys.executable, "-c", PING,
+                               target], capture_output=True).returncode == 0
 
     # -- helpers
 

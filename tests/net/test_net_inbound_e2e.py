@@ -6,14 +6,15 @@ through the mobile address (`[[forward]]`), every reply from the address it was 
 Gateway: the same through both uplinks, while either one is active. Clean-up: after a stop
 and after `failberry net clean`, rules, every routing table and both legacy iptables equal
 the state before start (after a stop, except the filter chains a clean stop keeps closed on
-purpose until `net clean`: fb-input, fb-forward and the metered link's fb-mobile-in/-out, which
-fb-forward jumps to). The "internet" drops packets whose source does not belong to the link
-they arrive on, so a reply sent out of the wrong uplink is lost, as with a real operator."""
+purpose until `net clean`: fb-input, fb-forward and the chains they and OUTPUT jump to, as
+`plan.closed` gives them). The "internet" drops packets whose source does not belong to the
+link they arrive on, so a reply sent out of the wrong uplink is lost, as with a real operator."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -37,8 +38,10 @@ from inbound_topo import (
 )
 from topology import PY
 
+from failberry import config
+from failberry.net import plan
+
 pytestmark = [pytest.mark.root]
-KEPT = ("fb-input", "fb-forward", "fb-mobile-")  # a clean stop keeps these until `net clean`
 
 
 @pytest.fixture(params=["sidecar", "gateway"])
@@ -96,9 +99,16 @@ def stop(p: subprocess.Popen[str]) -> None:
     assert p.wait(20) == 0
 
 
-def without_kept(snap: dict[str, str]) -> dict[str, str]:
+def kept(cfg: Path) -> set[str]:
+    """The filter chains a clean stop keeps (closed) until `net clean`."""
+    return {c.name for c in plan.closed(config.load(cfg))}
+
+
+def without(snap: dict[str, str], chains: set[str]) -> dict[str, str]:
+    """The snapshot without the lines naming these chains (their jumps and rules)."""
     return {k: "\n".join(line for line in v.splitlines()
-                         if not any(c in line for c in KEPT)) for k, v in snap.items()}
+                         if not any(re.search(rf"(^|\s|:){c}(\s|$)", line) for c in chains))
+            for k, v in snap.items()}
 
 
 @pytest.mark.timeout(180)
@@ -165,8 +175,10 @@ def test_reachable_from_outside_and_cleaned_up(net: Inbound, tmp_path: Path) -> 
     log = (tmp_path / "supervisor.log").read_text()
     assert "(periodic check)" not in log, log
     after_stop = t.snapshot()
-    assert any(c in after_stop["iptables-legacy-save"] for c in KEPT)
-    assert without_kept(after_stop) == without_kept(before)
+    closed = kept(tmp_path / "failberry.toml")
+    assert {"fb-input", "fb-forward"} <= closed
+    assert all(f":{c} - " in after_stop["iptables-legacy-save"] for c in closed)
+    assert without(after_stop, closed) == without(before, closed)
     out = t.sh("pi", f"{PY} -m failberry net clean --state-dir {tmp_path / 'run'}")
     assert "change" in out
     assert t.snapshot() == before

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from failberry.modem.at import AtChannel, SerialPort
+from failberry.modem.datapath import DataPath, Stick, plan, read_stick, usb_id_of
 from failberry.modem.errors import PortGone
 from failberry.modem.events import DeviceAdded, DeviceRemoved
 
@@ -137,6 +138,35 @@ async def find_at_port(device: str, opener: Callable[[str], SerialPort],
     return None, usb_path
 
 
+async def stick_event(stick: Stick, data: str, answers: Callable[[str], Awaitable[bool]],
+                      dev_dir: Path = Path("/dev"), at_port: str | None = None
+                      ) -> DeviceAdded | None:
+    """The DeviceAdded for `stick` driven by `data` ("auto" or a path): its ttys are asked
+    (`answers(node)`) which take AT. PPP keeps the lowest answering port for control and the
+    highest for data; NCM/ECM run bearer and monitoring on the lowest; HiLink has no port
+    (its network interface stands for it). None when the stick offers no usable path."""
+    found = plan(stick, data)
+    if found is None:
+        if stick.storage_only:
+            LOG.info("modem %s on %s: still in CD-ROM mode (usb-modeswitch switches it)",
+                     stick.usb_id, stick.usb_path)
+        return None
+    if found.path is DataPath.HILINK:
+        assert found.net is not None
+        LOG.info("modem %s on %s: %s", stick.usb_id, stick.usb_path, found.describe())
+        return DeviceAdded(found.net, None, stick.usb_path, found.path.value, found.net)
+    nodes = [str(dev_dir / t) for t in found.ttys]
+    answering = [n for n in nodes if await answers(n)]
+    if not answering:
+        LOG.info("modem %s on %s: no port answers AT", stick.usb_id, stick.usb_path)
+        return None
+    control = at_port or answering[0]
+    data_port = answering[-1] if found.path is DataPath.PPP else control
+    LOG.info("modem %s on %s: %s; AT on %s, data on %s", stick.usb_id, stick.usb_path,
+             found.path.value, control, found.net or data_port)
+    return DeviceAdded(control, data_port, stick.usb_path, found.path.value, found.net)
+
+
 Locate = Callable[[str], Awaitable[tuple[str | None, str | None]]]
 
 
@@ -145,8 +175,11 @@ class PathWatcher:
     re-enumerated stick gets a new node) is the add/remove event. Polls once a `interval`."""
 
     def __init__(self, path: str, data_path: str | None = None, usb_path: str | None = None,
-                 interval: float = 1.0, locate: Locate | None = None) -> None:
+                 interval: float = 1.0, locate: Locate | None = None, *, data: str = "ppp",
+                 net: str | None = None) -> None:
         self.path = path
+        self.data = data  # the data path and network interface DeviceAdded carries
+        self.net = net
         self.data_path = data_path
         self.usb_path = usb_path
         self.interval = interval
@@ -171,39 +204,47 @@ class PathWatcher:
                     control, usb_path = (await self.locate(self.path) if self.locate
                                          else (None, None))
                     yield DeviceAdded(control or self.path, self.data_path or self.path,
-                                      usb_path or self.usb_path)
+                                      usb_path or self.usb_path, self.data, self.net)
                 seen = now
             await asyncio.sleep(self.interval)
 
 
 class UdevDiscovery:
-    """`[modem] device = "auto"`: pyudev enumeration, then its netlink monitor."""
+    """`[modem] device = "auto"`: pyudev enumeration, then its netlink monitor. A stick is
+    any USB device of a modem vendor (or `usb_ids`) with a tty or a network interface; what
+    it presents decides the data path unless `data` names one."""
 
     def __init__(self, opener: Callable[[str], SerialPort], extra_ids: Iterable[str] = (),
-                 settle: float = 2.0, at_port: str | None = None) -> None:
+                 settle: float = 2.0, at_port: str | None = None, *, data: str = "auto",
+                 dev_dir: Path = Path("/dev")) -> None:
         self.opener = opener
+        self.dev_dir = dev_dir
         self.extra_ids = tuple(extra_ids)
         self.settle = settle
         self.at_port = at_port  # `[modem] at_port`: the control/monitoring port, if set
-        self.current: tuple[Candidate, Candidate] | None = None
+        self.data = data
+        self.current: DeviceAdded | None = None
 
-    def scan(self, context: Any) -> list[Candidate]:
-        """Every modem tty udev knows now."""
+    def scan(self, context: Any) -> list[Path]:
+        """The sysfs directories of every USB device of a modem vendor (or `usb_ids`) udev
+        knows now, whatever it presents (ttys, a network interface, only a CD-ROM)."""
         out = []
-        for dev in context.list_devices(subsystem="tty"):
-            usb_dev = dev.find_parent("usb", "usb_device")
-            if usb_dev is None:
-                continue
-            props = {k: str(dev.properties.get(k, "")) for k in
-                     ("ID_VENDOR_ID", "ID_MODEL_ID", "DEVNAME", "ID_USB_INTERFACE_NUM")}
-            c = candidate(props, usb_dev.sys_name, self.extra_ids)
-            if c is not None:
-                out.append(c)
+        for dev in context.list_devices(subsystem="usb", DEVTYPE="usb_device"):
+            device = Path(dev.sys_path)
+            usb_id = usb_id_of(device)
+            if usb_id[:4] in MODEM_VENDORS or usb_id in self.extra_ids:
+                out.append(device)
         return out
 
-    async def _find(self, context: Any) -> tuple[Candidate, Candidate] | None:
-        answering = [c for c in self.scan(context) if await probe_port(c.node, self.opener)]
-        return choose_ports(answering)
+    async def _find(self, context: Any) -> DeviceAdded | None:
+        for device in self.scan(context):
+            stick = await asyncio.to_thread(read_stick, device)
+            event = await stick_event(stick, self.data,
+                                      lambda n: probe_port(n, self.opener),
+                                      self.dev_dir, self.at_port)
+            if event is not None:
+                return event
+        return None
 
     async def events(self) -> AsyncIterator[DeviceEvent]:
         """Yield the modem found at start, then follow udev add/remove events."""
@@ -212,6 +253,7 @@ class UdevDiscovery:
         context = pyudev.Context()
         monitor = pyudev.Monitor.from_netlink(context)
         monitor.filter_by("tty")
+        monitor.filter_by("net")
         monitor.start()
         wake = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -222,7 +264,7 @@ class UdevDiscovery:
                 dev = monitor.poll(timeout=0)
                 if dev is None:
                     break
-                pending.append((dev.action or "", dev.device_node or ""))
+                pending.append((dev.action or "", dev.device_node or dev.sys_name or ""))
                 wake.set()
 
         loop.add_reader(monitor.fileno(), readable)
@@ -230,33 +272,22 @@ class UdevDiscovery:
             found = await self._find(context)
             if found:
                 self.current = found
-                yield self._added(found)
+                yield found
             while True:
                 await wake.wait()
                 wake.clear()
                 actions, pending[:] = list(pending), []
-                if self.current and any(a == "remove" and n in (self.current[0].node,
-                                                                 self.current[1].node)
-                                        for a, n in actions):
-                    yield DeviceRemoved(self.current[0].node)
+                cur = self.current
+                if cur and any(a == "remove" and n in (cur.port, cur.data_port, cur.net)
+                               for a, n in actions):
+                    yield DeviceRemoved(cur.port)
                     self.current = None
                 if self.current is None and any(a == "add" for a, _ in actions):
                     await asyncio.sleep(self.settle)  # a stick's ttys arrive one by one
                     found = await self._find(context)
                     if found:
                         self.current = found
-                        yield self._added(found)
+                        yield found
         finally:
             with contextlib.suppress(Exception):
                 loop.remove_reader(monitor.fileno())
-
-    def _added(self, found: tuple[Candidate, Candidate]) -> DeviceAdded:
-        control, data = found
-        node = self.at_port or control.node
-        if node == data.node:
-            LOG.warning("modem %s: only %s answers AT; no monitoring while PPP runs (set "
-                        "[modem] at_port if the stick has another AT port)", control.usb_id,
-                        node)
-        LOG.info("modem %s on %s: AT on %s, PPP on %s", control.usb_id, control.usb_path,
-                 node, data.node)
-        return DeviceAdded(node, data.node, control.usb_path)

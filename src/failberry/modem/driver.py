@@ -22,11 +22,13 @@ from failberry.modem.adapters import (  # re-exported: the seams' old home
     read_counters,
 )
 from failberry.modem.at import AtChannel, SerialPort
+from failberry.modem.datapath import DataRunner
 from failberry.modem.errors import AtError, AtTimeout, ModemError, PortGone, UsbPowerError
+from failberry.modem.follow import private_address
+from failberry.modem.hilink import HilinkBackend
 from failberry.modem.machine import Machine
 from failberry.modem.parsers import REG_PREFIXES, Registration, RegStat, parse_registration
 from failberry.modem.parsers import parse_vendor_access_tech as vendor_access_tech
-from failberry.modem.ppp import PppRunner
 from failberry.modem.session import PinOutcome, Session, command_mode
 from failberry.modem.state import ModemState, Phase
 from failberry.status import Status
@@ -37,6 +39,7 @@ __all__ = ["CommandReboot", "Driver", "RebootLog", "Rebooter", "read_counters"]
 LOG = logging.getLogger(__name__)
 
 PART = "modem"
+HILINK_ACTIONS = (ev.OpenPort, ev.QuerySim, ev.EnterPin, ev.QueryRegistration, ev.ResetModem)
 POLLED = (Phase.REGISTERING, Phase.DENIED, Phase.DIALING, Phase.CONNECTED)
 
 
@@ -44,7 +47,7 @@ class Driver:
     """Runs the machine; `post(event)` from anywhere in the loop, `run()` until cancelled."""
 
     def __init__(self, cfg: ModemConfig, machine: Machine, *, status: Status, bus: Bus,
-                 opener: Callable[[str], SerialPort], ppp: PppRunner, usb: UsbPower,
+                 opener: Callable[[str], SerialPort], ppp: DataRunner, usb: UsbPower,
                  rebooter: Rebooter, reboot_log: RebootLog | None = None,
                  poll_interval: float = 10.0, at_timeout: float = 5.0,
                  counters: Callable[[str], tuple[int | None, int | None]] = read_counters,
@@ -69,6 +72,8 @@ class Driver:
         self.tasks: set[asyncio.Task[None]] = set()
         self.info: dict[str, Any] = {}
         self.session = Session(at_timeout, self.info)
+        ppp.attach(self.session)  # the bearer paths speak AT over the driver's session
+        self.hilink: HilinkBackend | None = None  # answers for a stick without AT (HiLink)
         self.last_reg: dict[str, RegStat] = {}
         self.steps = 0
         # command_mode's result after each pppd exit, the last few (for status and tests)
@@ -131,6 +136,9 @@ class Driver:
     def step(self, event: ev.Event) -> None:
         """One machine step, then its actions."""
         self.steps += 1
+        if isinstance(event, ev.DeviceAdded):
+            self.ppp.select(event.data, event.net)
+            self.info["data_path"] = event.data
         old = self.state
         self.state, actions = self.machine.handle(old, event)
         if self.state.phase is not old.phase:
@@ -156,6 +164,12 @@ class Driver:
             self._cancel_timer(action.name)
             return
         LOG.info("modem action %s (%s)", type(action).__name__, self.state.reason)
+        if self._hilink() is not None and isinstance(action, HILINK_ACTIONS):
+            if isinstance(action, ev.OpenPort):
+                self._close_channel()  # a new generation: stale answers are dropped
+            assert self.hilink is not None
+            self._spawn(self.hilink.perform(self, action, self.gen), "hilink")
+            return
         if isinstance(action, ev.OpenPort):
             self._close_channel()
             self._spawn(self._open(action.port, self.gen), "open")
@@ -168,7 +182,8 @@ class Driver:
         elif isinstance(action, ev.QueryRegistration):
             self._spawn(self._query_registration(self.gen), "registration")
         elif isinstance(action, ev.StartPpp):
-            if self.channel is not None and self.channel.name == action.port:
+            if self.ppp.exclusive and self.channel is not None and \
+                    self.channel.name == action.port:
                 self._close_channel()  # pppd needs the port to itself: no monitoring now
             self._spawn(self._run_ppp(action.port), "pppd")
         elif isinstance(action, ev.StopPpp):
@@ -182,6 +197,9 @@ class Driver:
                         "power")
         elif isinstance(action, ev.Reboot):
             self._spawn(self._reboot(action.reason), "reboot")
+
+    def _hilink(self) -> HilinkBackend | None:
+        return self.hilink if self.info.get("data_path") == "hilink" else None
 
     def _cancel_timer(self, name: str) -> None:
         handle = self.timers.pop(name, None)
@@ -277,6 +295,7 @@ class Driver:
 
     def _urc(self, line: str) -> None:
         head = line.partition(":")[0].strip().upper()
+        self.ppp.urc(line)
         try:
             if head in REG_PREFIXES:
                 # Both shapes arrive unsolicited: `+CREG: <stat>[,...]` as TS 27.007 says,
@@ -303,9 +322,10 @@ class Driver:
         # pppd leaves the stick in data mode (its peer file has `local`): bring the port
         # back to command mode before anything dials or climbs, or every redial's AT is
         # taken for data and the ladder resets a healthy stick.
-        self.hangups.append(await command_mode(self.opener, port, self.guard_time,
-                                               self.at_timeout))
-        self.post(ev.PppExited(status))
+        if self.ppp.exclusive:
+            self.hangups.append(await command_mode(self.opener, port, self.guard_time,
+                                                   self.at_timeout))
+        self.post(ev.PppExited(status, self.ppp.why))
 
     async def _reset_modem(self, gen: int) -> None:
         if self.channel is None or self.channel.gone is not None:
@@ -352,7 +372,10 @@ class Driver:
     async def poll(self) -> None:
         """Refresh signal, operator and registration while an AT port is open (the control
         port, or the monitoring port while the data port carries PPP), then report."""
-        if self.channel is not None and self.state.phase in POLLED:
+        api = self._hilink()
+        if api is not None and self.state.phase in POLLED:
+            await api.poll(self)
+        elif self.channel is not None and self.state.phase in POLLED:
             gen = self.gen
             try:
                 await self.session.signal_and_operator()
@@ -376,10 +399,12 @@ class Driver:
         rung = s.pending_rung.value if s.pending_rung else None
         self.status.report(
             PART, s.phase.value, reason=s.reason, port=s.port,
+            data_path=self.info.get("data_path"),
             manufacturer=self.info.get("manufacturer"), model=self.info.get("model"),
             sim=self.info.get("sim"), signal_dbm=self.info.get("signal_dbm"),
             operator=self.info.get("operator"), access_tech=self.info.get("access_tech"),
             registration=self.info.get("registration"), interface=s.interface,
-            address=s.address, bytes_in=rx, bytes_out=tx, ladder_rung=rung,
+            address=s.address, private_address=private_address(s.address), bytes_in=rx,
+            bytes_out=tx, ladder_rung=rung,
             ladder_counts=s.ladder_counts, last_error=s.last_error or self.info.get(
                 "last_error"))

@@ -17,6 +17,8 @@ class DeviceAdded:
     port: str
     data_port: str | None = None
     usb_path: str | None = None  # sysfs device name such as "1-1.2"
+    data: str = "ppp"  # the data path (`datapath.DataPath` value)
+    net: str | None = None  # the stick's network interface (ncm, ecm, hilink)
 
 
 @dataclass(frozen=True)
@@ -97,9 +99,11 @@ class PppUp:
 
 @dataclass(frozen=True)
 class PppExited:
-    """pppd exited with `status` (man pppd, EXIT STATUS)."""
+    """pppd exited with `status` (man pppd, EXIT STATUS); or a bearer ended with a status of
+    the same meaning and its own words in `why`."""
 
     status: int
+    why: str = ""
 
 
 @dataclass(frozen=True)

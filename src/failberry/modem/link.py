@@ -92,7 +92,7 @@ def ppp_exit(m: Machine, s: ModemState, e: Event) -> Result:
     """pppd ended: what its exit status means decides what comes next."""
     assert isinstance(e, PppExited)
     s = replace(s, ppp_running=False, interface=None, address=None, connected_since=None)
-    why = describe_ppp_exit(e.status)
+    why = e.why or describe_ppp_exit(e.status)
     outcome = PPP_EXIT.get(e.status, ("", PppOutcome.RETRY))[1]
     if s.phase is Phase.LOST:
         return m.fail(s, s.last_error or why)

@@ -16,8 +16,12 @@ from failberry.config import Config
 from failberry.modem import events as ev
 from failberry.modem.adapters import CommandReboot, RebootLog
 from failberry.modem.at import open_serial
+from failberry.modem.bearer import BearerRunner
+from failberry.modem.datapath import DataRunner, Switch
+from failberry.modem.dhcp import DhcpClient
 from failberry.modem.discovery import Discovery, PathWatcher, UdevDiscovery, find_at_port
 from failberry.modem.driver import Driver
+from failberry.modem.hilink import HilinkApi, HilinkBackend, HilinkRunner
 from failberry.modem.machine import Machine
 from failberry.modem.ppp import PppRunner
 from failberry.modem.state import ModemState
@@ -25,6 +29,28 @@ from failberry.status import Status
 from failberry.usbpower import SysfsUsbPower
 
 LOG = logging.getLogger(__name__)
+
+def data_runner(cfg: Config) -> tuple[DataRunner, HilinkBackend]:
+    """What carries data for `[modem] data`: pppd, the AT bearer with DHCP, the HiLink API
+    with DHCP, or (auto) the one discovery picks for the stick found; and the HiLink backend
+    that answers the machine for a stick without AT."""
+    m = cfg.modem
+    run_dir = Path(cfg.paths.run_dir)
+    ifname = cfg.uplink.mobile.interface
+    ppp = PppRunner(m, run_dir / "ppp", "ppp0" if ifname == "auto" else ifname,
+                    argv=(m.pppd,))
+    bearer = BearerRunner(m, DhcpClient(run_dir / "dhcp"))
+    api = HilinkApi()
+    hilink = HilinkRunner(api, DhcpClient(run_dir / "dhcp"))
+    backend = HilinkBackend(api, hilink)
+    if m.data == "ppp" or (m.data == "auto" and m.device != "auto"):
+        return ppp, backend  # a configured device without `data` is the PPP port it was
+    if m.data in ("ncm", "ecm"):
+        return bearer, backend
+    if m.data == "hilink":
+        return hilink, backend
+    return Switch({"ppp": ppp, "ncm": bearer, "ecm": bearer, "hilink": hilink}), backend
+
 
 class ModemPart:
     """Keeps the mobile link up; reports as `modem`."""
@@ -48,15 +74,18 @@ class ModemPart:
         m = cfg.modem
         machine = Machine(cfg.recovery, has_pin=m.pin is not None,
                           rand=random.SystemRandom().random)
-        ppp = PppRunner(m, Path(cfg.paths.run_dir) / "ppp", cfg.uplink.mobile.interface,
-                        argv=(m.pppd,))
+        ppp, hilink = data_runner(cfg)
         driver = Driver(m, machine, status=status, bus=bus, opener=open_serial, ppp=ppp,
                         usb=SysfsUsbPower(), rebooter=CommandReboot(cfg.recovery.reboot_command),
                         reboot_log=RebootLog(Path(cfg.paths.state_dir) / "reboots.json"))
+        driver.hilink = hilink
         at_port = m.at_port or None
         discovery: Discovery
         if m.device == "auto":
-            discovery = UdevDiscovery(open_serial, m.usb_ids, at_port=at_port)
+            discovery = UdevDiscovery(open_serial, m.usb_ids, at_port=at_port, data=m.data)
+        elif m.data in ("ncm", "ecm"):  # bearer and monitoring on one AT port
+            port = at_port or m.device
+            discovery = PathWatcher(port, data_path=port, data=m.data)
         elif at_port:  # set up and monitor on at_port; PPP on the configured device
             discovery = PathWatcher(at_port, data_path=m.device)
         else:  # look for another AT port of the same stick in sysfs

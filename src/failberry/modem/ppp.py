@@ -106,6 +106,9 @@ def write_ppp_files(cfg: ModemConfig, port: str, directory: Path, interface: str
 class PppRunner:
     """Runs one pppd at a time; `argv` is the pppd command (tests put a stand-in there)."""
 
+    exclusive = True  # pppd needs the data port to itself
+    why = ""  # pppd's exit status says it all
+
     def __init__(self, cfg: ModemConfig, directory: Path, interface: str = "ppp0",
                  argv: Sequence[str] = ("/usr/sbin/pppd",), stop_grace: float = 5.0) -> None:
         self.cfg = cfg
@@ -149,6 +152,15 @@ class PppRunner:
             if proc.returncode is None:
                 await self._terminate(proc)
             self._proc = None
+
+    def attach(self, session: object) -> None:
+        """pppd talks to the stick through its chat script, not the session."""
+
+    def select(self, data: str, net: str | None) -> None:
+        """Nothing to follow: the interface is pppd's `ifname`."""
+
+    def urc(self, line: str) -> None:
+        """pppd learns of hangups itself."""
 
     async def stop(self) -> None:
         """SIGTERM pppd (it hangs up and exits 5); SIGKILL if it lingers."""

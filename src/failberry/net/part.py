@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -35,6 +36,7 @@ from failberry.bus import (
     ActiveUplinkChanged,
     AddressChanged,
     Bus,
+    ForceUplink,
     LinkChanged,
     PublishedAddressChanged,
     UplinkHealth,
@@ -42,13 +44,14 @@ from failberry.bus import (
 from failberry.config import Config
 from failberry.errors import FailberryError
 from failberry.failover import Failover, UplinkView
+from failberry.modem.follow import follow, resolve_mobile
 from failberry.net import plan as netplan
 from failberry.net.apply_routes import ApplyError, Netlink, RouteApplier
 from failberry.net.conntrack import FlowFlusher
 from failberry.net.firewall import Firewall
 from failberry.net.monitor import LinkMonitor
 from failberry.net.sysctl import Sysctl, SysctlManager
-from failberry.net.usage import Usage
+from failberry.net.usage import HEALTH_KEY, Usage
 from failberry.probes import Binding, HealthTracker, Prober, Thresholds, Verdict, parse_target
 from failberry.status import Status
 
@@ -163,7 +166,11 @@ class NetworkPart:
             tasks = [asyncio.create_task(self._probe_loop(u), name=f"probe-{n}")
                      for n, u in self.uplinks.items()]
             tasks += [asyncio.create_task(self._events(), name="net-events"),
-                      asyncio.create_task(self._periodic(), name="net-periodic")]
+                      asyncio.create_task(self._periodic(), name="net-periodic"),
+                      asyncio.create_task(self._forces(self.bus.subscribe(ForceUplink)),
+                                          name="net-forces"),
+                      asyncio.create_task(follow(self.bus, self.cfg, self._follow_mobile),
+                                          name="net-follow-mobile")]
             if "mobile" in self.uplinks and self.cfg.uplink.mobile.public_address_url:
                 tasks.append(asyncio.create_task(self._public_address_loop(), name="net-public"))
             await asyncio.gather(*tasks)
@@ -238,9 +245,11 @@ class NetworkPart:
 
     async def _events(self) -> None:
         q = self.s.monitor.events
-        watched = {u.spec.interface for u in self.uplinks.values()} | set(self._required().values())
         while True:
             event = await q.get()
+            # computed per burst: with `uplink.mobile.interface = "auto"` the mobile one moves
+            watched = {u.spec.interface for u in self.uplinks.values()} | \
+                set(self._required().values())
             relevant = False
             while True:  # take the whole burst; one reconcile for all of it
                 if isinstance(event, LinkChanged | AddressChanged):
@@ -253,6 +262,23 @@ class NetworkPart:
                 event = q.get_nowait()
             if relevant:
                 await self._reconcile("link event")
+
+    async def _follow_mobile(self, interface: str) -> None:
+        """Issue 16 hook: `uplink.mobile.interface = "auto"` and the modem's link is now on
+        `interface`: plan with that name from now on (see failberry.modem.follow)."""
+        self.cfg = resolve_mobile(self.cfg, interface)
+        if "mobile" in self.uplinks:
+            up = self.uplinks["mobile"]
+            up.spec = dataclasses.replace(up.spec, interface=interface)
+        await self._reconcile(f"mobile uplink is on {interface}")
+
+    async def _forces(self, q: asyncio.Queue[ForceUplink]) -> None:
+        """An admin's forced failover/failback (SMS): the policy holds it, from this part's
+        clock, while the uplink's link is usable; a reconcile when it runs out ends it."""
+        while True:
+            event = await q.get()
+            self.failover.force(event.uplink, event.seconds, event.reason, self.s.clock())
+            await self._reconcile(f"force: {event.reason}")
 
     async def _periodic(self) -> None:
         last_sample = self.s.clock()
@@ -290,7 +316,8 @@ class NetworkPart:
     def _sample_usage(self) -> None:
         if "mobile" not in self.uplinks:
             return
-        keys = netplan.counter_keys(self.cfg, self._over_cap)
+        keys = {**netplan.counter_keys(self.cfg, self._over_cap),
+                HEALTH_KEY: (netplan.HEALTH_COUNTER,)}  # kept apart from the devices
         chains: dict[str, list[tuple[int, int]]] = {}
         counts: dict[str, int] = {}
         for dev, where in keys.items():
@@ -543,9 +570,12 @@ class NetworkPart:
         self.status.report(self.name, state, active_uplink=active, uplinks=ups,
                            events=[e.as_dict() for e in self.failover.events],
                            data_used=self.usage.totals(), data_cap=self.usage.cap,
+                           health_check_bytes=self.usage.total(HEALTH_KEY),
                            over_cap=self._over_cap, errors=list(self._missing.values()),
                            apply_error=self._apply_error, forwards=self._forwards,
-                           public_address=self._public)
+                           public_address=self._public,
+                           forced=None if self.failover.forced is None
+                           else self.failover.forced.as_dict(self.s.clock()))
 
 
 def build(cfg: Config, status: Status, bus: Bus, state_dir: Path | None = None,

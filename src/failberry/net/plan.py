@@ -37,6 +37,8 @@ CHAIN_MOBILE_OUT = "fb-mobile-out"
 CHAIN_MOBILE_IN = "fb-mobile-in"
 CHAIN_NAT = "fb-postrouting"
 CHAIN_MSS = "fb-mss"
+CHAIN_HEALTH = "fb-health"  # counts the health endpoint's traffic on a metered uplink
+CHAIN_OUTPUT = "fb-output"  # the Pi's own packets out (health answers, for the count)
 MARK_MASK = 0x00FF0000  # connmark bits naming the LAN device a mobile flow belongs to
 ALL_DEVICES = "*"
 
@@ -210,7 +212,7 @@ def firewall(cfg: Config, ups: list[UplinkSpec], active: str | None,
     from failberry.net import inbound
 
     lan = cfg.lan.interface
-    inp: list[Rule] = []
+    inp: list[Rule] = health_input_rules(cfg, ups)
     jump, inbound_chains = inbound.forward_chains(cfg, ups) if forwards else ([], [])
     fwd: list[Rule] = jump
     nat: list[Rule] = []
@@ -256,6 +258,7 @@ def firewall(cfg: Config, ups: list[UplinkSpec], active: str | None,
                    ChainSpec("filter", CHAIN_MOBILE_IN, in_rules, "")]
     if forwards:
         nat += inbound.forward_snat(cfg, ups)
+    chains += health_chains(cfg, ups)
     chains.append(ChainSpec("nat", CHAIN_NAT, tuple(nat), "POSTROUTING"))
     chains.append(ChainSpec("mangle", CHAIN_MSS, tuple(mss), "FORWARD"))
     if forwards:
@@ -264,6 +267,34 @@ def firewall(cfg: Config, ups: list[UplinkSpec], active: str | None,
                                     "PREROUTING"))
         chains += inbound.mark_chains(cfg, ups)
     return tuple(chains)
+
+
+# -- health-check bytes: DNS failover services poll the health port over the mobile link every
+# 10-30 s; those bytes count against the data cap without any LAN device making them. Both
+# directions pass through `fb-health` (one RETURN rule: its counter is the total), from the
+# first rules of `fb-input` (before the ESTABLISHED accept) and from `fb-output`.
+
+
+def health_input_rules(cfg: Config, ups: list[UplinkSpec]) -> list[Rule]:
+    """`fb-input`'s first rules: the health port's packets in on a metered uplink."""
+    return [{"in-interface": up.interface, "protocol": "tcp",
+             "tcp": {"dport": str(cfg.health.port)}, "target": CHAIN_HEALTH}
+            for up in ups if up.metered]
+
+
+def health_chains(cfg: Config, ups: list[UplinkSpec]) -> list[ChainSpec]:
+    """`fb-health` (the counter) and `fb-output` (hooked into OUTPUT: the answers)."""
+    metered = [up for up in ups if up.metered]
+    if not metered:
+        return []
+    out: tuple[Rule, ...] = tuple(
+        {"out-interface": up.interface, "protocol": "tcp",
+         "tcp": {"sport": str(cfg.health.port)}, "target": CHAIN_HEALTH} for up in metered)
+    return [ChainSpec("filter", CHAIN_HEALTH, ({"target": "RETURN"},), ""),
+            ChainSpec("filter", CHAIN_OUTPUT, out, "OUTPUT")]
+
+
+HEALTH_COUNTER = (CHAIN_HEALTH, 0)  # (chain, rule index) of the health-check byte counter
 
 
 def metered_rules(cfg: Config, over_cap: bool) -> tuple[tuple[Rule, ...], tuple[Rule, ...]]:

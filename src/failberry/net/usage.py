@@ -4,7 +4,11 @@ Rule counters start at zero whenever a rule is written (a restart, a cap change)
 is a persisted base plus the live counter, and a counter that went backwards is folded into the
 base. The file is written atomically, at most once a minute, and on exit. It also holds the live
 counters it was written with: the chains survive a restart of the part (they are not removed
-on a crash), so a restarted part counts on from them instead of counting them twice."""
+on a crash), so a restarted part counts on from them instead of counting them twice.
+
+Besides the devices, the same file keeps `health-checks`: the bytes of the health endpoint's
+traffic on the mobile link (DNS failover services polling it). Those are counted the same way
+but kept out of the device totals and the cap check: no LAN device made them."""
 
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ from pathlib import Path
 LOG = logging.getLogger(__name__)
 
 PERSIST_EVERY = 60.0
+HEALTH_KEY = "health-checks"  # not a device: a MAC or IP address never looks like this
+SEPARATE = frozenset({HEALTH_KEY})  # counted here, but not in the device totals
 
 
 def period_start(today: dt.date, reset_day: int) -> dt.date:
@@ -72,9 +78,13 @@ class Usage:
             self.last[key] = value
 
     def totals(self) -> dict[str, int]:
-        """Bytes used per device this period."""
-        keys = set(self.base) | set(self.last)
-        return {k: max(0, self.base.get(k, 0) + self.last.get(k, 0)) for k in sorted(keys)}
+        """Bytes used per device this period (not the separate keys: `health-checks`)."""
+        keys = (set(self.base) | set(self.last)) - SEPARATE
+        return {k: self.total(k) for k in sorted(keys)}
+
+    def total(self, key: str) -> int:
+        """Bytes counted under one key this period (a device, or `health-checks`)."""
+        return max(0, self.base.get(key, 0) + self.last.get(key, 0))
 
     def over_cap(self) -> bool:
         """The cap is set and reached."""
@@ -87,7 +97,9 @@ class Usage:
             return False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps({"period": self.period, "bytes": self.totals(),
+        keys = sorted(set(self.base) | set(self.last))
+        tmp.write_text(json.dumps({"period": self.period,
+                                   "bytes": {k: self.total(k) for k in keys},
                                    "live": self.last}, sort_keys=True))
         os.replace(tmp, self.path)
         self._persisted_at = now
