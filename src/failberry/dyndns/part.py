@@ -34,6 +34,7 @@ from failberry.dyndns.route53 import Route53Provider
 from failberry.dyndns.route53_lambda import Route53LambdaProvider
 from failberry.dyndns.updater import Timing, Updater
 from failberry.dyndns.verify import AuthoritativeVerifier
+from failberry.inbound import not_public
 from failberry.net.monitor import LinkMonitor
 from failberry.status import DYNDNS, Status
 
@@ -101,6 +102,7 @@ class DyndnsPart:
         self._report_now = asyncio.Event()
         self.bus = bus
         self._blocked: set[str] = set()  # records whose block was published (alerts)
+        self._refused: set[str] = set()  # CGNAT/private addresses not published (logged)
         self.state = state
         if state is not None:
             updater.restore(state.load())
@@ -165,6 +167,8 @@ class DyndnsPart:
             self.on_active(ActiveUplinkChanged(ev.uplink, self.chooser.active, "published"))
         if self.interface or ev.address is None or not usable(ev.address):
             return
+        if self._unreachable(ev.address):
+            return
         rdtype = "A" if ev.family == 4 else "AAAA"
         self.updater.set_address(rdtype, ev.address, ev.address,
                                  f"published address changed on {ev.uplink or 'an uplink'}")
@@ -195,8 +199,21 @@ class DyndnsPart:
             if rdtype == "A" and self.chooser.network and not self.interface:
                 continue
             address, _where = self.chooser.choose(self.book, family_of(rdtype))
-            if address is not None:
+            if address is not None and not self._unreachable(address):
                 self.updater.set_address(rdtype, address, address, why)
+
+    def _unreachable(self, address: str) -> bool:
+        """A CGNAT or private address is never published (nobody outside could reach it);
+        logged once per address."""
+        kind = not_public(address)
+        if kind is None or self.provider == DnsProvider.ROUTE53_LAMBDA.value:
+            # route53-lambda publishes the address its function sees, not this one.
+            return False
+        if address not in self._refused:
+            self._refused.add(address)
+            LOG.warning("dyndns: not publishing %s: it is %s, which cannot be reached from "
+                        "outside (ask the operator for a public-IP APN)", address, kind)
+        return True
 
     async def _relist(self, why: str) -> None:
         if self.lister is None:
