@@ -121,6 +121,13 @@ def test_install_progress_counts_packages() -> None:
     assert (progress.unpacked, progress.configured) == (2, 1)
 
 
+def test_the_hooks_findings_reach_the_build_log(caplog: pytest.LogCaptureFixture) -> None:
+    progress = rootfs.InstallProgress(clock=lambda: 0.0)
+    with caplog.at_level("INFO", logger="failberry.image.rootfs"):
+        progress.line("failberry: initramfs initrd.img-6.1.0-50-armmp has every required module")
+    assert caplog.messages == ["initramfs initrd.img-6.1.0-50-armmp has every required module"]
+
+
 # ---------------------------------------------------------------------------- pure parts
 
 MINIMAL = f"""
@@ -238,7 +245,8 @@ def test_config_txt_and_cmdline_for_qemu() -> None:
                                                "initrd.img-6.1.0-50-arm64")
     pi = "console=tty0 console=ttyS1,115200 root=LABEL=fbroot rw net.ifnames=0 cma=64M rootwait"
     assert qemu.virt_cmdline(pi, "ttyAMA0") == (
-        "root=LABEL=fbroot rw net.ifnames=0 rootwait systemd.show_status=1 console=ttyAMA0")
+        "root=LABEL=fbroot rw net.ifnames=0 rootwait systemd.show_status=1 earlycon "
+        "console=ttyAMA0")
 
 
 def test_user_networking_puts_qemu_on_the_configured_lan() -> None:
@@ -325,6 +333,19 @@ def test_a_board_and_machine_mismatch_is_a_clear_usage_error() -> None:
         qemu.machine_for("raspi2b", "arm64")
     with pytest.raises(UsageError, match="not one of: virt, raspi3b, raspi2b"):
         qemu.machine_for("raspi4b", "arm64")
+
+
+def test_only_the_supervisors_own_line_proves_failberryd_runs() -> None:
+    console = boottest.Console(boottest.BootReport("raspi2b"))
+    console.line("         Starting failberryd.servic…ink, failover, health endpoint)...")
+    console.line("[  200.154327] systemd[1]: Starting failberryd.service - failberry supervisor")
+    assert console.report.seconds_to("failberryd") is None
+    console.line("[  OK  ] Started failberryd.service - failberry supervisor (mobile backup")
+    assert console.report.seconds_to("failberryd started") is not None
+    assert console.report.seconds_to("failberryd") is None
+    console.line("[  230.1] failberryd[312]: failberry.supervisor: supervisor running "
+                 "(failberry 0.1.0, mode sidecar, watchdog 30s)")
+    assert console.report.seconds_to("failberryd") is not None
 
 
 def test_a_silent_kernel_is_noticed_after_the_limit_and_a_talking_one_is_not() -> None:

@@ -41,9 +41,12 @@ MILESTONES = (
     ("initramfs", re.compile(r"Run /init as init process|Loading, please wait")),
     ("root mounted", re.compile(r"EXT4-fs \(\w+\): mounted filesystem")),
     ("systemd", re.compile(r"systemd\[1\]: systemd \d+|Welcome to .*Debian")),
-    # failberryd's own "supervisor running" line reaches the console through journald
-    # (systemd.journald.forward_to_console=1 below); systemd's status lines ellipsize.
-    ("failberryd", re.compile(r"supervisor running|Started failberryd|Starting failberryd")),
+    # systemd started the unit (its status lines ellipsize long names)...
+    ("failberryd started", re.compile(r"Started failberryd")),
+    # ...and failberryd's own "supervisor running" line, which reaches the console through
+    # journald on the Pi models (systemd.journald.forward_to_console=1): the proof there
+    # that the supervisor runs, not only that systemd launched it.
+    ("failberryd", re.compile(r"supervisor running \(failberry ")),
     ("multi-user", re.compile(r"Reached target multi-user\.target")),
 )
 # A kernel line: printk's time stamp, or the first line Linux prints.

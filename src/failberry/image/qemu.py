@@ -102,9 +102,14 @@ def virt_cmdline(pi_cmdline: str, console: str, *, journal_to_console: bool = Fa
     The boot timeline is read from systemd's status lines on the console. On the Pi models,
     with no network to ask /health, failberryd's own log line forwarded from the journal is
     the proof that it runs (off elsewhere: a busy emulated serial console slows the boot)."""
-    words = [w for w in pi_cmdline.split() if not w.startswith(("console=", "cma="))]
+    words = [w for w in pi_cmdline.split()
+             if not w.startswith(("console=", "cma=", "earlycon"))]
     extra = ["systemd.journald.forward_to_console=1"] if journal_to_console else []
-    return " ".join([*words, "systemd.show_status=1", *extra, f"console={console}"])
+    # earlycon (the UART the device tree's stdout-path names): the kernel's first line shows
+    # at once, not when the UART's driver binds (on raspi2b 7 s of kernel time, half a
+    # minute on a busy host), so a silent kernel means a wrong one.
+    return " ".join([*words, "systemd.show_status=1", *extra, "earlycon",
+                     f"console={console}"])
 
 
 def slirp_net(cfg: Config) -> tuple[str, str, str]:
@@ -120,9 +125,11 @@ def slirp_net(cfg: Config) -> tuple[str, str, str]:
 def netdev(cfg: Config, *, health_port: int, ssh_port: int) -> str:
     """The guest's user-mode network: restrict=on isolates it (nothing it sends leaves QEMU,
     so time sync, DNS and probes reach no one outside), and the two forwards from loopback,
-    which restrict keeps, reach its health port and SSH."""
+    which restrict keeps, reach its health port and SSH. IPv4 only: the image's LAN has no
+    IPv6, and QEMU's router advertisements to a guest whose USB network is not up yet fill
+    the console with "Failed to send packet"."""
     net, host, pi = slirp_net(cfg)
-    return (f"user,id=lan,net={net},host={host},restrict=on,"
+    return (f"user,id=lan,net={net},host={host},restrict=on,ipv6=off,"
             f"hostfwd=tcp:127.0.0.1:{health_port}-{pi}:{cfg.health.port},"
             f"hostfwd=tcp:127.0.0.1:{ssh_port}-{pi}:22")
 

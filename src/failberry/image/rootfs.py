@@ -162,6 +162,9 @@ class InstallProgress:
         elif text.startswith(("I: ", "E: ", "W: ")):
             LOG.info("mmdebstrap: %s", text[3:])
             return
+        elif text.startswith("failberry: "):  # the hooks' own findings (initramfs check)
+            LOG.info("%s", text.removeprefix("failberry: "))
+            return
         else:
             return
         now = self._clock()
