@@ -5,6 +5,7 @@ rebuilds it byte-identically, and interrupts a build."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import re
@@ -319,6 +320,9 @@ def _kernel(where: Path, arch: str) -> Path:
 def test_the_kernel_file_says_which_emulator_boots_it(tmp_path: Path) -> None:
     assert qemu.kernel_arch(_kernel(tmp_path, "arm64")) == "arm64"
     assert qemu.kernel_arch(_kernel(tmp_path, "armhf")) == "armhf"
+    packed = tmp_path / "vmlinuz-gz"
+    packed.write_bytes(gzip.compress(_kernel(tmp_path, "arm64").read_bytes()))
+    assert qemu.kernel_arch(packed) == "arm64"
     with pytest.raises(qemu.BootTestError, match="neither an arm64 Image nor an ARM zImage"):
         qemu.kernel_arch(_kernel(tmp_path, "other"))
     assert qemu.machine_for("virt", "armhf").emulator == "qemu-system-arm"

@@ -4,6 +4,7 @@ network, isolated from everything but the forwards the test uses."""
 
 from __future__ import annotations
 
+import gzip
 import ipaddress
 import struct
 from dataclasses import dataclass
@@ -70,9 +71,13 @@ BOARDS_OF_ARCH = {"arm64": "rpi3, rpi4, zero2w", "armhf": "rpi2"}
 
 def kernel_arch(kernel: Path) -> str:
     """The Debian architecture a kernel file is for, from its boot header: an arm64 `Image`
-    carries "ARM\\x64" at byte 56, a 32-bit ARM zImage the magic 0x016f2818 at byte 36."""
+    (gzipped or not) carries "ARM\\x64" at byte 56, a 32-bit ARM zImage the magic 0x016f2818
+    at byte 36."""
     with kernel.open("rb") as f:
         head = f.read(64)
+    if head.startswith(b"\x1f\x8b"):  # a gzipped Image (Image.gz), which QEMU unpacks too
+        with gzip.open(kernel, "rb") as g:
+            head = g.read(64)
     if len(head) == 64 and head[56:60] == b"ARM\x64":
         return "arm64"
     if len(head) >= 40 and struct.unpack_from("<I", head, 36)[0] == 0x016F2818:
