@@ -75,3 +75,13 @@ def test_a_mismatched_machine_is_refused_before_qemu_starts(tmp_path: Path) -> N
     assert res.stderr.strip().splitlines()[-1].endswith(
         "this image's kernel is armhf (board rpi2); use --machine virt or raspi2b")
     assert "starting: qemu" not in res.stderr
+
+
+@pytest.mark.root
+@pytest.mark.timeout(120)
+def test_a_pi_model_without_its_device_tree_in_the_boot_partition_is_refused(
+        tmp_path: Path) -> None:
+    image = _image(tmp_path, "armhf")
+    with pytest.raises(boottest.BootTestError,
+                       match=r"no bcm2836-rpi-2-b\.dtb in the boot partition; --machine raspi2b"):
+        boottest.boot_test(boottest.BootTestOptions(image, machine="raspi2b"))

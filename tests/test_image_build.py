@@ -352,6 +352,17 @@ def test_only_the_supervisors_own_line_proves_failberryd_runs() -> None:
     assert console.report.seconds_to("failberryd") is not None
 
 
+def test_a_kernel_crash_on_the_console_is_noticed() -> None:
+    console = boottest.Console(boottest.BootReport("raspi2b"))
+    console.line("[   99.954748] sdhost-bcm2835 3f202000.mmc: timeout waiting for hardware "
+                 "interrupt.")
+    assert console.crash == ""
+    console.line("[  100.014517] Unable to handle kernel NULL pointer dereference at virtual "
+                 "address 00000014")
+    console.line("[  100.020556] Internal error: Oops: 5 [#1] SMP ARM")
+    assert console.crash.startswith("[  100.014517] Unable to handle kernel NULL pointer")
+
+
 def test_a_silent_kernel_is_noticed_after_the_limit_and_a_talking_one_is_not() -> None:
     now = [100.0]
     console = boottest.Console(boottest.BootReport("virt"), clock=lambda: now[0])
