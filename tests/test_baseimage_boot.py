@@ -21,6 +21,7 @@ from conftest import ROOT, run_cli
 from failberry import config
 from failberry.image import assemble, commands, rootfs
 from failberry.image.runner import Runner
+from test_image_build import ISOLATED
 
 # The same cache as tests/test_image_build.py: the base tarball is shared with that test.
 CACHE = Path(os.environ.get("FAILBERRY_TEST_CACHE", "/var/cache/failberry-test"))
@@ -164,7 +165,8 @@ def test_customised_raspberry_pi_os_image_boots_with_key_only_ssh(work: Path) ->
     pub = key.with_name(key.name + ".pub").read_text().strip()
     cfg = work / "fbpi.toml"
     cfg.write_text(f'[image]\nboard = "rpi3"\nhostname = "fbpi"\n\n'
-                   f'[admin]\nssh_authorized_keys = ["{pub}"]\n\n[modem]\napn = "internet"\n')
+                   f'[admin]\nssh_authorized_keys = ["{pub}"]\n\n[modem]\napn = "internet"\n\n'
+                   + ISOLATED)
     out = work / "out" / "fbpi.img"
     res = run_cli(["build", "--base-image", str(base), "-c", str(cfg), "-o", str(out),
                    "--cache-dir", str(CACHE)], timeout=900)

@@ -6,6 +6,7 @@ rebuilds it byte-identically, and interrupts a build."""
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import os
 import re
@@ -21,8 +22,8 @@ import pytest
 
 from conftest import ROOT, SSH_KEY, run_cli
 from failberry import config
-from failberry.errors import CommandFailed
-from failberry.image import assemble, boottest, pipeline, rootfs
+from failberry.errors import CommandFailed, UsageError
+from failberry.image import assemble, boottest, pipeline, qemu, rootfs
 from failberry.image.runner import Runner
 
 # The slow tier shares one cache, kept between runs on the same machine so reruns are warm.
@@ -122,6 +123,13 @@ def test_install_progress_counts_packages() -> None:
     assert (progress.unpacked, progress.configured) == (2, 1)
 
 
+def test_the_hooks_findings_reach_the_build_log(caplog: pytest.LogCaptureFixture) -> None:
+    progress = rootfs.InstallProgress(clock=lambda: 0.0)
+    with caplog.at_level("INFO", logger="failberry.image.rootfs"):
+        progress.line("failberry: initramfs initrd.img-6.1.0-50-armmp has every required module")
+    assert caplog.messages == ["initramfs initrd.img-6.1.0-50-armmp has every required module"]
+
+
 # ---------------------------------------------------------------------------- pure parts
 
 MINIMAL = f"""
@@ -150,6 +158,63 @@ def test_base_key_follows_packages_and_board_arch_but_not_the_rest_of_the_config
     assert "ttyS1,115200" in plain.file("raspi-firmware")
     assert "ttyAMA0,115200" in armhf.file("raspi-firmware")
     assert "LABEL=FBBOOT" in plain.file("fstab")
+
+
+def _check_initramfs(tmp_path: Path, listing: str, builtin: str) -> subprocess.CompletedProcess[
+        str]:
+    """hooks/check-initramfs.sh on an lsinitramfs listing, with the repository's module list
+    (as uploaded into the image: names only) and a kernel's modules.builtin."""
+    modules = tmp_path / "modules"
+    modules.write_text("\n".join(rootfs.read_list(ROOT / "image" / "initramfs-modules.txt")))
+    (tmp_path / "modules.builtin").write_text(builtin)
+    return subprocess.run(["sh", ROOT / "image" / "hooks" / "check-initramfs.sh", modules,
+                           tmp_path / "modules.builtin", "initrd.img-6.1.0-50-armmp"],
+                          input=listing, capture_output=True, text=True)
+
+
+# What an armmp (Pi 2) kernel builds in, and what its initramfs holds with the module list.
+ARMMP_BUILTIN = "kernel/drivers/mmc/core/mmc_block.ko\nkernel/drivers/dma/bcm2835-dma.ko\n"
+ARMMP_INITRAMFS = "".join(
+    f"usr/lib/modules/6.1.0-50-armmp/kernel/{path}.ko\n" for path in (
+        "drivers/mmc/host/bcm2835", "drivers/mmc/host/sdhci-iproc", "drivers/mmc/host/sdhci",
+        "drivers/mmc/host/sdhci-pltfm", "fs/ext4/ext4", "fs/jbd2/jbd2", "fs/mbcache",
+        "drivers/virtio/virtio_pci", "drivers/virtio/virtio_mmio", "drivers/block/virtio_blk",
+        "drivers/net/virtio_net", "drivers/net/net_failover"))
+
+
+def test_an_initramfs_with_every_listed_module_passes_the_build_check(tmp_path: Path) -> None:
+    res = _check_initramfs(tmp_path, "usr/lib/modules/6.1.0-50-armmp/modules.dep\n"
+                           + ARMMP_INITRAMFS, ARMMP_BUILTIN)
+    assert res.returncode == 0, res.stderr
+    assert "has every required module" in res.stderr
+
+
+def test_an_initramfs_without_the_pi_2_sd_driver_fails_the_build_naming_it(
+        tmp_path: Path) -> None:
+    listing = "".join(line + "\n" for line in ARMMP_INITRAMFS.splitlines()
+                      if not line.endswith(("/bcm2835.ko", "/ext4.ko")))
+    res = _check_initramfs(tmp_path, listing, ARMMP_BUILTIN)
+    assert res.returncode == 1
+    line = res.stderr.strip()
+    assert line.startswith("failberry: initramfs initrd.img-6.1.0-50-armmp lacks required "
+                           "modules: bcm2835, ext4 (")
+    # The build turns that line into its own one-line error.
+    tail = f"I: running customize hook\n{line}\nE: hook failed\nI: removing tempdir"
+    assert rootfs.initramfs_problem(tail).startswith("initramfs initrd.img-6.1.0-50-armmp "
+                                                     "lacks required modules: bcm2835, ext4")
+    assert rootfs.initramfs_problem("E: something else failed") == ""
+    # A built-in module needs no file; compressed module files count; - and _ are one.
+    res = _check_initramfs(tmp_path, listing.replace("sdhci-iproc.ko", "sdhci_iproc.ko.xz"),
+                           ARMMP_BUILTIN + "kernel/drivers/mmc/host/bcm2835.ko\n"
+                           "kernel/fs/ext4/ext4.ko\n")
+    assert res.returncode == 0, res.stderr
+
+
+def test_the_module_list_holds_what_a_pi_2_and_qemu_virt_need_to_find_the_root() -> None:
+    names = set(rootfs.read_list(ROOT / "image" / "initramfs-modules.txt"))
+    # The Pi 2's SD card is on SDHOST (bcm2835), the only SD controller its device tree
+    # enables; ext4 is the root; QEMU virt's disk is virtio over PCI.
+    assert {"bcm2835", "mmc_block", "ext4", "virtio_pci", "virtio_blk"} <= names
 
 
 def test_every_image_package_is_a_valid_debian_name() -> None:
@@ -181,33 +246,135 @@ def test_config_txt_and_cmdline_for_qemu() -> None:
     assert boottest.parse_config_txt(text) == ("vmlinuz-6.1.0-50-arm64",
                                                "initrd.img-6.1.0-50-arm64")
     pi = "console=tty0 console=ttyS1,115200 root=LABEL=fbroot rw net.ifnames=0 cma=64M rootwait"
-    assert boottest.virt_cmdline(pi, "ttyAMA0") == (
-        "root=LABEL=fbroot rw net.ifnames=0 rootwait systemd.show_status=1 console=ttyAMA0")
+    assert qemu.virt_cmdline(pi, "ttyAMA0") == (
+        "root=LABEL=fbroot rw net.ifnames=0 rootwait systemd.show_status=1 earlycon "
+        "console=ttyAMA0")
 
 
 def test_user_networking_puts_qemu_on_the_configured_lan() -> None:
-    assert boottest.slirp_net(_cfg()) == ("192.168.1.0/24", "192.168.1.1", "192.168.1.2")
+    assert qemu.slirp_net(_cfg()) == ("192.168.1.0/24", "192.168.1.1", "192.168.1.2")
     cfg = _cfg('[lan]\naddress = "10.9.0.1/16"\n')
-    assert boottest.slirp_net(cfg) == ("10.9.0.0/16", "10.9.255.254", "10.9.0.1")
+    assert qemu.slirp_net(cfg) == ("10.9.0.0/16", "10.9.255.254", "10.9.0.1")
+
+
+def _boot_files(where: Path) -> qemu.BootFiles:
+    for dtb in ("bcm2837-rpi-3-b.dtb", "bcm2836-rpi-2-b.dtb"):
+        (where / dtb).write_bytes(b"")
+    return qemu.BootFiles(where / "vmlinuz", where / "initrd",
+                          "console=ttyS1,115200 root=LABEL=fbroot rw", where)
 
 
 def test_qemu_command_lines_forward_health_and_ssh_to_the_configured_address(
         tmp_path: Path) -> None:
-    files = boottest.BootFiles(tmp_path / "vmlinuz", tmp_path / "initrd", "console=ttyS1,115200 "
-                               "root=LABEL=fbroot rw", tmp_path)
+    files = _boot_files(tmp_path)
     cfg = _cfg('[health]\nport = 9100\n')
-    virt = boottest.qemu_argv("virt", files, tmp_path / "x.img", cfg, health_port=4000,
-                              ssh_port=4001)
-    line = " ".join(virt)
-    assert "-M virt" in line and "console=ttyAMA0" in line and "ttyS1" not in line
-    assert "hostfwd=tcp:127.0.0.1:4000-192.168.1.2:9100" in line
-    assert "hostfwd=tcp:127.0.0.1:4001-192.168.1.2:22" in line
-    assert "snapshot=on" in line  # the image is never written
-    pi = " ".join(boottest.qemu_argv("raspi3b", files, tmp_path / "x.img", cfg,
-                                     health_port=4000, ssh_port=4001))
+
+    def argv(name: str, arch: str) -> str:
+        return " ".join(qemu.qemu_argv(qemu.machine_for(name, arch), files, tmp_path / "x.img",
+                                       cfg, health_port=4000, ssh_port=4001))
+
+    virt = argv("virt", "arm64")
+    assert virt.startswith("qemu-system-aarch64 -M virt -cpu cortex-a72")
+    assert "console=ttyAMA0" in virt and "ttyS1" not in virt
+    assert "hostfwd=tcp:127.0.0.1:4000-192.168.1.2:9100" in virt
+    assert "hostfwd=tcp:127.0.0.1:4001-192.168.1.2:22" in virt
+    assert "snapshot=on" in virt  # the image is never written
+    pi = argv("raspi3b", "arm64")
     assert "-M raspi3b" in pi and "bcm2837-rpi-3-b.dtb" in pi and "console=ttyS1,115200" in pi
     assert "systemd.journald.forward_to_console=1" in pi
     assert "-serial null -serial stdio" in pi  # the Linux console is the second UART
+    virt32 = argv("virt", "armhf")
+    assert virt32.startswith("qemu-system-arm -M virt,highmem=off -cpu cortex-a15")
+    assert "virtio-blk-pci" in virt32 and "console=ttyAMA0" in virt32
+    pi2 = argv("raspi2b", "armhf")
+    assert pi2.startswith("qemu-system-arm -M raspi2b")
+    assert "bcm2836-rpi-2-b.dtb" in pi2 and "console=ttyAMA0,115200" in pi2
+    assert "-serial stdio" in pi2 and "-serial null" not in pi2  # the Pi 2's PL011
+    assert "if=sd" in pi2 and "systemd.journald.forward_to_console=1" in pi2
+
+
+def test_every_machine_isolates_the_guest_but_keeps_the_forwards(tmp_path: Path) -> None:
+    files = _boot_files(tmp_path)
+    for machine in qemu.MACHINES:
+        argv = qemu.qemu_argv(machine, files, tmp_path / "x.img", _cfg(), health_port=4000,
+                              ssh_port=4001)
+        netdevs = [argv[i + 1] for i, a in enumerate(argv) if a == "-netdev"]
+        assert len(netdevs) == 1, machine
+        options = netdevs[0].split(",")
+        assert "restrict=on" in options and "restrict=off" not in options, machine
+        assert "hostfwd=tcp:127.0.0.1:4000-192.168.1.2:9000" in options, machine
+        assert "hostfwd=tcp:127.0.0.1:4001-192.168.1.2:22" in options, machine
+        assert not any(a.startswith("-nic") or a == "-net" for a in argv), machine
+
+
+def _kernel(where: Path, arch: str) -> Path:
+    head = bytearray(64)
+    if arch == "arm64":
+        head[56:60] = b"ARM\x64"
+    elif arch == "armhf":
+        head[36:40] = (0x016F2818).to_bytes(4, "little")
+    path = where / f"vmlinuz-{arch}"
+    path.write_bytes(bytes(head) + b"\0" * 1024)
+    return path
+
+
+def test_the_kernel_file_says_which_emulator_boots_it(tmp_path: Path) -> None:
+    assert qemu.kernel_arch(_kernel(tmp_path, "arm64")) == "arm64"
+    assert qemu.kernel_arch(_kernel(tmp_path, "armhf")) == "armhf"
+    packed = tmp_path / "vmlinuz-gz"
+    packed.write_bytes(gzip.compress(_kernel(tmp_path, "arm64").read_bytes()))
+    assert qemu.kernel_arch(packed) == "arm64"
+    with pytest.raises(qemu.BootTestError, match="neither an arm64 Image nor an ARM zImage"):
+        qemu.kernel_arch(_kernel(tmp_path, "other"))
+    assert qemu.machine_for("virt", "armhf").emulator == "qemu-system-arm"
+    assert qemu.machine_for("virt", "arm64").emulator == "qemu-system-aarch64"
+
+
+def test_a_board_and_machine_mismatch_is_a_clear_usage_error() -> None:
+    with pytest.raises(UsageError, match=r"--machine raspi3b boots arm64 kernels .* this "
+                       r"image's kernel is armhf \(board rpi2\); use --machine virt or raspi2b"):
+        qemu.machine_for("raspi3b", "armhf")
+    with pytest.raises(UsageError, match=r"kernel is arm64 .*use --machine virt or raspi3b"):
+        qemu.machine_for("raspi2b", "arm64")
+    with pytest.raises(UsageError, match="not one of: virt, raspi3b, raspi2b"):
+        qemu.machine_for("raspi4b", "arm64")
+
+
+def test_only_the_supervisors_own_line_proves_failberryd_runs() -> None:
+    console = boottest.Console(boottest.BootReport("raspi2b"))
+    console.line("         Starting failberryd.servic…ink, failover, health endpoint)...")
+    console.line("[  200.154327] systemd[1]: Starting failberryd.service - failberry supervisor")
+    assert console.report.seconds_to("failberryd") is None
+    console.line("[  OK  ] Started failberryd.service - failberry supervisor (mobile backup")
+    assert console.report.seconds_to("failberryd started") is not None
+    assert console.report.seconds_to("failberryd") is None
+    console.line("[  230.1] failberryd[312]: failberry.supervisor: supervisor running "
+                 "(failberry 0.1.0, mode sidecar, watchdog 30s)")
+    assert console.report.seconds_to("failberryd") is not None
+
+
+def test_a_kernel_crash_on_the_console_is_noticed() -> None:
+    console = boottest.Console(boottest.BootReport("raspi2b"))
+    console.line("[   99.954748] sdhost-bcm2835 3f202000.mmc: timeout waiting for hardware "
+                 "interrupt.")
+    assert console.crash == ""
+    console.line("[  100.014517] Unable to handle kernel NULL pointer dereference at virtual "
+                 "address 00000014")
+    console.line("[  100.020556] Internal error: Oops: 5 [#1] SMP ARM")
+    assert console.crash.startswith("[  100.014517] Unable to handle kernel NULL pointer")
+
+
+def test_a_silent_kernel_is_noticed_after_the_limit_and_a_talking_one_is_not() -> None:
+    now = [100.0]
+    console = boottest.Console(boottest.BootReport("virt"), clock=lambda: now[0])
+    console.line("qemu-system-arm: warning: nothing to see")  # QEMU's own output
+    now[0] += 19.9
+    assert not console.silent_for(20)
+    now[0] += 0.2
+    assert console.silent_for(20)
+    console.line("[    0.000000] Booting Linux on physical CPU 0x0")
+    assert not console.silent_for(20)
+    assert console.report.seconds_to("kernel") == pytest.approx(20.1)
 
 
 def test_boot_report_lists_the_console_only_on_failure() -> None:
@@ -290,11 +457,19 @@ def _keypair(where: Path) -> Path:
     return key
 
 
-def _write_config(where: Path, key: Path, hostname: str = "fbtest") -> Path:
+# boot-test isolates the guest (QEMU's restrict=on): its resolvers and probe targets are
+# QEMU's own address on the guest's LAN, so nothing it sends is meant for the outside.
+ISOLATED = ('[lan]\ndns = ["192.168.1.1"]\n\n'
+            '[uplink.wired]\nprobe_targets = ["icmp:192.168.1.1"]\n\n'
+            '[uplink.mobile]\nprobe_targets = ["icmp:192.168.1.1"]\n')
+
+
+def _write_config(where: Path, key: Path, hostname: str = "fbtest", board: str = "rpi3") -> Path:
     pub = key.with_name(key.name + ".pub").read_text().strip()
     path = where / f"{hostname}.toml"
-    path.write_text(f'[image]\nboard = "rpi3"\nhostname = "{hostname}"\n\n'
-                    f'[admin]\nssh_authorized_keys = ["{pub}"]\n\n[modem]\napn = "internet"\n')
+    path.write_text(f'[image]\nboard = "{board}"\nhostname = "{hostname}"\n\n'
+                    f'[admin]\nssh_authorized_keys = ["{pub}"]\n\n[modem]\napn = "internet"\n\n'
+                    + ISOLATED)
     return path
 
 

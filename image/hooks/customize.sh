@@ -14,6 +14,14 @@ printf 'MODULES=list\n' > "$root/etc/initramfs-tools/conf.d/failberry"
 # One initramfs run; its raspi-firmware post-update hook fills /boot/firmware (kernel,
 # initrd, DTBs, config.txt, cmdline.txt from /etc/default/raspi-firmware).
 chroot "$root" update-initramfs -c -k all
+# Every listed module must be in each initramfs or built into its kernel: a board whose SD
+# card driver is missing stops at "ALERT! ... does not exist" with nothing on the network.
+for modules in "$root"/lib/modules/*/; do
+    version=$(basename "$modules")
+    chroot "$root" lsinitramfs "/boot/initrd.img-$version" |
+        sh "$(dirname "$0")/check-initramfs.sh" "$root/etc/initramfs-tools/modules" \
+            "$modules/modules.builtin" "initrd.img-$version"
+done
 test -s "$root/boot/firmware/cmdline.txt"
 test -s "$root/boot/firmware/config.txt"
 # Nothing of the build machine's apt state on the image.

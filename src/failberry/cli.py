@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("boot-test", help="boot an image under QEMU and check it comes up")
     t.add_argument("image", type=Path)
     t.add_argument("--timeout", type=float, default=300.0)
-    t.add_argument("--machine", choices=["virt", "raspi3b"], default="virt")
+    t.add_argument("--machine", choices=["virt", "raspi2b", "raspi3b"], default="virt",
+                   help="virt (either architecture), raspi2b (armhf), raspi3b (arm64)")
     t.add_argument("--ssh-key", type=Path, help="private key for the admin login")
     t.set_defaults(func=_handler("failberry.image.commands", "cmd_boot_test"))
 

@@ -4,7 +4,6 @@ admin, and power off. The image itself is never written (QEMU's snapshot mode)."
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import re
@@ -22,7 +21,15 @@ from pathlib import Path
 
 from failberry import config as config_mod
 from failberry.config import Config
-from failberry.errors import FailberryError, UsageError
+from failberry.errors import UsageError
+from failberry.image.qemu import (
+    BootFiles,
+    BootTestError,
+    Machine,
+    kernel_arch,
+    machine_for,
+    qemu_argv,
+)
 from failberry.image.runner import Runner
 
 LOG = logging.getLogger(__name__)
@@ -34,16 +41,20 @@ MILESTONES = (
     ("initramfs", re.compile(r"Run /init as init process|Loading, please wait")),
     ("root mounted", re.compile(r"EXT4-fs \(\w+\): mounted filesystem")),
     ("systemd", re.compile(r"systemd\[1\]: systemd \d+|Welcome to .*Debian")),
-    # failberryd's own "supervisor running" line reaches the console through journald
-    # (systemd.journald.forward_to_console=1 below); systemd's status lines ellipsize.
-    ("failberryd", re.compile(r"supervisor running|Started failberryd|Starting failberryd")),
+    # systemd started the unit (its status lines ellipsize long names)...
+    ("failberryd started", re.compile(r"Started failberryd")),
+    # ...and failberryd's own "supervisor running" line, which reaches the console through
+    # journald on the Pi models (systemd.journald.forward_to_console=1): the proof there
+    # that the supervisor runs, not only that systemd launched it.
+    ("failberryd", re.compile(r"supervisor running \(failberry ")),
     ("multi-user", re.compile(r"Reached target multi-user\.target")),
 )
+# A kernel line: printk's time stamp, or the first line Linux prints.
+KERNEL_LINE = re.compile(r"^\[\s*\d+\.\d+\]|Booting Linux on physical CPU")
+# The guest kernel crashed: the boot will not come back from it.
+KERNEL_CRASH = re.compile(r"Internal error: Oops|Kernel panic - not syncing|"
+                          r"Unable to handle kernel (NULL pointer|paging request)")
 CONSOLE_TAIL = 80
-
-
-class BootTestError(FailberryError):
-    """The image cannot be boot-tested (no kernel in it, QEMU missing, ...)."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,9 @@ class BootTestOptions:
     timeout: float = 300.0
     machine: str = "virt"
     ssh_key: Path | None = None
+    # A kernel that prints nothing this long after QEMU starts never will: the wrong
+    # emulator or machine for it (each prints its first line within seconds).
+    kernel_silence: float = 20.0
 
 
 @dataclass
@@ -101,16 +115,6 @@ class BootReport:
 
 
 @dataclass(frozen=True)
-class BootFiles:
-    """What the image's boot partition says to boot, extracted to the host."""
-
-    kernel: Path
-    initrd: Path | None
-    cmdline: str
-    dtb_dir: Path
-
-
-@dataclass(frozen=True)
 class Partition:
     """A partition's byte offset and size in the image."""
 
@@ -138,17 +142,6 @@ def parse_config_txt(text: str) -> tuple[str, str]:
         elif m := re.fullmatch(r"initramfs\s+(\S+)(\s+\S+)?", line):
             initrd = m.group(1)
     return kernel, initrd
-
-
-def virt_cmdline(pi_cmdline: str, console: str, *, journal_to_console: bool = False) -> str:
-    """The Pi's kernel command line with its consoles replaced by QEMU's serial port.
-
-    The boot timeline is read from systemd's status lines on the console. On raspi3b, with no
-    network to ask /health, failberryd's own log line forwarded from the journal is the proof
-    that it runs (off elsewhere: a busy emulated serial console slows the boot)."""
-    words = [w for w in pi_cmdline.split() if not w.startswith(("console=", "cma="))]
-    extra = ["systemd.journald.forward_to_console=1"] if journal_to_console else []
-    return " ".join([*words, "systemd.show_status=1", *extra, f"console={console}"])
 
 
 def extract_boot(runner: Runner, image: Path, boot: Partition, dest: Path) -> BootFiles:
@@ -184,50 +177,12 @@ def image_config(runner: Runner, image: Path, root: Partition) -> Config:
     return config_mod.parse(text, f"{image}:{CONFIG_IN_IMAGE}", Path("/"))
 
 
-def slirp_net(cfg: Config) -> tuple[str, str, str]:
-    """(network, QEMU's own host address, the Pi's address) for user-mode networking: the
-    virtual LAN is the configured one, so the image's static address is reachable."""
-    iface = ipaddress.ip_interface(cfg.lan.address)
-    net = iface.network
-    pi = iface.ip
-    hosts = [h for h in (net.network_address + 1, net.broadcast_address - 1) if h != pi]
-    return str(net), str(hosts[0]), str(pi)
-
-
 def free_port() -> int:
     """An unused loopback TCP port for a forward."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def qemu_argv(machine: str, files: BootFiles, image: Path, cfg: Config, *,
-              health_port: int, ssh_port: int) -> list[str]:
-    """The QEMU command line for `machine` (virt or raspi3b)."""
-    net, host, pi = slirp_net(cfg)
-    netdev = (f"user,id=lan,net={net},host={host},restrict=off,"
-              f"hostfwd=tcp:127.0.0.1:{health_port}-{pi}:{cfg.health.port},"
-              f"hostfwd=tcp:127.0.0.1:{ssh_port}-{pi}:22")
-    common = ["-display", "none", "-monitor", "none", "-no-reboot", "-kernel", str(files.kernel)]
-    if files.initrd:
-        common += ["-initrd", str(files.initrd)]
-    if machine == "virt":
-        return ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72", "-smp", "2",
-                "-m", "1024", *common, "-serial", "stdio",
-                "-append", virt_cmdline(files.cmdline, "ttyAMA0"),
-                "-drive", f"if=none,id=disk,format=raw,file={image},snapshot=on",
-                "-device", "virtio-blk-pci,drive=disk",
-                "-netdev", netdev, "-device", "virtio-net-pci,netdev=lan,romfile="]
-    if machine == "raspi3b":
-        # The Pi 3's Linux console is the mini UART, QEMU's second serial port.
-        return ["qemu-system-aarch64", "-M", "raspi3b", "-m", "1024", *common,
-                "-dtb", str(files.dtb_dir / "bcm2837-rpi-3-b.dtb"),
-                "-serial", "null", "-serial", "stdio",
-                "-append", virt_cmdline(files.cmdline, "ttyS1,115200", journal_to_console=True),
-                "-drive", f"if=sd,format=raw,file={image},snapshot=on",
-                "-usb", "-device", "usb-net,netdev=lan", "-netdev", netdev]
-    raise UsageError(f"--machine: {machine!r} is not one of: virt, raspi3b")
 
 
 class Console:
@@ -239,18 +194,27 @@ class Console:
         self._start = clock()
         self._lock = threading.Lock()
         self._seen: set[str] = set()
+        self.kernel_spoke = False
+        self.crash = ""
 
     def line(self, text: str) -> None:
         """Feed one console line."""
         text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
         with self._lock:
             self.report.console.append(text)
+            self.kernel_spoke = self.kernel_spoke or bool(KERNEL_LINE.search(text))
+            if not self.crash and KERNEL_CRASH.search(text):
+                self.crash = text.strip()
             for name, pattern in MILESTONES:
                 if name not in self._seen and pattern.search(text):
                     self._seen.add(name)
                     t = self._clock() - self._start
                     self.report.milestones.append((name, t))
                     LOG.info("boot: %s after %.1fs", name, t)
+
+    def silent_for(self, limit: float) -> bool:
+        """True once `limit` seconds have passed without a single kernel line."""
+        return not self.kernel_spoke and self._clock() - self._start >= limit
 
     def mark(self, name: str) -> float:
         """Record a milestone seen from outside the console (health, SSH)."""
@@ -295,29 +259,29 @@ def boot_test(opts: BootTestOptions, runner: Runner | None = None) -> BootReport
         raise UsageError(f"{opts.image}: no such image file")
     if image.suffix == ".xz":
         raise UsageError(f"{opts.image}: decompress it first (`xz -dk {opts.image}`)")
-    if shutil.which("qemu-system-aarch64") is None:
-        raise BootTestError("qemu-system-aarch64 is not installed (Debian: qemu-system-arm)")
-    size = image.stat().st_size
-    if opts.machine == "raspi3b" and size & (size - 1):
-        raise UsageError(f"{opts.image}: QEMU's raspi3b needs an SD image whose size is a "
-                         f"power of two, not {size} bytes")
     parts = partitions(runner, image)
     if len(parts) < 2:
         raise BootTestError(f"{image}: expected a boot and a root partition, found {len(parts)}")
     cfg = image_config(runner, image, parts[1])
     key = opts.ssh_key or default_key(image, cfg)
-    report = BootReport(opts.machine)
     with tempfile.TemporaryDirectory(prefix="failberry-boot-test-") as tmp:
         files = extract_boot(runner, image, parts[0], Path(tmp))
+        machine = machine_for(opts.machine, kernel_arch(files.kernel))
+        if shutil.which(machine.emulator) is None:
+            raise BootTestError(f"{machine.emulator} is not installed (Debian: qemu-system-arm)")
+        size = image.stat().st_size
+        if machine.pi_model and size & (size - 1):
+            raise UsageError(f"{opts.image}: QEMU's {machine.name} needs an SD image whose size "
+                             f"is a power of two, not {size} bytes")
+        report = BootReport(f"{machine.name}, {machine.arch}")
         health_port, ssh_port = free_port(), free_port()
         console = Console(report)
-        proc = runner.spawn(qemu_argv(opts.machine, files, image, cfg,
+        proc = runner.spawn(qemu_argv(machine, files, image, cfg,
                                       health_port=health_port, ssh_port=ssh_port),
                             on_line=console.line)
-        guest = _Guest(runner, proc, console, cfg, key, health_port, ssh_port,
-                       console_only=opts.machine == "raspi3b")
+        guest = _Guest(runner, proc, console, cfg, key, health_port, ssh_port, machine)
         try:
-            _checks(guest, report, opts.timeout)
+            _checks(guest, report, opts)
         finally:
             _power_off(guest, report)
     return report
@@ -334,32 +298,43 @@ class _Guest:
     key: Path | None
     health_port: int
     ssh_port: int
-    console_only: bool = False
+    machine: Machine
 
 
-def _checks(guest: _Guest, report: BootReport, timeout: float) -> None:
+def _checks(guest: _Guest, report: BootReport, opts: BootTestOptions) -> None:
     runner, proc, console, cfg, key = (guest.runner, guest.proc, guest.console, guest.cfg,
                                        guest.key)
-    health_port, ssh_port = guest.health_port, guest.ssh_port
+    health_port, ssh_port, timeout = guest.health_port, guest.ssh_port, opts.timeout
     deadline = time.monotonic() + timeout
+    # QEMU's Pi 2 and Pi 3 have no Ethernet: on the real boards eth0 is a USB chip QEMU lacks,
+    # and its USB network device comes up as usb0, which the image does not configure. There
+    # failberryd's own log line on the console is the proof, and /health is not asked (each
+    # try only makes QEMU knock on a network device the guest never brings up).
+    pi = guest.machine.pi_model
+    awaited = "failberryd's 'supervisor running' line" if pi else "/health"
     while True:
         if proc.poll() is not None:
-            report.failure = f"QEMU exited with status {proc.returncode} before /health answered"
+            report.failure = f"QEMU exited with status {proc.returncode} before {awaited} showed"
             return
-        answer = get_health(health_port)
+        answer = None if pi else get_health(health_port)
         if answer is not None:
             report.health_status, report.health = answer[0], answer[1].strip()
             console.mark("/health answered")
             break
         if time.monotonic() > deadline:
-            report.failure = f"/health did not answer within {timeout:g}s"
+            report.failure = (f"{awaited} did not show within {timeout:g}s" if pi
+                              else f"/health did not answer within {timeout:g}s")
             return
-        started = report.seconds_to("failberryd")
-        if guest.console_only and started is not None:
-            # QEMU's raspi3b has no Ethernet: the Pi 3's eth0 is a USB chip QEMU lacks, and
-            # its USB network device comes up as usb0, which the image does not configure.
-            report.note = ("network checks skipped: QEMU's raspi3b has no eth0 (its USB "
-                           "network device is usb0); the boot is proven on the console")
+        if console.crash:
+            report.failure = f"the guest kernel crashed: {console.crash}"
+            return
+        if console.silent_for(opts.kernel_silence):
+            report.failure = (f"the kernel printed nothing in {opts.kernel_silence:g} s: wrong "
+                              "machine or kernel for this image?")
+            return
+        if pi and report.seconds_to("failberryd") is not None:
+            report.note = (f"network checks skipped: QEMU's {guest.machine.name} has no eth0 "
+                           "(its USB network device is usb0); the boot is proven on the console")
             return
         time.sleep(1)
     try:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from failberry.config import Config
-from failberry.errors import FailberryError
+from failberry.errors import CommandFailed, FailberryError
 from failberry.image.runner import Runner
 
 LOG = logging.getLogger(__name__)
@@ -35,6 +35,16 @@ SERIAL_CONSOLE = {"arm64": "ttyS1,115200", "armhf": "ttyAMA0,115200"}
 
 class BinfmtError(FailberryError):
     """qemu-user cannot run the image's binaries on this machine."""
+
+
+class InitramfsIncomplete(FailberryError):
+    """An initramfs lacks a module the boards need to find their root file system."""
+
+
+def initramfs_problem(stderr_tail: str) -> str:
+    """The line hooks/check-initramfs.sh printed about missing modules, if it did."""
+    return next((line.removeprefix("failberry: ") for line in stderr_tail.splitlines()
+                 if line.startswith("failberry: initramfs ") and "lacks" in line), "")
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,7 @@ def base_spec(cfg: Config, recipe: Path) -> BaseSpec:
     files = (
         ("essential.sh", (recipe / "hooks" / "essential.sh").read_text()),
         ("customize.sh", (recipe / "hooks" / "customize.sh").read_text()),
+        ("check-initramfs.sh", (recipe / "hooks" / "check-initramfs.sh").read_text()),
         ("dpkg-excludes", (recipe / "dpkg-excludes.txt").read_text()),
         ("initramfs-modules", "\n".join(read_list(recipe / "initramfs-modules.txt")) + "\n"),
         ("raspi-firmware", string.Template((recipe / "raspi-firmware.default").read_text())
@@ -151,6 +162,9 @@ class InstallProgress:
         elif text.startswith(("I: ", "E: ", "W: ")):
             LOG.info("mmdebstrap: %s", text[3:])
             return
+        elif text.startswith("failberry: "):  # the hooks' own findings (initramfs check)
+            LOG.info("%s", text.removeprefix("failberry: "))
+            return
         else:
             return
         now = self._clock()
@@ -190,8 +204,13 @@ def bootstrap(runner: Runner, spec: BaseSpec, dest: Path, workdir: Path, *,
     tmpdir = workdir / "tmp"
     tmpdir.mkdir(exist_ok=True)
     try:
-        runner.run(argv, env={"SOURCE_DATE_EPOCH": str(epoch), "TMPDIR": str(tmpdir)},
-                   on_line=progress.line)
+        try:
+            runner.run(argv, env={"SOURCE_DATE_EPOCH": str(epoch), "TMPDIR": str(tmpdir)},
+                       on_line=progress.line)
+        except CommandFailed as e:
+            if problem := initramfs_problem(e.stderr_tail):
+                raise InitramfsIncomplete(problem) from None
+            raise
         if not runner.dry_run:
             os.replace(partial, dest)
     finally:
