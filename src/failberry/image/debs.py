@@ -19,8 +19,8 @@ from failberry.image.proc import run
 LOG = logging.getLogger(__name__)
 
 # What the supervisor needs on top of Raspberry Pi OS Lite (its runtime libraries, PPP, the
-# DHCP client for NCM/ECM/HiLink sticks (udhcpc),
-# modem mode switch, legacy iptables for python-iptables) and what the first boot uses.
+# modem mode switch, legacy iptables for python-iptables, udhcpc for NCM/ECM/HiLink sticks)
+# and what the first boot uses.
 BASE_IMAGE_PACKAGES = (
     "python3-pyroute2", "python3-iptables", "python3-serial", "python3-usb", "python3-pyudev",
     "python3-dnspython", "python3-requests", "ppp", "usb-modeswitch", "usb-modeswitch-data",
