@@ -78,6 +78,11 @@ class Driver:
         self.steps = 0
         # command_mode's result after each pppd exit, the last few (for status and tests)
         self.hangups: collections.deque[bool] = collections.deque(maxlen=16)
+        # Others on the same port (the SMS code): URC lines passed on, and the channel once
+        # the setup on it is done (None while opening, closed, or handed to pppd).
+        self.urc_listeners: list[Callable[[str], None]] = []
+        self.ready_channel: AtChannel | None = None
+        self.data_mode_port: str | None = None  # pppd ran here; not yet back to command mode
 
     @property
     def channel(self) -> AtChannel | None:
@@ -132,6 +137,25 @@ class Driver:
             for task in list(self.tasks):
                 task.cancel()
             await asyncio.gather(poller, *self.tasks, return_exceptions=True)
+            await self._leave_data_mode()
+
+    async def _leave_data_mode(self) -> None:
+        """On the way out, a port pppd left in data mode goes back to command mode (the pppd
+        task was cancelled before it could), so the next start's discovery finds it
+        answering AT. Bounded: stopping must not hang on a dead stick."""
+        port, self.data_mode_port = self.data_mode_port, None
+        if port is None:
+            return
+        at = min(self.at_timeout, 2.0)
+        bound = 3 * self.guard_time + 3 * at + 1.0
+        try:
+            ok = await asyncio.wait_for(command_mode(self.opener, port, self.guard_time, at),
+                                        bound)
+        except TimeoutError:
+            ok = False
+        self.hangups.append(ok)
+        LOG.info("modem: on stop, %s %s", port, "is back in command mode" if ok
+                 else "did not come back to command mode")
 
     def step(self, event: ev.Event) -> None:
         """One machine step, then its actions."""
@@ -208,6 +232,7 @@ class Driver:
 
     def _close_channel(self) -> None:
         self.gen += 1
+        self.ready_channel = None
         if self.channel is not None:
             self.channel.close()
             self.channel = None
@@ -237,6 +262,8 @@ class Driver:
                 self._post_if(gen, ev.AtFailed("AT", "no answer to AT", silent=True))
                 return
             maker, model = await self.session.setup(port)
+            if gen == self.gen:
+                self.ready_channel = channel
             self._post_if(gen, ev.PortReady(maker, model))
         except AtTimeout as exc:
             self._post_if(gen, ev.AtFailed(exc.command, str(exc), silent=True))
@@ -296,6 +323,8 @@ class Driver:
     def _urc(self, line: str) -> None:
         head = line.partition(":")[0].strip().upper()
         self.ppp.urc(line)
+        for listener in self.urc_listeners:
+            listener(line)
         try:
             if head in REG_PREFIXES:
                 # Both shapes arrive unsolicited: `+CREG: <stat>[,...]` as TS 27.007 says,
@@ -314,6 +343,8 @@ class Driver:
         def up(interface: str, address: str) -> None:
             self.post(ev.PppUp(interface, address))
 
+        if self.ppp.exclusive:
+            self.data_mode_port = port  # until command_mode below is done (see run())
         try:
             status = await self.ppp.run(port, up)
         except ModemError as exc:
@@ -325,6 +356,7 @@ class Driver:
         if self.ppp.exclusive:
             self.hangups.append(await command_mode(self.opener, port, self.guard_time,
                                                    self.at_timeout))
+            self.data_mode_port = None
         self.post(ev.PppExited(status, self.ppp.why))
 
     async def _reset_modem(self, gen: int) -> None:
