@@ -46,7 +46,7 @@ import tty
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from alerts_fakes.sms_modem import decode_submit, encode_deliver  # noqa: E402
+from alerts_fakes.sms_modem import decode_submit, encode_deliver
 from modem_fakes.fake_bearer import Bearer  # run as a script
 
 GUARD = 1.0  # V.250 S12: the escape's guard time

@@ -16,7 +16,7 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from failberry.modem.errors import (
     AtError,
@@ -329,9 +329,10 @@ class AtChannel:
     async def _prompted(self, pending: _Pending) -> None:
         """Wait for the prompt (or an early final result, which the caller then returns)."""
         assert pending.prompt is not None
-        waiter = asyncio.ensure_future(pending.prompt.wait())
+        waiter: asyncio.Future[Any] = asyncio.ensure_future(pending.prompt.wait())
+        final: asyncio.Future[Any] = pending.future
         try:
-            await asyncio.wait({waiter, pending.future}, timeout=PROMPT_TIMEOUT,
+            await asyncio.wait({waiter, final}, timeout=PROMPT_TIMEOUT,
                                return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiter.cancel()
