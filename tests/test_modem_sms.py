@@ -150,7 +150,8 @@ def test_failover_is_one_sms_via_the_monitoring_port_while_pppd_holds_data(
                 assert rig.driver.channel is not None
                 assert rig.driver.channel.name == str(rig.dev / "ttyUSB1")
                 assert rig.phase is Phase.CONNECTED and rig.ppp0_address() == "10.64.64.64"
-                assert got["log"].count(CNMI) == 1  # by the driver's setup, once per open
+                # the driver's setup, then the SMS code's first use of the channel
+                assert got["log"].count(CNMI) == 2
                 # the driver's polling went on around it, one command at a time
                 polls = got["log"].count("AT+CSQ")
                 await asyncio.sleep(1.2)
@@ -250,3 +251,23 @@ def test_stop_brings_the_data_port_back_to_command_mode(tmp_path: Path) -> None:
             print(f"stop with the stick in data mode: {took:.2f} s")
 
     run(go())
+
+
+def test_the_shared_port_caps_the_cmgs_wait() -> None:
+    """A 60 s AT+CMGS on the driver's port would hold its polling past the part's deadline."""
+    from failberry.modem import smsport
+
+    class Channel:
+        def __init__(self) -> None:
+            self.timeouts: list[float] = []
+
+        async def submit(self, command: str, body: str, timeout: float) -> list[str]:
+            self.timeouts.append(timeout)
+            return []
+
+    channel = Channel()
+    session = smsport.SharedSession(channel)  # type: ignore[arg-type]
+    run(session.submit('AT+CMGS="+49"', "x", 60.0))
+    run(session.submit('AT+CMGS="+49"', "x", 10.0))
+    assert channel.timeouts == [smsport.SHARED_SEND_TIMEOUT, 10.0]
+    assert smsport.SHARED_SEND_TIMEOUT + 5.0 < 60.0  # prompt wait included, under 60 s

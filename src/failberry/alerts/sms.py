@@ -110,7 +110,7 @@ class SmsModem:
         session = await self.provider.acquire()
         if session is None:
             raise ChannelError("sms", "no AT port for SMS (modem absent or not set up)")
-        if session is not self._prepared and not getattr(self.provider, "owns_cnmi", False):
+        if session is not self._prepared:
             self._prepared = session
             try:
                 # New messages: stored, announced by +CMTI (TS 27.005 3.4.1).

@@ -6,7 +6,13 @@ SMS then wait in the alerts queue. Commands go through the channel's lock, so th
 turns with the driver's polling, one at a time on the port.
 
 `AT+CNMI=2,1,0,0,0` (stored messages announced by `+CMTI`) is part of the driver's setup
-after every open, so a stick reset or replugged announces messages again at once."""
+after every open, so a stick reset or replugged announces messages again at once; the SMS
+code sends it again on its first use of each channel (it fails during setup on a SIM still
+waiting for its PIN).
+
+An AT+CMGS holds the port until the network answers: on the shared port that is capped at
+SHARED_SEND_TIMEOUT, so the driver's polling (and its status report, due within the part's
+60 s deadline) is never held up longer."""
 
 from __future__ import annotations
 
@@ -19,16 +25,23 @@ from failberry.modem.driver import Driver
 LOG = logging.getLogger(__name__)
 
 CNMI = "AT+CNMI=2,1,0,0,0"
+SHARED_SEND_TIMEOUT = 30.0
+
+
+class SharedSession(ChannelSession):
+    """ChannelSession with the AT+CMGS wait capped (the driver polls on the same port)."""
+
+    async def submit(self, command: str, body: str, timeout: float) -> list[str]:
+        """As ChannelSession, waiting at most SHARED_SEND_TIMEOUT for the answer."""
+        return await super().submit(command, body, min(timeout, SHARED_SEND_TIMEOUT))
 
 
 class DriverSmsProvider:
     """The driver's AT channel as the SMS code's session; +CMTI URCs passed on."""
 
-    owns_cnmi = True  # the driver sends AT+CNMI after each open; the SMS code need not
-
     def __init__(self, driver: Driver) -> None:
         self.driver = driver
-        self._session: ChannelSession | None = None
+        self._session: SharedSession | None = None
         self._callback: Callable[[str], None] | None = None
         driver.urc_listeners.append(self._urc)
         if CNMI not in driver.session.extra_setup:
@@ -40,7 +53,7 @@ class DriverSmsProvider:
         if channel is None or channel is not self.driver.channel or channel.gone is not None:
             return None
         if self._session is None or self._session.channel is not channel:
-            self._session = ChannelSession(channel)  # one per channel: set up once
+            self._session = SharedSession(channel)  # one per channel: set up once
         return self._session
 
     def on_urc(self, callback: Callable[[str], None]) -> None:
