@@ -41,6 +41,12 @@ LOG = logging.getLogger(__name__)
 PART = "modem"
 HILINK_ACTIONS = (ev.OpenPort, ev.QuerySim, ev.EnterPin, ev.QueryRegistration, ev.ResetModem)
 POLLED = (Phase.REGISTERING, Phase.DENIED, Phase.DIALING, Phase.CONNECTED)
+# On stop, the time for stopping pppd and bringing the data port back to command mode: the
+# supervisor gives every part 1.5 s in all (SIGTERM ends within 2 s). DTR dropped, `AT` and
+# `ATH` fit; the `+++` escape needs two guard times of silence and does not (a stick that
+# ignores DTR stays in data mode; its next pppd run fails and the port is escaped then, as
+# after any pppd exit).
+STOP_BUDGET = 1.3
 
 
 class Driver:
@@ -51,7 +57,7 @@ class Driver:
                  rebooter: Rebooter, reboot_log: RebootLog | None = None,
                  poll_interval: float = 10.0, at_timeout: float = 5.0,
                  counters: Callable[[str], tuple[int | None, int | None]] = read_counters,
-                 guard_time: float = 1.0) -> None:
+                 guard_time: float = 1.0, stop_budget: float = STOP_BUDGET) -> None:
         self.cfg = cfg
         self.machine = machine
         self.status = status
@@ -65,6 +71,7 @@ class Driver:
         self.at_timeout = at_timeout
         self.counters = counters
         self.guard_time = guard_time
+        self.stop_budget = stop_budget
         self.state = ModemState(reboots=reboot_log.load() if reboot_log else ())
         self.queue: asyncio.Queue[ev.Event] = asyncio.Queue()
         self.gen = 0  # bumped whenever the AT channel changes; stale replies are dropped
@@ -129,6 +136,7 @@ class Driver:
                 event = await self.queue.get()
                 self.step(event)
         finally:
+            deadline = asyncio.get_running_loop().time() + self.stop_budget
             poller.cancel()
             for handle in self.timers.values():
                 handle.cancel()
@@ -137,20 +145,25 @@ class Driver:
             for task in list(self.tasks):
                 task.cancel()
             await asyncio.gather(poller, *self.tasks, return_exceptions=True)
-            await self._leave_data_mode()
+            await self._leave_data_mode(deadline)
 
-    async def _leave_data_mode(self) -> None:
+    async def _leave_data_mode(self, deadline: float) -> None:
         """On the way out, a port pppd left in data mode goes back to command mode (the pppd
         task was cancelled before it could), so the next start's discovery finds it
-        answering AT. Bounded: stopping must not hang on a dead stick."""
+        answering AT. All of the cleanup, pppd's stop included, is bounded by `stop_budget`:
+        stopping must not hang on a dead stick."""
         port, self.data_mode_port = self.data_mode_port, None
+        left = deadline - asyncio.get_running_loop().time()
         if port is None:
             return
-        at = min(self.at_timeout, 2.0)
-        bound = 3 * self.guard_time + 3 * at + 1.0
+        if left <= 0:
+            LOG.info("modem: no time left on stop to bring %s back to command mode", port)
+            self.hangups.append(False)
+            return
+        at = min(self.at_timeout, 0.5)
         try:
             ok = await asyncio.wait_for(command_mode(self.opener, port, self.guard_time, at),
-                                        bound)
+                                        left)
         except TimeoutError:
             ok = False
         self.hangups.append(ok)
