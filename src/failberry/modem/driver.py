@@ -29,7 +29,7 @@ from failberry.modem.hilink import HilinkBackend
 from failberry.modem.machine import Machine
 from failberry.modem.parsers import REG_PREFIXES, Registration, RegStat, parse_registration
 from failberry.modem.parsers import parse_vendor_access_tech as vendor_access_tech
-from failberry.modem.session import PinOutcome, Session, command_mode
+from failberry.modem.session import PinOutcome, Session, command_mode, command_mode_within
 from failberry.modem.state import ModemState, Phase
 from failberry.status import Status
 from failberry.usbpower import PowerRefused, UsbPower
@@ -150,25 +150,12 @@ class Driver:
     async def _leave_data_mode(self, deadline: float) -> None:
         """On the way out, a port pppd left in data mode goes back to command mode (the pppd
         task was cancelled before it could), so the next start's discovery finds it
-        answering AT. All of the cleanup, pppd's stop included, is bounded by `stop_budget`:
-        stopping must not hang on a dead stick."""
+        answering AT; by `deadline` (`stop_budget`, pppd's stop included)."""
         port, self.data_mode_port = self.data_mode_port, None
-        left = deadline - asyncio.get_running_loop().time()
-        if port is None:
-            return
-        if left <= 0:
-            LOG.info("modem: no time left on stop to bring %s back to command mode", port)
-            self.hangups.append(False)
-            return
-        at = min(self.at_timeout, 0.5)
-        try:
-            ok = await asyncio.wait_for(command_mode(self.opener, port, self.guard_time, at),
-                                        left)
-        except TimeoutError:
-            ok = False
-        self.hangups.append(ok)
-        LOG.info("modem: on stop, %s %s", port, "is back in command mode" if ok
-                 else "did not come back to command mode")
+        if port is not None:
+            left = deadline - asyncio.get_running_loop().time()
+            self.hangups.append(await command_mode_within(
+                self.opener, port, self.guard_time, min(self.at_timeout, 0.5), left))
 
     def step(self, event: ev.Event) -> None:
         """One machine step, then its actions."""

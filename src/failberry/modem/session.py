@@ -244,6 +244,19 @@ async def command_mode(opener: Callable[[str], SerialPort], port: str, guard: fl
         channel.close()
 
 
+async def command_mode_within(opener: Callable[[str], SerialPort], port: str, guard: float,
+                              timeout: float, left: float) -> bool:
+    """`command_mode` given at most `left` seconds (on stop: it must not hang on a dead
+    stick); False if it did not finish in time."""
+    ok = False
+    if left > 0:
+        with contextlib.suppress(TimeoutError):
+            ok = await asyncio.wait_for(command_mode(opener, port, guard, timeout), left)
+    LOG.info("modem: on stop, %s %s", port, "is back in command mode" if ok
+             else "is left in data mode (no time to escape it)")
+    return ok
+
+
 async def _drop_dtr(serial: SerialPort) -> bool:
     """Drop DTR for a moment (most sticks hang up on it); False where the port has no DTR
     (a pty)."""
