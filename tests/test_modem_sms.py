@@ -297,3 +297,34 @@ def test_the_shared_port_caps_the_cmgs_wait() -> None:
     run(session.submit('AT+CMGS="+49"', "x", 10.0))
     assert channel.timeouts == [smsport.SHARED_SEND_TIMEOUT, 10.0]
     assert smsport.SHARED_SEND_TIMEOUT + 5.0 < 60.0  # prompt wait included, under 60 s
+
+
+def test_build_parts_hands_the_modem_parts_port_to_the_sms_code(tmp_path: Path) -> None:
+    from failberry.alerts.at_session import SerialSmsProvider
+    from failberry.alerts.part import AlertsPart
+    from failberry.bus import Bus
+    from failberry.modem.part import ModemPart
+    from failberry.parts import build_parts
+    from failberry.status import Status
+
+    def parts(extra: str) -> tuple[ModemPart, AlertsPart]:
+        cfg = config.parse(f'[modem]\napn = "internet"\nat_port = "/dev/ttyUSB1"\n'
+                           f'[paths]\nstate_dir = "{tmp_path}/state"\n'
+                           f'run_dir = "{tmp_path}/run"\n'
+                           f'[alerts]\nsms_to = ["{ADMIN}"]\nsms_commands_from = ["{ADMIN}"]\n'
+                           f'hooks_dir = "{tmp_path}/hooks"\n{extra}')
+        built = build_parts(cfg, Status(), Bus(), manage_network=False)
+        [m] = [p for p in built if isinstance(p, ModemPart)]
+        [a] = [p for p in built if isinstance(p, AlertsPart)]
+        return m, a
+
+    modem, alerts = parts("")
+    assert alerts.inbox is not None
+    provider = alerts.inbox.sms.provider
+    assert isinstance(provider, DriverSmsProvider) and provider.driver is modem.driver
+    assert modem.driver.session.extra_setup == [CNMI]
+    assert modem.driver.urc_listeners  # +CMTI reaches the inbox
+    modem, alerts = parts('sms_port = "/dev/ttyUSB3"\n')  # a port of its own
+    assert alerts.inbox is not None
+    assert isinstance(alerts.inbox.sms.provider, SerialSmsProvider)
+    assert modem.driver.session.extra_setup == [] and not modem.driver.urc_listeners
