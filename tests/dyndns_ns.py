@@ -32,7 +32,7 @@ if not Path(PY).exists():
 
 WIRED = "203.0.113.2"
 WIRED6 = "2001:db8:1::2"
-MOBILE = "100.64.0.2"
+MOBILE = "198.51.100.2"  # public-looking: DDNS never publishes CGNAT (100.64/10) addresses
 MOBILE6 = "2001:db8:2::2"
 
 
@@ -121,7 +121,7 @@ probe_interval = "200ms"
 up = 1
 [uplink.mobile]
 interface = "ppp0"
-probe_targets = ["icmp:100.64.0.1"]
+probe_targets = ["icmp:198.51.100.1"]
 [failover]
 mode = "{mode}"
 hold_down = "1s"

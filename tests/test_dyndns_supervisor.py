@@ -96,7 +96,7 @@ def test_no_network_watches_addresses_and_modem_not_managed(pi: PiNs) -> None:
     assert out.returncode == 0, out.stderr
     assert "modem: not managed, modem.enabled = false" in out.stdout
     assert "waiting for an address on ppp0" in out.stdout
-    sh(pi.pi, f"ip addr add {MOBILE} peer 100.64.0.1/32 dev ppp0; ip link set ppp0 up;"
+    sh(pi.pi, f"ip addr add {MOBILE} peer 198.51.100.1/32 dev ppp0; ip link set ppp0 up;"
               f"ip -6 addr add {MOBILE6}/64 dev ppp0 nodad")
     wait_for(lambda: pi.query("nonet", "A") == {MOBILE}, 10, "the A record from ppp0",
              lambda: pi.log(cfg))

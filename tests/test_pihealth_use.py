@@ -64,6 +64,7 @@ def _serve(cfg: Config, make: object) -> tuple[dict[str, object], str, list[Heal
         assert mcode == 200
         while not q.empty():
             alerts.append(q.get_nowait())
+        q.close()
         sup.request_stop("test")
         await task
         return json.loads(body), mbody.decode()

@@ -91,22 +91,71 @@ class ForceUplink:
     reason: str
 
 
+class Subscription(asyncio.Queue[E]):
+    """One subscriber's queue of `kind` events, with a lifetime: `close()` (or leaving a
+    `with` block) takes it off the bus, so a stopped part's queue stops filling up. It is
+    the queue itself, so `await sub.get()` reads the next event."""
+
+    def __init__(self, registry: list[Subscription[Any]], kind: type[E], maxsize: int) -> None:
+        super().__init__(maxsize)
+        self.kind = kind
+        self._registry: list[Subscription[Any]] | None = registry
+        registry.append(self)
+
+    @property
+    def closed(self) -> bool:
+        """True once closed: no later event reaches this queue."""
+        return self._registry is None
+
+    def close(self) -> None:
+        """Stop receiving events; closing twice is harmless."""
+        if self._registry is not None:
+            self._registry.remove(self)
+            self._registry = None
+
+    def __enter__(self) -> Subscription[E]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class Bus:
-    """Publish/subscribe by event type, within one asyncio loop."""
+    """Publish/subscribe by event type, within one asyncio loop.
 
-    def __init__(self, maxsize: int = 1000) -> None:
+    `scope()` gives a view of the same bus that remembers the subscriptions made through it;
+    closing the view closes them all (the supervisor hands one to each generation of parts)."""
+
+    def __init__(self, maxsize: int = 1000, *,
+                 _subs: dict[type[Any], list[Subscription[Any]]] | None = None) -> None:
         self.maxsize = maxsize
-        self._subs: dict[type[Any], list[asyncio.Queue[Any]]] = {}
+        self._subs: dict[type[Any], list[Subscription[Any]]] = {} if _subs is None else _subs
+        self._made: list[Subscription[Any]] = []
 
-    def subscribe(self, kind: type[E]) -> asyncio.Queue[E]:
-        """A queue that receives every later event of `kind`."""
-        q: asyncio.Queue[E] = asyncio.Queue(self.maxsize)
-        self._subs.setdefault(kind, []).append(q)
-        return q
+    def subscribe(self, kind: type[E]) -> Subscription[E]:
+        """A queue that receives every later event of `kind` until it is closed."""
+        sub = Subscription(self._subs.setdefault(kind, []), kind, self.maxsize)
+        self._made = [s for s in self._made if not s.closed]
+        self._made.append(sub)
+        return sub
+
+    def subscribers(self, kind: type[Any]) -> int:
+        """How many open subscriptions `kind` has."""
+        return len(self._subs.get(kind, []))
+
+    def scope(self) -> Bus:
+        """A view of this bus whose `close()` closes what was subscribed through it."""
+        return Bus(self.maxsize, _subs=self._subs)
+
+    def close(self) -> None:
+        """Close every subscription made through this bus (or view)."""
+        made, self._made = self._made, []
+        for sub in made:
+            sub.close()
 
     def publish(self, event: object) -> None:
         """Deliver to every subscriber of the event's type; never blocks."""
-        for q in self._subs.get(type(event), []):
+        for q in list(self._subs.get(type(event), [])):
             if q.full():
                 LOG.warning("event queue for %s full; dropping the oldest",
                             type(event).__name__)

@@ -39,7 +39,7 @@ def _handler(module: str, func: str) -> Callable[[argparse.Namespace], int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The whole command set (DESIGN.md, "Command-line contract")."""
+    """The whole command set (README.md, "Commands")."""
     p = _Parser(prog="failberry", description=__doc__)
     p.add_argument("--version", action="version", version=f"failberry {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")

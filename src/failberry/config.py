@@ -156,6 +156,32 @@ def _port_list(value: object) -> tuple[int, ...]:
     return tuple(out)
 
 
+def _port_range(value: object) -> str:
+    """A port, 1194, or an inclusive range, "60000-60010"; kept as text ("1194",
+    "60000-60010")."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(checks.port(value))
+    if not isinstance(value, str):
+        raise ValueError(f"must be a port number or a range like \"60000-60010\", "
+                         f"not {_type_name(value)}")
+    lo, sep, hi = value.partition("-")
+    try:
+        first, last = int(lo), int(hi if sep else lo)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a port or a range like \"60000-60010\"") from None
+    checks.port(first)
+    checks.port(last)
+    if last < first:
+        raise ValueError(f"{value!r}: the range ends before it starts")
+    return f"{first}-{last}" if last != first else str(first)
+
+
+def port_bounds(text: str) -> tuple[int, int]:
+    """`"1194"` to (1194, 1194), `"60000-60010"` to (60000, 60010)."""
+    lo, _, hi = text.partition("-")
+    return int(lo), int(hi or lo)
+
+
 def _duration(lo: float = 0.0, hi: float = 365 * 86400.0) -> Callable[[object], float]:
     def conv(value: object) -> float:
         seconds = parse_duration(value)
@@ -316,6 +342,9 @@ class MobileUplink:
     up: int = opt(3, _int_range(1, 1000))
     priority: int = opt(20, _int_range(1, 1000))
     mss_clamp: bool = opt(True)
+    public_address_url: str = opt("", _optional_str(checks.http_url),
+                                  doc="an outside \"what is my address\" URL, asked over "
+                                      "this link to detect NAT; empty: not asked")
 
 
 @dataclass(frozen=True)
@@ -374,6 +403,26 @@ class FirewallConfig:
 
     allow_tcp: tuple[int, ...] = opt((), _port_list)
     allow_udp: tuple[int, ...] = opt((), _port_list)
+
+
+@dataclass(frozen=True)
+class ForwardConfig:
+    """One `[[forward]]`: a port on the uplinks sent on to a LAN address."""
+
+    protocol: str = opt("", _str(lambda s: _one_of(s, ("tcp", "udp"))), required=True)
+    port: str = opt("", _port_range, required=True,
+                    doc="on the uplinks: a port or a range \"60000-60010\"")
+    to: str = opt("", _str(checks.ip_address), required=True,
+                  doc="a LAN address (inside lan.address's prefix)")
+    to_port: str = opt("", lambda v: "" if v == "" else _port_range(v),
+                       doc="empty: the same port(s)")
+    uplinks: tuple[str, ...] = opt((), _str_list(lambda s: _one_of(s, ("wired", "mobile"))),
+                                   doc="empty: every uplink failberry owns in this mode")
+
+    @property
+    def name(self) -> str:
+        """How logs and metrics name it: `udp/1194`."""
+        return f"{self.protocol}/{self.port}"
 
 
 @dataclass(frozen=True)
@@ -553,6 +602,7 @@ class Config:
     paths: PathsConfig = section(PathsConfig)
     pihealth: PihealthConfig = section(PihealthConfig)
     alerts: AlertsConfig = section(AlertsConfig)
+    forward: tuple[ForwardConfig, ...] = field(default=(), metadata={"table_list": True})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -597,6 +647,10 @@ class _Loader:
                     continue
                 kwargs[f.name] = self.build(tp, raw, path)
                 continue
+            if f.metadata.get("table_list"):
+                if key in data:
+                    kwargs[f.name] = self.table_list(typing.get_args(tp)[0], data[key], path)
+                continue
             if _is_secret(tp):
                 secret = self.secret(data, key, path, f.metadata.get("conv"))
                 if secret is not None:
@@ -610,6 +664,21 @@ class _Loader:
             if value is not _INVALID:
                 kwargs[f.name] = value
         return cls(**kwargs)
+
+    def table_list(self, cls: type[Any], raw: object, path: str) -> tuple[Any, ...]:
+        """A list of tables (`[[forward]]`), each built like a section; the key paths count
+        from 1: `forward[2].port` is the second entry's `port`."""
+        if not isinstance(raw, list):
+            self.issue(path, f"must be a list of tables ([[{path}]]), not {_type_name(raw)}")
+            return ()
+        out = []
+        for i, item in enumerate(raw):
+            where = f"{path}[{i + 1}]"
+            if not isinstance(item, dict):
+                self.issue(where, f"must be a table ([[{path}]]), not {_type_name(item)}")
+                continue
+            out.append(self.build(cls, item, where))
+        return tuple(out)
 
     def secret(self, data: dict[str, Any], key: str, path: str,
                conv: Callable[[object], Any] | None) -> Secret | None:
@@ -726,7 +795,44 @@ def _cross_checks(cfg: Config, issue: Callable[[str, str], None]) -> None:
     if cfg.modem.password is not None and not cfg.modem.username:
         issue("modem.username", "is required when modem.password is set")
     _dyndns_checks(cfg.dyndns, issue)
+    _forward_checks(cfg, issue)
     _hostguard_checks(cfg.hostguard, issue)
+
+
+def _forward_checks(cfg: Config, issue: Callable[[str, str], None]) -> None:
+    lan = ipaddress.ip_interface(cfg.lan.address)
+    sidecar = cfg.failover.mode is FailoverMode.SIDECAR
+    taken: list[tuple[str, str, int, int, str]] = []  # protocol, uplink, first, last, key
+    for n, fw in enumerate(cfg.forward, 1):
+        key = f"forward[{n}]"
+        to = ipaddress.ip_address(fw.to)
+        if to not in lan.network or to in (lan.network.network_address,
+                                            lan.network.broadcast_address):
+            issue(f"{key}.to", f"{fw.to} is not a host inside the LAN prefix {lan.network}")
+        elif to == lan.ip:
+            issue(f"{key}.to", "must not be the Pi's own LAN address (open it with "
+                  "firewall.allow_tcp/allow_udp instead)")
+        first, last = port_bounds(fw.port)
+        if fw.to_port:
+            t_first, t_last = port_bounds(fw.to_port)
+            if t_last - t_first != last - first:
+                issue(f"{key}.to_port", f"{fw.to_port} does not have as many ports as "
+                      f"{key}.port ({fw.port})")
+            elif first != t_first and last - first >= 256:
+                issue(f"{key}.to_port", "a range moved to other ports may hold at most 256")
+        if sidecar and "wired" in fw.uplinks:
+            issue(f"{key}.uplinks", "\"wired\" is the main router's in sidecar mode: forward "
+                  "the port there")
+        if fw.protocol == "tcp" and first <= cfg.health.port <= last:
+            issue(f"{key}.port", f"{fw.port} includes the health endpoint's port "
+                  f"{cfg.health.port} (health.port)")
+        ups = fw.uplinks or (("mobile",) if sidecar else ("wired", "mobile"))
+        for up in ups:
+            for proto, other_up, lo, hi, other in taken:
+                if proto == fw.protocol and other_up == up and lo <= last and first <= hi:
+                    issue(f"{key}.port", f"{fw.protocol} {fw.port} on {up} overlaps {other}")
+                    break
+            taken.append((fw.protocol, up, first, last, key))
 
 
 def _hostguard_checks(hg: HostguardConfig, issue: Callable[[str, str], None]) -> None:

@@ -63,8 +63,17 @@ def dump_toml(cfg: Config, *, reveal_secrets: bool) -> str:
         for key, value in subs:
             walk(value, f"{table}.{key}")
 
+    reveal = reveal_secrets
     for f in dataclasses.fields(cfg):
-        walk(getattr(cfg, f.name), _toml_key(f.name))
+        value = getattr(cfg, f.name)
+        if isinstance(value, tuple):  # a list of tables: `[[forward]]`, one per entry
+            for item in value:
+                out.append("")
+                out.append(f"[[{_toml_key(f.name)}]]")
+                out.extend(f"{g.name} = {_toml_value(g.name, getattr(item, g.name), reveal)}"
+                           for g in dataclasses.fields(item))
+            continue
+        walk(value, _toml_key(f.name))
     return "\n".join(out) + "\n"
 
 
@@ -98,6 +107,9 @@ def summary(cfg: Config) -> list[str]:
     opened = [f"{p}/tcp" for p in cfg.firewall.allow_tcp] + [
         f"{p}/udp" for p in cfg.firewall.allow_udp]
     lines.append(f"firewall: open on uplinks: {', '.join(opened) or 'nothing'}")
+    for fw in cfg.forward:
+        to = f"{fw.to}:{fw.to_port or fw.port}"
+        lines.append(f"forward:  {fw.name} -> {to} on {', '.join(fw.uplinks) or 'every uplink'}")
     lines.append(f"health:   http://{cfg.health.listen}:{cfg.health.port}/health")
     if cfg.dyndns.provider is DnsProvider.NONE:
         lines.append("dyndns:   off")

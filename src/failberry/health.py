@@ -1,5 +1,6 @@
-"""The routes on port 9000: `/health` for DNS failover checkers, `/health/<uplink>`, `/status`
-(the whole snapshot as JSON) and `/metrics` (Prometheus text).
+"""The routes on port 9000: `/ping` (200 whenever the supervisor runs), `/health` for DNS
+failover checkers, `/health/<uplink>`, `/status` (the whole snapshot as JSON) and `/metrics`
+(Prometheus text).
 
 The health decision is what a Route53-style checker acts on, so it is one pure function of the
 status snapshot and the topology (`decide`); the server around it is `failberry.httpserver`."""
@@ -20,6 +21,7 @@ from typing import Any
 from failberry import __version__, metrics
 from failberry.config import Config, FailoverMode
 from failberry.httpserver import HttpStats, Response, error
+from failberry.inbound import mobile_warning
 from failberry.status import (
     DYNDNS,
     MODEM,
@@ -113,6 +115,19 @@ def versions() -> dict[str, str]:
     return out
 
 
+# `/ping`: answered whenever the supervisor runs, whatever the uplinks' state: "you reached
+# the Pi through this path" (a DNS failover checker's test of the wired path).
+PING = Response(200, b"ok\n", "text/plain; charset=utf-8")
+
+
+def _inbound_warning(uplinks: Mapping[str, Any], parts: Mapping[str, Any]) -> str | None:
+    """The CGNAT/NAT sentence for the mobile uplink's current address, or None."""
+    address = (uplinks.get("mobile") or {}).get("address")
+    seen = (parts.get("network") or {}).get("public_address") or {}
+    public = seen.get("public") if seen.get("local") == address else None
+    return mobile_warning(address, public)
+
+
 class HealthApp:
     """The request handler: routes, the LAN restriction, and the /status document."""
 
@@ -166,6 +181,8 @@ class HealthApp:
 
     def __call__(self, method: str, path: str, peer: str) -> Response:
         """Route one GET or HEAD."""
+        if path == "/ping":
+            return PING
         if path == "/health":
             return self._health_response("", self.verdict())
         if path.startswith("/health/"):
@@ -236,6 +253,7 @@ class HealthApp:
             "version": __version__,
             "versions": self._versions,
             "active_uplink": None if net is None else net.active_uplink,
+            "inbound_warning": _inbound_warning(uplinks, parts),
             "uplinks": uplinks,
             "modem": None if parts.get(MODEM) is None else modem_view(parts[MODEM]),
             "data": None if net is None or net.data is None else jsonable(net.data),

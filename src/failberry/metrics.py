@@ -92,6 +92,7 @@ def render(doc: Mapping[str, Any]) -> str:
              [({"part": k}, float(v)) for k, v in sorted(restarts.items())])
     _uplinks(w, doc)
     _data(w, doc)
+    _forwards(w, parts.get("network"))
     _modem(w, doc.get("modem"))
     _dyndns(w, doc.get("dyndns"))
     _pihealth(w, parts.get("pihealth"))
@@ -136,6 +137,20 @@ def _data(w: _Writer, doc: Mapping[str, Any]) -> None:
              "Mobile data used this period by each LAN device.",
              [({"device": k}, float(v)) for k, v in sorted(devices.items())
               if _num(v) is not None])
+
+
+def _forwards(w: _Writer, net: Any) -> None:
+    fws = net.get("forwards") if isinstance(net, Mapping) else None
+    if not isinstance(fws, Mapping) or not fws:
+        return
+    for unit in ("packets", "bytes"):
+        w.family(f"forward_{unit}_total", "counter",
+                 f"{unit.capitalize()} of each [[forward]]: in (to the LAN host) and out "
+                 "(its replies).",
+                 [({"forward": name, "direction": d}, v)
+                  for name, c in sorted(fws.items()) if isinstance(c, Mapping)
+                  for d in ("in", "out")
+                  if (v := _num(c.get(f"{unit}_{d}"))) is not None])
 
 
 def _modem(w: _Writer, modem: Any) -> None:

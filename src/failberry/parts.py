@@ -10,6 +10,10 @@ A part is any object with:
 and may have:
   fresh() -> Part                a new object to run in its place after it crashed (the
                                  supervisor then never runs the crashed object again)
+  release() -> None              close what outlives `run()` (bus subscriptions made in
+                                 `__init__`); called once the part is stopped for good or
+                                 replaced by `fresh()`. Whatever a part subscribed through
+                                 its bus is closed anyway when the supervisor stops it.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ def build_parts(cfg: Config, status: Status, bus: Bus, *,
     """The real parts for this config, with real I/O seams."""
     parts: list[Part] = []
     sms_provider: AtSessionProvider | None = None
-    # -- network: routes, NAT, firewall, link monitor, probes, failover (issue 6) --
+    # -- network: routes, NAT, firewall, link monitor, probes, failover --
     # The network part rewrites the routes, rules, iptables and sysctls of the namespace it
     # runs in. That is the job on the Pi; `failberry run --no-network` (a workstation, the
     # tests' root namespace) leaves them alone.
@@ -48,7 +52,7 @@ def build_parts(cfg: Config, status: Status, bus: Bus, *,
 
         parts.append(build_network(cfg, status, bus))
     # -- end network --
-    # -- modem: AT layer, state machine, pppd, recovery ladder (issue 5) --
+    # -- modem: AT layer, state machine, pppd, recovery ladder --
     # `modem.enabled = false`: something else brings the mobile interface up; no modem part,
     # and the status says so (a report without a deadline: nothing runs to keep it current).
     if cfg.modem.enabled:
@@ -67,19 +71,19 @@ def build_parts(cfg: Config, status: Status, bus: Bus, *,
                       reason="modem.enabled = false: the mobile interface is brought up by "
                              "something else")
     # -- end modem --
-    # -- dynamic DNS (issue 8) --
+    # -- dynamic DNS --
     from failberry.config import DnsProvider
     if cfg.dyndns.provider is not DnsProvider.NONE:
         from failberry.dyndns.part import DyndnsPart
         # Without a network part nobody publishes addresses on the bus: it reads netlink itself.
         parts.append(DyndnsPart.from_config(cfg, status, bus, watch=not manage_network))
     # -- end dynamic DNS --
-    # -- the Pi's own health: under-voltage, temperature, SD card (issue 19) --
+    # -- the Pi's own health: under-voltage, temperature, SD card --
     from failberry.pihealth.part import PiHealthPart
     parts.append(PiHealthPart.from_config(cfg, status, bus))
     # -- end Pi health --
-    # -- alerts: SMS, webhooks, hook scripts (issue 17). SMS goes through alerts.sms_port
-    # if set, else through the modem part's AT port (`sms_provider`). --
+    # -- alerts: SMS, webhooks, hook scripts. SMS goes through alerts.sms_port if set,
+    # else through the modem part's AT port (`sms_provider`). --
     from failberry.alerts.build import build as build_alerts
     parts.append(build_alerts(cfg, status, bus, provider=sms_provider))
     # -- end alerts --

@@ -15,6 +15,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from failberry.fileio import write_atomic
+
 LOG = logging.getLogger(__name__)
 
 RUN_FILE = "supervisor.json"
@@ -64,17 +66,11 @@ class RunFile:
         logged, never fatal."""
         data = {"pid": os.getpid(), "config": None if config is None else str(config.resolve()),
                 "url": status_url(host, port)}
-        tmp = self.path.with_name(f".{RUN_FILE}.{os.getpid()}")
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(data) + "\n")
-            tmp.chmod(0o644)  # no secret in it; `failberry status` runs without sudo
-            os.replace(tmp, self.path)
+        try:  # mode 0644: no secret in it; `failberry status` runs without sudo
+            write_atomic(self.path, json.dumps(data) + "\n", 0o644)
         except OSError as e:
             LOG.warning("cannot write %s (%s); `failberry status` will guess the port from "
                         "the config", self.path, e.strerror or e)
-            with contextlib.suppress(OSError):
-                tmp.unlink()
 
     def remove(self) -> None:
         """Remove the file if it is still ours (another instance may have replaced it)."""

@@ -216,6 +216,13 @@ def render(doc: Mapping[str, Any], now: float | None = None) -> list[str]:
         lines.extend(_uplink_line(n, u) for n, u in uplinks.items() if isinstance(u, Mapping))
     else:
         lines.append("uplinks: not reported")
+    if doc.get("inbound_warning"):
+        lines.append(f"warning: {doc['inbound_warning']}")
+    fws = ((doc.get("parts") or {}).get("network") or {}).get("forwards")
+    if isinstance(fws, Mapping) and fws:
+        lines.append("forwards: " + ", ".join(
+            f"{n} in {_bytes(c.get('bytes_in'))}, out {_bytes(c.get('bytes_out'))}"
+            for n, c in fws.items() if isinstance(c, Mapping)))
     data = doc.get("data")
     if isinstance(data, Mapping):
         cap = data.get("cap_bytes") or 0

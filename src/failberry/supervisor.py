@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from failberry import __version__, config
+from failberry.backoff import exponential
 from failberry.bus import Bus
 from failberry.config import Config
 from failberry.errors import ConfigError, FailberryError
@@ -140,6 +141,13 @@ def _fresh(part: Part) -> Part:
     return new
 
 
+def _release(part: Part) -> None:
+    """Let a part that is stopped for good (or replaced) close its bus subscriptions."""
+    release: Callable[[], None] | None = getattr(part, "release", None)  # optional in Part
+    if release is not None:
+        release()
+
+
 def raise_nofile(want: int = WANT_NOFILE) -> int:
     """Raise the soft open-file limit toward `want` (within the hard limit); the new limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -175,6 +183,8 @@ class Supervisor:
         host, port = self._address(cfg)
         self.http = HttpServer(self.app, host, port, limits, self.http_stats)
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._scope: Bus | None = None  # the running parts' view of the bus
+        self._current: dict[str, Part] = {}  # the object each part's task runs now
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._background: set[asyncio.Task[Any]] = set()
@@ -196,9 +206,12 @@ class Supervisor:
     # -- parts --
 
     def _start_parts(self) -> None:
-        for part in self.parts_factory(self.cfg, self.status, self.bus):
+        # What these parts subscribe to ends with them (and with their reload).
+        self._scope = self.bus.scope()
+        for part in self.parts_factory(self.cfg, self.status, self._scope):
             if part.name in self._tasks or part.name == LOOP_PART:
                 LOG.error("part name %r used twice; not starting the second", part.name)
+                _release(part)
                 continue
             self.status.register(part.name, part.deadline)
             self.restarts.setdefault(part.name, 0)
@@ -210,10 +223,18 @@ class Supervisor:
         """Run `part`; when it crashes (or returns), log it and start it again after a backoff.
         A part with a `fresh()` method is replaced by the new object it builds (new sockets,
         threads and state: nothing the crash left half-done is reused); one without is run
-        again as it is (it resets itself in `run`)."""
+        again as it is (it resets itself in `run`). A part replaced, or stopped for good,
+        is released (its bus subscriptions closed)."""
+        self._current[part.name] = part
+        try:
+            await self._restart_loop(part)
+        finally:
+            _release(self._current.pop(part.name, part))
+
+    async def _restart_loop(self, part: Part) -> None:
         loop = asyncio.get_running_loop()
         t = self.timing
-        backoff = t.restart_initial
+        failures = 0  # in a row, each after a short run
         name = part.name
         current: Part | None = part
         while True:
@@ -221,7 +242,8 @@ class Supervisor:
             try:
                 if current is None:
                     current = _fresh(part)
-                    part = current
+                    _release(part)
+                    part = self._current[name] = current
                 await current.run()
                 why, level = "returned", logging.WARNING
             except asyncio.CancelledError:
@@ -231,14 +253,15 @@ class Supervisor:
                 why, level = f"{what}: {type(e).__name__}: {e}", logging.ERROR
                 LOG.debug("part %s traceback", name, exc_info=True)
             if loop.time() - started >= t.stable_after:
-                backoff = t.restart_initial
+                failures = 0
+            failures += 1
+            backoff = exponential(failures, t.restart_initial, t.restart_max)
             self.restarts[name] = self.restarts.get(name, 0) + 1
             LOG.log(level, "part %s %s; restarting it in %gs (restart %d)", name, why,
                     backoff, self.restarts[name])
             if hasattr(part, "fresh"):
                 current = None  # build a new one after the backoff
             await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, t.restart_max)
 
     async def _stop_parts(self) -> None:
         tasks = dict(self._tasks)
@@ -255,6 +278,9 @@ class Supervisor:
                     LOG.warning("part %s failed while stopping: %s", name, task.exception())
         for name in tasks:
             self.status.unregister(name)
+        if self._scope is not None:  # what parts subscribed in run() and left open
+            self._scope.close()
+            self._scope = None
 
     # -- reload --
 

@@ -40,17 +40,18 @@ class Console:
 
     async def run(self) -> None:
         """Until cancelled."""
-        changes = self.bus.subscribe(ActiveUplinkChanged)
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-        tasks = [asyncio.create_task(self._read(reader)),
-                 asyncio.create_task(self._write(changes))]
-        try:
-            await asyncio.gather(*tasks)
-        finally:
-            for t in tasks:
-                t.cancel()
+        with self.bus.subscribe(ActiveUplinkChanged) as changes:
+            loop = asyncio.get_running_loop()
+            reader = asyncio.StreamReader()
+            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                         sys.stdin)
+            tasks = [asyncio.create_task(self._read(reader)),
+                     asyncio.create_task(self._write(changes))]
+            try:
+                await asyncio.gather(*tasks)
+            finally:
+                for t in tasks:
+                    t.cancel()
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         while line := await reader.readline():

@@ -1,4 +1,4 @@
-"""Conntrack clean-ups over ctnetlink with real entries (issue 12 items 3 and 7): LAN flows that
+"""Conntrack clean-ups over ctnetlink with real entries: LAN flows that
 went out before NAT existed are re-created NATed at start; on a switch only the LAN flows NATed
 to the old uplink go, never the router's own, and nothing goes while no other uplink exists;
 "nothing to delete" and "already gone" are not errors."""

@@ -1,4 +1,4 @@
-"""IPv6 on the uplinks (issue 12 item 4): with real packets between namespaces, a listener on
+"""IPv6 on the uplinks: with real packets between namespaces, a listener on
 `[::]` on the Pi is closed to the uplink side (link-local and global addresses) except the
 configured ports, open to the LAN; nothing is forwarded from the uplinks, LAN IPv6 does not
 leave through them; a stop leaves them closed (fail closed), and `failberry net clean` leaves

@@ -42,9 +42,10 @@ def test_tables_rules_and_the_active_default() -> None:
     assert set(p.routes) == {plan.RouteSpec(2001, "eth1", "203.0.113.1"),  # learned (DHCP)
                              plan.RouteSpec(2002, "ppp0", "100.64.0.1"),  # the ppp peer
                              plan.RouteSpec(2000, "eth1", "203.0.113.1")}
-    assert [(r.priority, r.table, r.src, r.suppress_prefixlen) for r in p.rules] == [
-        (10010, 2001, "203.0.113.2", None), (10020, 2002, "100.64.0.2", None),
-        (10050, 254, None, 0), (10100, 2000, None, None)]
+    assert [(r.priority, r.table, r.src, r.suppress_prefixlen, r.fwmark) for r in p.rules] == [
+        (10001, 2001, None, None, 0x1000000), (10002, 2002, None, None, 0x2000000),  # replies
+        (10010, 2001, "203.0.113.2", None, None), (10020, 2002, "100.64.0.2", None, None),
+        (10050, 254, None, 0, None), (10100, 2000, None, None, None)]
     assert p.sysctls["net/ipv4/conf/ppp0/rp_filter"] == "2"
     switched = plan.plan(cfg, LINKS, "mobile")
     assert plan.RouteSpec(2000, "ppp0", "100.64.0.1") in switched.routes

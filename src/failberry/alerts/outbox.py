@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from failberry.alerts.model import Alert, Severity
+from failberry.backoff import exponential
 
 LOG = logging.getLogger(__name__)
 
@@ -201,8 +202,7 @@ class Outbox:
             self.ready.remove(entry)
             self.counts.dropped += 1
             return False
-        delay = min(p.retry_max, p.retry_initial * 2.0 ** (entry.attempts - 1))
-        entry.next_try = now + delay
+        entry.next_try = now + exponential(entry.attempts, p.retry_initial, p.retry_max)
         return True
 
     def wake_at(self, now: float) -> float | None:

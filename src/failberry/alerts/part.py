@@ -80,6 +80,11 @@ class AlertsPart:
         self._dyndns = bus.subscribe(DyndnsBlocked)
         self._load()
 
+    def release(self) -> None:
+        """Close the bus subscriptions: the part is stopped for good."""
+        for sub in (self._uplinks, self._modem, self._health, self._dyndns):
+            sub.close()
+
     # -- state
 
     def _load(self) -> None:

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
+
+from failberry.fileio import write_atomic
 
 LOG = logging.getLogger(__name__)
 
@@ -34,15 +35,7 @@ class StateFile:
 
     def save(self, data: dict[str, Any]) -> None:
         """Write atomically; a failure is logged, never raised (alerts must keep flowing)."""
-        tmp = self.path.with_name(self.path.name + ".tmp")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                os.fchmod(f.fileno(), 0o600)  # an older file may have had another mode
-                json.dump(data, f, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            write_atomic(self.path, json.dumps(data, sort_keys=True), 0o600)
         except OSError as e:
             LOG.warning("cannot save alerts state to %s: %s", self.path, e)

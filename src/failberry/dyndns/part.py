@@ -34,7 +34,7 @@ from failberry.dyndns.route53 import Route53Provider
 from failberry.dyndns.route53_lambda import Route53LambdaProvider
 from failberry.dyndns.updater import Timing, Updater
 from failberry.dyndns.verify import AuthoritativeVerifier
-from failberry.errors import NotBuiltYet
+from failberry.inbound import not_public
 from failberry.net.monitor import LinkMonitor
 from failberry.status import DYNDNS, Status
 
@@ -55,7 +55,8 @@ def make_provider(d: DyndnsConfig, http: HttpClient) -> Provider:
         return Route53LambdaProvider.from_config(d.route53_lambda, http)
     if d.provider is DnsProvider.ROUTE53:
         return Route53Provider.from_config(d.route53, http)
-    raise NotBuiltYet(f"dyndns.provider {d.provider.value!r} has no implementation")
+    # Only "none" is left, and `build_parts` builds no dyndns part for it.
+    raise ValueError(f"dyndns.provider {d.provider.value!r}: there is no provider to make")
 
 
 def make_verifier(d: DyndnsConfig) -> Verifier:
@@ -95,15 +96,23 @@ class DyndnsPart:
         self.chooser = Chooser(interface, uplinks, network)
         # Subscribe now, not in run(): events published before the loop starts us still count.
         self._published = bus.subscribe(PublishedAddressChanged)
-        self._addresses = bus.subscribe(AddressChanged)
+        # With its own link monitor the part reads netlink, not the bus's addresses.
+        self._addresses = bus.subscribe(AddressChanged) if monitor is None else None
         self._active = bus.subscribe(ActiveUplinkChanged)
         self._report_now = asyncio.Event()
         self.bus = bus
         self._blocked: set[str] = set()  # records whose block was published (alerts)
+        self._refused: set[str] = set()  # CGNAT/private addresses not published (logged)
         self.state = state
         if state is not None:
             updater.restore(state.load())
         updater.on_change = self._changed
+
+    def release(self) -> None:
+        """Close the bus subscriptions: the part is stopped for good."""
+        for sub in (self._published, self._addresses, self._active):
+            if sub is not None:
+                sub.close()
 
     def _changed(self) -> None:
         self._report_now.set()
@@ -158,6 +167,8 @@ class DyndnsPart:
             self.on_active(ActiveUplinkChanged(ev.uplink, self.chooser.active, "published"))
         if self.interface or ev.address is None or not usable(ev.address):
             return
+        if self._unreachable(ev.address):
+            return
         rdtype = "A" if ev.family == 4 else "AAAA"
         self.updater.set_address(rdtype, ev.address, ev.address,
                                  f"published address changed on {ev.uplink or 'an uplink'}")
@@ -188,8 +199,21 @@ class DyndnsPart:
             if rdtype == "A" and self.chooser.network and not self.interface:
                 continue
             address, _where = self.chooser.choose(self.book, family_of(rdtype))
-            if address is not None:
+            if address is not None and not self._unreachable(address):
                 self.updater.set_address(rdtype, address, address, why)
+
+    def _unreachable(self, address: str) -> bool:
+        """A CGNAT or private address is never published (nobody outside could reach it);
+        logged once per address."""
+        kind = not_public(address)
+        if kind is None or self.provider == DnsProvider.ROUTE53_LAMBDA.value:
+            # route53-lambda publishes the address its function sees, not this one.
+            return False
+        if address not in self._refused:
+            self._refused.add(address)
+            LOG.warning("dyndns: not publishing %s: it is %s, which cannot be reached from "
+                        "outside (ask the operator for a public-IP APN)", address, kind)
+        return True
 
     async def _relist(self, why: str) -> None:
         if self.lister is None:
@@ -274,6 +298,7 @@ class DyndnsPart:
             # monitor started, so nothing falls between the two).
             await self._relist("address present at start")
             queue = self.monitor.events if self.monitor is not None else self._addresses
+            assert queue is not None  # one of the two is always set
             tasks = [asyncio.create_task(c, name=f"dyndns-{n}") for n, c in (
                 ("updater", self.updater.run()), ("published", self._pump_published()),
                 ("addresses", self._pump_addresses(queue)), ("active", self._pump_active()),

@@ -12,12 +12,12 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import secrets
 from pathlib import Path
 from typing import Any
 
 from failberry.config import DyndnsConfig, Secret
+from failberry.fileio import write_atomic
 
 LOG = logging.getLogger(__name__)
 
@@ -87,13 +87,8 @@ class StateFile:
             self._salt = secrets.token_bytes(16)
         data = {"salt": self._salt.hex(), "fingerprint": self._fingerprint(self._salt),
                 "records": records}
-        tmp = self.path.with_name(self.path.name + ".tmp")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f)
-            os.replace(tmp, self.path)
+            write_atomic(self.path, json.dumps(data), 0o600)
             self._last = records
         except OSError as e:
             if not self._warned:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from failberry.backoff import jittered
 from failberry.dyndns.base import DyndnsError, Provider, Record, Retry, UpdateResult, Verifier
 
 LOG = logging.getLogger(__name__)
@@ -90,10 +91,8 @@ class Timing:
 
 
 def backoff(failures: int, timing: Timing, rng: random.Random) -> float:
-    """Exponential backoff with "equal jitter": half fixed, half random, so many boxes that
-    lost the same provider at once do not come back in step."""
-    delay = min(timing.retry_max, timing.retry_initial * 2.0 ** max(0, failures - 1))
-    return delay / 2 + rng.uniform(0, delay / 2)
+    """The delay after `failures` failures in a row (`failberry.backoff.jittered`)."""
+    return jittered(failures, timing.retry_initial, timing.retry_max, rng)
 
 
 def decide(st: RecordState, now: float) -> Action:

@@ -18,8 +18,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from failberry import procsys
 from failberry.config import HostguardConfig
 from failberry.errors import FailberryError
+from failberry.fileio import write_atomic
+from failberry.procsys import SysctlError
 
 LOG = logging.getLogger(__name__)
 
@@ -38,10 +41,6 @@ KEYS = ("kernel.panic", "kernel.hung_task_timeout_secs", "kernel.hung_task_panic
 SYSCTL_DIRS = ("lib/sysctl.d", "usr/lib/sysctl.d", "usr/local/lib/sysctl.d", "run/sysctl.d",
                "etc/sysctl.d")
 LEGACY_CONF = Path("etc/sysctl.conf")
-
-
-class SysctlError(FailberryError):
-    """A sysctl could not be read or written; names the key and the path."""
 
 
 class ForeignFileError(FailberryError):
@@ -68,44 +67,20 @@ def render_dropin(values: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-class ProcSys:
-    """Reads and writes sysctls under a /proc/sys directory (real or a test tree)."""
+class ProcSys(procsys.ProcSys):
+    """The shared adapter, with a hint for the hung-task keys the kernel refuses. Its root
+    has no default: the caller names the real /proc/sys on purpose (`live_procsys`)."""
 
     def __init__(self, base: Path) -> None:
-        self.base = base
+        super().__init__(base)
 
-    def path(self, key: str) -> Path:
-        """The file of a dotted key."""
-        return self.base.joinpath(*key.split("."))
-
-    def read(self, key: str) -> str | None:
-        """The value, whitespace-normalised; None when the kernel has no such sysctl."""
-        try:
-            return " ".join(self.path(key).read_text(encoding="ascii").split())
-        except FileNotFoundError:
-            return None
-        except OSError as e:
-            raise SysctlError(f"cannot read {key} at {self.path(key)}: {e.strerror}") from None
-
-    def write(self, key: str, value: str) -> None:
-        """Set a value; EINVAL means this kernel does not accept it."""
-        path = self.path(key)
-        try:
-            # O_WRONLY without O_CREAT: a sysctl the kernel lacks is an error, not a new file.
-            fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
-            try:
-                os.write(fd, f"{value}\n".encode())
-            finally:
-                os.close(fd)
-        except OSError as e:
-            hint = ""
-            count = key == "kernel.hung_task_panic" and value not in ("0", "1")
-            if e.errno == errno.EINVAL and count:
-                hint = " (this kernel accepts only 0 or 1; a count needs a newer kernel)"
-            elif e.errno == errno.ENOENT:
-                hint = " (the kernel lacks it: is CONFIG_DETECT_HUNG_TASK off?)"
-            raise SysctlError(f"cannot set {key} = {value} at {path}: {e.strerror}{hint}"
-                              ) from None
+    def hint(self, key: str, value: str, err: int | None) -> str:
+        """Why this kernel refused a hung-task setting."""
+        if err == errno.EINVAL and key == "kernel.hung_task_panic" and value not in ("0", "1"):
+            return " (this kernel accepts only 0 or 1; a count needs a newer kernel)"
+        if err == errno.ENOENT:
+            return " (the kernel lacks it: is CONFIG_DETECT_HUNG_TASK off?)"
+        return ""
 
 
 def _is_mounted_procfs(path: Path) -> bool:
@@ -302,18 +277,6 @@ def _own_file(path: Path) -> bool:
         return False
 
 
-def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 def install(cfg: HostguardConfig, root: Path, proc: ProcSys | None, *,
             dry_run: bool = False) -> list[Change]:
     """Record the previous live values (once), apply the wanted ones live, write the drop-in.
@@ -333,7 +296,7 @@ def install(cfg: HostguardConfig, root: Path, proc: ProcSys | None, *,
         if not state.exists():
             changes.append(Change(f"record previous values in {state}"))
             if not dry_run:
-                _write_atomic(state, json.dumps(current, indent=1, sort_keys=True) + "\n",
+                write_atomic(state, json.dumps(current, indent=1, sort_keys=True) + "\n",
                               0o600)
         applied: list[tuple[str, str]] = []
         for key in KEYS:
@@ -359,7 +322,7 @@ def install(cfg: HostguardConfig, root: Path, proc: ProcSys | None, *,
     if not (dropin.is_file() and dropin.read_text(encoding="utf-8") == text):
         changes.append(Change(f"write {dropin}"))
         if not dry_run:
-            _write_atomic(dropin, text)
+            write_atomic(dropin, text)
             LOG.info("wrote %s", dropin)
     return changes
 

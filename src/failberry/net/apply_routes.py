@@ -106,8 +106,10 @@ def _our_rules(nl: Netlink) -> list[Any]:
 def _rule_key(msg: Any) -> RuleSpec:
     src = msg.get_attr("FRA_SRC") if msg["src_len"] else None
     sup = msg.get_attr("FRA_SUPPRESS_PREFIXLEN")
+    mark = msg.get_attr("FRA_FWMARK")
+    mask = msg.get_attr("FRA_FWMASK") if mark is not None else None
     return RuleSpec(msg.get_attr("FRA_PRIORITY"), msg.get_attr("FRA_TABLE") or msg["table"],
-                    src, None if sup in (None, 0xFFFFFFFF) else sup)
+                    src, None if sup in (None, 0xFFFFFFFF) else sup, mark, mask)
 
 
 def _rule_args(spec: RuleSpec) -> dict[str, Any]:
@@ -117,6 +119,10 @@ def _rule_args(spec: RuleSpec) -> dict[str, Any]:
         args.update(src=spec.src, src_len=32)
     if spec.suppress_prefixlen is not None:
         args["FRA_SUPPRESS_PREFIXLEN"] = spec.suppress_prefixlen
+    if spec.fwmark is not None:
+        args["fwmark"] = spec.fwmark
+        if spec.fwmask is not None:
+            args["fwmask"] = spec.fwmask
     return args
 
 
@@ -295,4 +301,6 @@ def _describe_rule(spec: RuleSpec) -> str:
     src = f"from {spec.src}" if spec.src else "from all"
     sup = (f" suppress_prefixlength {spec.suppress_prefixlen}"
            if spec.suppress_prefixlen is not None else "")
-    return f"{src} lookup {spec.table}{sup}"
+    mark = (f" fwmark {spec.fwmark:#x}/{spec.fwmask or 0xFFFFFFFF:#x}"
+            if spec.fwmark is not None else "")
+    return f"{src}{mark} lookup {spec.table}{sup}"

@@ -7,10 +7,10 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import signal
 from pathlib import Path
 
+from failberry.fileio import write_atomic
 from failberry.net.part import STATE_DIR, USAGE_FILE
 
 LOG = logging.getLogger(__name__)
@@ -84,9 +84,7 @@ async def _run(cfg_path: Path, state_dir: Path, usage: Path, status_file: Path |
             if status_file is not None:
                 text = json.dumps(status.snapshot()["parts"].get("network", {}), default=str)
                 if text != last:
-                    tmp = status_file.with_name(status_file.name + ".tmp")
-                    tmp.write_text(text)
-                    os.replace(tmp, status_file)
+                    write_atomic(status_file, text)
                     last = text
             await asyncio.wait([task], timeout=0.02)
     finally:

@@ -59,6 +59,7 @@ LOG = logging.getLogger(__name__)
 
 RECONCILE_EVERY = 5.0
 SAMPLE_EVERY = 10.0
+PUBLIC_EVERY = 600.0  # how often uplink.mobile.public_address_url is asked
 RETRY_FIRST = 0.25  # a failed apply is tried again after this, doubling up to RECONCILE_EVERY
 STATE_DIR = Path("/run/failberry")
 USAGE_FILE = Path("/var/lib/failberry/mobile-usage.json")
@@ -129,6 +130,8 @@ class NetworkPart:
         self._seen: set[str] = set()  # required interfaces seen since start
         self._missing: dict[str, str] = {}  # config key -> error, for required interfaces
         self._background: set[asyncio.Task[None]] = set()
+        self._forwards: dict[str, dict[str, int]] = {}  # [[forward]] name -> its counters
+        self._public: dict[str, str] | None = None  # the mobile address as the outside sees it
         # One thread for every blocking netlink/iptables call, so they never run at once.
         # Made by `run`, which shuts it down on the way out.
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -168,6 +171,8 @@ class NetworkPart:
                                           name="net-forces"),
                       asyncio.create_task(follow(self.bus, self.cfg, self._follow_mobile),
                                           name="net-follow-mobile")]
+            if "mobile" in self.uplinks and self.cfg.uplink.mobile.public_address_url:
+                tasks.append(asyncio.create_task(self._public_address_loop(), name="net-public"))
             await asyncio.gather(*tasks)
         except asyncio.CancelledError:
             stopping = True
@@ -284,6 +289,7 @@ class NetworkPart:
                 last_sample = now
                 await self._blocking(self._sample_usage)
                 self.usage.maybe_persist(now)
+            await self._blocking(self._sample_forwards)
             await self._reconcile("periodic check")
 
     async def _probe_loop(self, up: _Uplink) -> None:
@@ -328,6 +334,55 @@ class NetworkPart:
                     total += rules[idx][1]
             counts[dev] = total
         self.usage.sample(counts, dt.date.fromtimestamp(self.s.wall()))
+
+    async def _public_address_loop(self) -> None:
+        """Ask `uplink.mobile.public_address_url` over the mobile link when its address
+        changes and every PUBLIC_EVERY seconds; a different answer is NAT (logged once per
+        pair, shown in status)."""
+        from failberry.net.publicaddr import PublicAddressError, fetch
+
+        url = self.cfg.uplink.mobile.public_address_url
+        up = self.uplinks["mobile"]
+        asked: str | None = None
+        next_at = 0.0
+        while True:
+            local = up.link.address if up.link.usable else None
+            if local is not None and (local != asked or self.s.clock() >= next_at):
+                asked, next_at = local, self.s.clock() + PUBLIC_EVERY
+                try:
+                    seen = await asyncio.to_thread(fetch, url, local)
+                except (PublicAddressError, ValueError) as e:
+                    LOG.warning("could not learn the mobile link's public address: %s", e)
+                else:
+                    new = {"local": local, "public": seen}
+                    if seen != local and new != self._public:
+                        LOG.warning("the mobile link's address %s is seen outside as %s (the "
+                                    "operator NATs it): inbound through it will not work; ask "
+                                    "for a public-IP APN", local, seen)
+                    self._public = new
+            await asyncio.sleep(RECONCILE_EVERY)
+
+    def _sample_forwards(self) -> None:
+        """Each `[[forward]]`'s packets and bytes in (to the LAN host) and out (its replies),
+        from its rules in `fb-inbound`."""
+        from failberry.net import inbound
+
+        where = inbound.forward_counters(self.cfg, netplan.uplinks(self.cfg))
+        if not where:
+            return
+        try:
+            rules = self.s.firewall.counters("filter", inbound.CHAIN_FORWARDS)
+        except FailberryError as e:  # counted at the next sample
+            LOG.warning("could not read the port forward counters: %s", e)
+            return
+        out: dict[str, dict[str, int]] = {}
+        for name, places in where.items():
+            c = out[name] = {"packets_in": 0, "bytes_in": 0, "packets_out": 0, "bytes_out": 0}
+            for idx, direction in places:
+                if idx < len(rules):
+                    c[f"packets_{direction}"] += rules[idx][0]
+                    c[f"bytes_{direction}"] += rules[idx][1]
+        self._forwards = out
 
     async def _reconcile(self, why: str) -> None:
         async with self._lock:
@@ -517,7 +572,8 @@ class NetworkPart:
                            data_used=self.usage.totals(), data_cap=self.usage.cap,
                            health_check_bytes=self.usage.total(HEALTH_KEY),
                            over_cap=self._over_cap, errors=list(self._missing.values()),
-                           apply_error=self._apply_error,
+                           apply_error=self._apply_error, forwards=self._forwards,
+                           public_address=self._public,
                            forced=None if self.failover.forced is None
                            else self.failover.forced.as_dict(self.s.clock()))
 

@@ -92,6 +92,8 @@ class RuleSpec:
     table: int
     src: str | None = None
     suppress_prefixlen: int | None = None
+    fwmark: int | None = None
+    fwmask: int | None = None
 
 
 @dataclass(frozen=True)
@@ -164,11 +166,17 @@ def plan(cfg: Config, links: Mapping[str, LinkState], active: str | None,
     """The whole desired state for these links, this active uplink and the data-cap state.
     `leaving`: the uplink a switch moves away from; its LAN traffic is still let out (the
     bridge filter written before the route moves, so no packet meets a REJECT mid-switch)."""
+    from failberry.net import inbound
+
     ups = uplinks(cfg)
-    routes: list[RouteSpec] = []
-    rules: list[RuleSpec] = [RuleSpec(PRIO_MAIN, MAIN_TABLE, suppress_prefixlen=0),
-                             RuleSpec(PRIO_ACTIVE, TABLE_ACTIVE)]
+    routes, rules = inbound.mark_routing(cfg, ups, dict(links))
+    rules += [RuleSpec(PRIO_MAIN, MAIN_TABLE, suppress_prefixlen=0),
+              RuleSpec(PRIO_ACTIVE, TABLE_ACTIVE)]
     sysctls = {"net/ipv4/ip_forward": "1"}
+    if inbound.lan_return(cfg):
+        # Connections from outside arrive on the LAN (the main router's port forward); the
+        # main table routes their sources out of the mobile link: strict mode would drop them.
+        sysctls[f"net/ipv4/conf/{cfg.lan.interface}/rp_filter"] = "2"
     for up in ups:
         link = links.get(up.interface, LinkState())
         if link.present:
@@ -191,16 +199,22 @@ def plan(cfg: Config, links: Mapping[str, LinkState], active: str | None,
 def closed(cfg: Config, over_cap: bool = False) -> tuple[ChainSpec, ...]:
     """The filter chains a clean stop leaves: the uplinks closed as when running, and no LAN
     traffic forwarded to any uplink (there is no NAT any more)."""
-    return tuple(c for c in firewall(cfg, uplinks(cfg), None, over_cap) if c.table == "filter")
+    return tuple(c for c in firewall(cfg, uplinks(cfg), None, over_cap, forwards=False)
+                 if c.table == "filter")
 
 
 def firewall(cfg: Config, ups: list[UplinkSpec], active: str | None,
-             over_cap: bool, leaving: str | None = None) -> tuple[ChainSpec, ...]:
+             over_cap: bool, leaving: str | None = None, *, forwards: bool = True
+             ) -> tuple[ChainSpec, ...]:
     """failberry's iptables chains for these uplinks and this active uplink (and the one a
-    switch is leaving, while the route still points at it)."""
+    switch is leaving, while the route still points at it). `forwards`: with the port
+    forwards (at the top of `fb-forward`) and the reply-path marks."""
+    from failberry.net import inbound
+
     lan = cfg.lan.interface
     inp: list[Rule] = health_input_rules(cfg, ups)
-    fwd: list[Rule] = []
+    jump, inbound_chains = inbound.forward_chains(cfg, ups) if forwards else ([], [])
+    fwd: list[Rule] = jump
     nat: list[Rule] = []
     mss: list[Rule] = []
     for up in ups:
@@ -237,13 +251,21 @@ def firewall(cfg: Config, ups: list[UplinkSpec], active: str | None,
                     "target": CHAIN_MOBILE_OUT if up.metered else "ACCEPT"})
     chains = [ChainSpec("filter", CHAIN_INPUT, tuple(inp), "INPUT"),
               ChainSpec("filter", CHAIN_FORWARD, tuple(fwd), "FORWARD")]
+    chains += inbound_chains
     if any(u.metered for u in ups):
         out_rules, in_rules = metered_rules(cfg, over_cap)
         chains += [ChainSpec("filter", CHAIN_MOBILE_OUT, out_rules, ""),
                    ChainSpec("filter", CHAIN_MOBILE_IN, in_rules, "")]
+    if forwards:
+        nat += inbound.forward_snat(cfg, ups)
     chains += health_chains(cfg, ups)
     chains.append(ChainSpec("nat", CHAIN_NAT, tuple(nat), "POSTROUTING"))
     chains.append(ChainSpec("mangle", CHAIN_MSS, tuple(mss), "FORWARD"))
+    if forwards:
+        if cfg.forward:
+            chains.append(ChainSpec("nat", inbound.CHAIN_DNAT, inbound.dnat_rules(cfg, ups),
+                                    "PREROUTING"))
+        chains += inbound.mark_chains(cfg, ups)
     return tuple(chains)
 
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
+
+from failberry.fileio import write_atomic
+from failberry.procsys import ProcSys
 
 LOG = logging.getLogger(__name__)
 
@@ -26,22 +28,7 @@ class Sysctl(Protocol):
         """Set it."""
 
 
-class ProcSysctl:
-    """The real `/proc/sys` of the calling process's network namespace."""
-
-    def __init__(self, root: Path = Path("/proc/sys")) -> None:
-        self.root = root
-
-    def read(self, key: str) -> str | None:
-        """The value, or None when the key does not exist."""
-        try:
-            return (self.root / key).read_text().strip()
-        except FileNotFoundError:
-            return None
-
-    def write(self, key: str, value: str) -> None:
-        """Set it."""
-        (self.root / key).write_text(value + "\n")
+ProcSysctl = ProcSys  # the real `/proc/sys` of the calling process's network namespace
 
 
 class SysctlManager:
@@ -59,10 +46,7 @@ class SysctlManager:
         return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
     def _save(self, saved: Mapping[str, str]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(dict(saved), sort_keys=True))
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(dict(saved), sort_keys=True))
 
     def apply(self, desired: Mapping[str, str]) -> list[str]:
         """Set every key that differs; the changes made."""

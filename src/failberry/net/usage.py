@@ -15,9 +15,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
+
+from failberry.fileio import write_atomic
 
 LOG = logging.getLogger(__name__)
 
@@ -95,12 +96,9 @@ class Usage:
         if not force and self._persisted_at is not None \
                 and now - self._persisted_at < PERSIST_EVERY:
             return False
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
         keys = sorted(set(self.base) | set(self.last))
-        tmp.write_text(json.dumps({"period": self.period,
-                                   "bytes": {k: self.total(k) for k in keys},
-                                   "live": self.last}, sort_keys=True))
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps({"period": self.period,
+                                            "bytes": {k: self.total(k) for k in keys},
+                                            "live": self.last}, sort_keys=True))
         self._persisted_at = now
         return True

@@ -1,1 +1,1 @@
-"""The Pi's own health: under-voltage, temperature and SD card errors (issue 19)."""
+"""The Pi's own health: under-voltage, temperature and SD card errors."""

@@ -1,8 +1,7 @@
 """What the Pi health part tells the rest of the supervisor on the bus.
 
-The alerts part (SMS, webhooks, hook scripts: issue 17) is to subscribe to `HealthAlert`;
-until it exists the events are logged and kept in the status report. They are already
-rate-limited per kind (`[pihealth] alert_interval`)."""
+The alerts part subscribes to `HealthAlert` and tells the admin; the part also keeps the last
+few in its status report. They are rate-limited per kind (`[pihealth] alert_interval`)."""
 
 from __future__ import annotations
 

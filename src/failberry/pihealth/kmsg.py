@@ -65,7 +65,24 @@ class KmsgSource(Protocol):
         """A descriptor that polls readable when a record arrives; None: poll by interval."""
 
 
-class DevKmsg:
+class _FdSource:
+    """A source read from one descriptor, which poll(2) says readable when a record (or a
+    line) arrives."""
+
+    _fd: int | None
+
+    def close(self) -> None:
+        """Close the descriptor."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def fileno(self) -> int | None:
+        """The descriptor to poll; None once closed."""
+        return self._fd
+
+
+class DevKmsg(_FdSource):
     """`/dev/kmsg`, opened non-blocking: each read() returns one record, EAGAIN the end.
 
     The first call returns what the ring buffer still holds since boot, so counts survive a
@@ -104,15 +121,6 @@ class DevKmsg:
                 out.append(rec)
         return out
 
-    def close(self) -> None:
-        """Close the device."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def fileno(self) -> int | None:
-        """The device: poll(2) says readable when a record arrives."""
-        return self._fd
 
 
 def _split(partial: bytes, data: bytes) -> tuple[list[Record], bytes]:
@@ -126,7 +134,7 @@ def _split(partial: bytes, data: bytes) -> tuple[list[Record], bytes]:
     return out, rest
 
 
-class FifoKmsg:
+class FifoKmsg(_FdSource):
     """A named pipe carrying `/dev/kmsg`-format lines (a relay, or a test). Opened read-write
     so it never reads end-of-file or polls hung up while no writer has it open."""
 
@@ -149,15 +157,6 @@ class FifoKmsg:
         out, self._partial = _split(self._partial, b"".join(chunks))
         return out
 
-    def close(self) -> None:
-        """Close the pipe."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def fileno(self) -> int | None:
-        """The pipe: readable when a writer wrote."""
-        return self._fd
 
 
 class TailFile:

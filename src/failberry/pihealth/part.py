@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from failberry.bus import Bus, ModemStateChanged
+from failberry.clock import Clock, SystemClock
 from failberry.config import Config, PihealthConfig
 from failberry.pihealth.events import AlertKind, HealthAlert, Severity
 from failberry.pihealth.kmsg import DEV_KMSG, KmsgSource, Record, open_source
@@ -29,28 +29,6 @@ LOG = logging.getLogger(__name__)
 LADDER = {"recovering": "modem recovery", "resetting": "modem reset", "rebooting": "reboot"}
 CORRELATE = 60.0  # under-voltage this recent is named when the ladder climbs
 MAX_ALERTS = 5  # kept in the status report
-
-
-class Clock(Protocol):
-    """Monotonic seconds (the kernel log's clock: both start at boot) and wall time."""
-
-    def monotonic(self) -> float:
-        """Seconds since boot, never jumping."""
-
-    def time(self) -> float:
-        """Seconds since the epoch."""
-
-
-class SystemClock:
-    """The real clocks."""
-
-    def monotonic(self) -> float:
-        """`time.monotonic()` (CLOCK_MONOTONIC, as the printk timestamps)."""
-        return time.monotonic()
-
-    def time(self) -> float:
-        """`time.time()`."""
-        return time.time()
 
 
 class PiHealthPart:
@@ -138,6 +116,10 @@ class PiHealthPart:
             self._alert(AlertKind.UNDERVOLTAGE, Severity.WARNING,
                         f"under-voltage since {now - self.power.since:.0f} s; check the power "
                         "supply")
+
+    def release(self) -> None:
+        """Close the bus subscription: the part is stopped for good."""
+        self._modem.close()
 
     def close(self) -> None:
         """Let go of the kernel log."""
