@@ -18,11 +18,14 @@ and may have:
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from failberry.bus import Bus
 from failberry.config import Config
 from failberry.status import Status
+
+if TYPE_CHECKING:
+    from failberry.alerts.at_session import AtSessionProvider
 
 
 class Part(Protocol):
@@ -39,6 +42,7 @@ def build_parts(cfg: Config, status: Status, bus: Bus, *,
                 manage_network: bool = True) -> list[Part]:
     """The real parts for this config, with real I/O seams."""
     parts: list[Part] = []
+    sms_provider: AtSessionProvider | None = None
     # -- network: routes, NAT, firewall, link monitor, probes, failover --
     # The network part rewrites the routes, rules, iptables and sysctls of the namespace it
     # runs in. That is the job on the Pi; `failberry run --no-network` (a workstation, the
@@ -53,7 +57,14 @@ def build_parts(cfg: Config, status: Status, bus: Bus, *,
     # and the status says so (a report without a deadline: nothing runs to keep it current).
     if cfg.modem.enabled:
         from failberry.modem.part import ModemPart
-        parts.append(ModemPart.from_config(cfg, status, bus))
+        modem = ModemPart.from_config(cfg, status, bus)
+        parts.append(modem)
+        a = cfg.alerts
+        if (a.sms_to or a.sms_commands_from) and not a.sms_port:
+            # SMS through the modem part's own AT port (the monitoring port while pppd
+            # holds the data port), taking turns with its polling.
+            from failberry.modem.smsport import DriverSmsProvider
+            sms_provider = DriverSmsProvider(modem.driver)
     else:
         from failberry.status import MODEM
         status.report(MODEM, "not managed", interface=cfg.uplink.mobile.interface,
@@ -71,9 +82,9 @@ def build_parts(cfg: Config, status: Status, bus: Bus, *,
     from failberry.pihealth.part import PiHealthPart
     parts.append(PiHealthPart.from_config(cfg, status, bus))
     # -- end Pi health --
-    # -- alerts: SMS, webhooks, hook scripts. SMS goes through alerts.sms_port;
-    # hand in the modem part's monitoring AT port as `provider` once it offers one. --
+    # -- alerts: SMS, webhooks, hook scripts. SMS goes through alerts.sms_port if set,
+    # else through the modem part's AT port (`sms_provider`). --
     from failberry.alerts.build import build as build_alerts
-    parts.append(build_alerts(cfg, status, bus))
+    parts.append(build_alerts(cfg, status, bus, provider=sms_provider))
     # -- end alerts --
     return parts

@@ -14,6 +14,12 @@ one JSON object a line:
     {"op": "unplug"} / {"op": "replug"}        the ports vanish / come back (new ptys)
     {"op": "get"}                              counters as JSON
     {"op": "wedge"}                            the bearer drops without a word (ncm/ecm)
+    {"op": "sms", "from": "+49...", "text": "status"}  store an SMS, announce it with +CMTI
+
+SMS on the control port (TS 27.005): AT+CMGF, AT+CSCS, AT+CNMI, AT+CMGS with the `> ` prompt
+(bytes typed before the prompt are discarded, as on sticks that flush their input when they
+prompt), AT+CMGL=4 in PDU mode, AT+CMGD; `get` reports "sms_sent" (command, body, to, text)
+and "sms_store", "sms_deleted", "lost_typeahead".
 
 "maker"/"model" set the identity (a Huawei answers AT^NDISDUP); "bearer" (see fake_bearer)
 gives the stick an Ethernet side whose bearer AT commands raise and drop.
@@ -40,6 +46,7 @@ import tty
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from alerts_fakes.sms_modem import decode_submit, encode_deliver
 from modem_fakes.fake_bearer import Bearer  # run as a script
 
 GUARD = 1.0  # V.250 S12: the escape's guard time
@@ -84,6 +91,7 @@ class Port:
         self.data = False  # in data mode (after CONNECT, strict scenario)
         self.last_rx = 0.0
         self.escape_at = 0.0  # `+++` seen after a guard time; OK after another one
+        self.cmgs: str | None = None  # AT+CMGS prompted: its body is awaited
 
     def close(self) -> None:
         if os.path.lexists(self.link):
@@ -114,6 +122,12 @@ class Modem:
         self.storm_next = 0.0
         self.replug_at = 0.0
         self.bearer = Bearer(self.s["bearer"]) if self.s["bearer"] else None
+        self.cmgf = 0
+        self.sms_sent: list[dict[str, str]] = []
+        self.sms_store: dict[int, str] = {}  # index -> SMS-DELIVER PDU hex
+        self.sms_deleted: list[int] = []
+        self.sms_next = 1
+        self.lost_typeahead = 0
         self.plug()
         ctl = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         ctl.bind(os.path.join(directory, "ctl"))
@@ -208,6 +222,9 @@ class Modem:
             self.reply(port, f"+CSQ: {s['csq']}", "OK")
         elif up == "AT+COPS?":
             self.reply(port, '+COPS: 0,0,"Vodafone UK",2', "OK")
+        elif up.startswith(("AT+CMGF=", "AT+CSCS=", "AT+CNMI=", "AT+CMGS=", "AT+CMGL=",
+                            "AT+CMGD=")):
+            self.sms_command(port, cmd, up)
         elif up.startswith("ATD"):
             self.reply(port, "CONNECT 7200000")
             port.data = s["data_mode"] == "strict"
@@ -224,6 +241,43 @@ class Modem:
                 self.urc(done[1])
         else:  # AT+CEREG=2 and friends: an MF180 is a 3G stick
             self.reply(port, "ERROR")
+
+    def sms_command(self, port: Port, cmd: str, up: str) -> None:
+        if up.startswith("AT+CMGF="):
+            self.cmgf = int(up[8:])
+            self.reply(port, "OK")
+        elif up.startswith(("AT+CSCS=", "AT+CNMI=")):
+            self.reply(port, "OK")
+        elif up.startswith("AT+CMGS="):
+            port.cmgs = cmd
+            port.send("\r\n> ")
+        elif up == "AT+CMGL=4" and self.cmgf == 0:
+            lines = []
+            for idx, pdu in sorted(self.sms_store.items()):
+                lines += [f"+CMGL: {idx},0,,{len(pdu) // 2 - 1 - int(pdu[:2], 16)}", pdu]
+            self.reply(port, *lines, "OK")
+        elif up.startswith("AT+CMGD="):
+            idx = int(up[8:])
+            if self.sms_store.pop(idx, None) is None:
+                self.reply(port, "+CMS ERROR: 321")
+            else:
+                self.sms_deleted.append(idx)
+                self.reply(port, "OK")
+        else:
+            self.reply(port, "+CMS ERROR: 302")
+
+    def sms_body(self, port: Port, cmd: str, body: str) -> None:
+        if self.cmgf == 1:
+            to, text = cmd.split("=", 1)[1].strip('"'), body
+        else:
+            to, text, _ = decode_submit(body)
+        self.sms_sent.append({"command": cmd, "body": body, "to": to, "text": text})
+        self.reply(port, f"+CMGS: {len(self.sms_sent) % 256}", "OK")
+
+    def deliver(self, sender: str, text: str) -> None:
+        idx, self.sms_next = self.sms_next, self.sms_next + 1
+        self.sms_store[idx] = encode_deliver(sender, text)
+        self.urc(f'+CMTI: "SM",{idx}')
 
     def urc(self, line: str) -> None:
         port = self.ports.get("ttyUSB1")
@@ -248,13 +302,31 @@ class Modem:
             return
         port.last_rx = now
         port.buf += data
-        while b"\r" in port.buf:
+        while True:
+            if port.cmgs is not None:  # the body, ended by Ctrl-Z (send) or ESC (abort)
+                ends = [i for i in (port.buf.find(b"\x1a"), port.buf.find(b"\x1b")) if i >= 0]
+                if not ends:
+                    return
+                end = min(ends)
+                body, stop, port.buf = port.buf[:end], port.buf[end:end + 1], port.buf[end + 1:]
+                cmd, port.cmgs = port.cmgs, None
+                if stop == b"\x1a":
+                    self.sms_body(port, cmd, body.decode("ascii", "replace"))
+                else:
+                    self.reply(port, "OK")
+                continue
+            if b"\r" not in port.buf:
+                return
             raw, _, port.buf = port.buf.partition(b"\r")
             cmd = raw.strip(b"\n\x00 ").decode("ascii", "replace")
             if cmd.upper().startswith("AT"):
                 self.command(name, port, cmd)
                 if name not in self.ports:
                     return  # the command unplugged us
+                if port.cmgs is not None and port.buf:
+                    # Typed ahead of the prompt: this stick flushes its input when it prompts.
+                    self.lost_typeahead += len(port.buf)
+                    port.buf = b""
 
     # -- control
 
@@ -281,6 +353,8 @@ class Modem:
                     self.ports["ttyUSB1"].send(bytes.fromhex(order["hex"]))
             elif op == "urc":
                 self.urc(order["line"])
+            elif op == "sms":
+                self.deliver(order["from"], order["text"])
             elif op == "hangup":
                 if "ttyUSB2" in self.ports:
                     self.ports["ttyUSB2"].data = False
@@ -294,7 +368,9 @@ class Modem:
                 if self.bearer is not None:
                     self.bearer.stop()
             elif op == "get":
-                out = {**self.counters, "log": self.log, "plugged": bool(self.ports)}
+                out = {**self.counters, "log": self.log, "plugged": bool(self.ports),
+                       "sms_sent": self.sms_sent, "sms_store": self.sms_store,
+                       "sms_deleted": self.sms_deleted, "lost_typeahead": self.lost_typeahead}
                 if self.bearer is not None:
                     out.update(bearer_up=self.bearer.up, bearer_ups=self.bearer.ups)
             conn.sendall((json.dumps(out) + "\n").encode())

@@ -9,9 +9,9 @@ Two providers:
 - `SerialSmsProvider`: an AT port the SMS code owns (`alerts.sms_port`; sticks with three
   ports). `SmsPort` is a small AT reader with the prompt handling, built on the modem
   part's line splitter and classifier.
-- `ChannelSession`: wraps the modem part's `AtChannel` (its monitoring port) for the lead
-  to wire in; it waits for the prompt when the channel offers `submit`, else it types the
-  body ahead of the prompt (most sticks buffer it; see the README)."""
+- `ChannelSession`: wraps the modem part's `AtChannel` (its monitoring port; handed out by
+  `failberry.modem.smsport.DriverSmsProvider`); `AtChannel.submit` waits for the prompt.
+  A channel without `submit` gets the body typed ahead of the prompt."""
 
 from __future__ import annotations
 
@@ -217,7 +217,7 @@ class SerialSmsProvider:
 
 
 class ChannelSession:
-    """An AtSession over the modem part's AtChannel (for the lead's wiring)."""
+    """An AtSession over the modem part's AtChannel."""
 
     def __init__(self, channel: AtChannel) -> None:
         self.channel = channel

@@ -16,7 +16,7 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from failberry.modem.errors import (
     AtError,
@@ -31,6 +31,9 @@ from failberry.modem.parsers import REG_PREFIXES, is_registration_read_reply
 LOG = logging.getLogger(__name__)
 
 MAX_LINE = 4096  # a "line" longer than this is noise (a port spewing binary); drop it
+PROMPT_TIMEOUT = 5.0  # AT+CMGS: the `> ` prompt comes at once on every stick seen
+CTRL_Z = b"\x1a"
+ESC = b"\x1b"
 
 
 class SerialPort(Protocol):
@@ -71,6 +74,11 @@ class LineSplitter:
     def __init__(self) -> None:
         self._buf = b""
         self.dropped = 0
+
+    @property
+    def partial(self) -> bytes:
+        """The bytes of the line not yet ended (where the AT+CMGS `> ` prompt sits)."""
+        return self._buf
 
     def feed(self, data: bytes) -> list[str]:
         """The lines completed by `data`, stripped, empty ones skipped."""
@@ -156,6 +164,7 @@ class _Pending:
     future: asyncio.Future[list[str]]
     label: str
     lines: list[str] = field(default_factory=list)
+    prompt: asyncio.Event | None = None  # set when the `> ` prompt came (AT+CMGS)
 
 
 class AtChannel:
@@ -229,6 +238,11 @@ class AtChannel:
             return
         for line in self.splitter.feed(data):
             self._line(line)
+        pending = self._pending
+        # The prompt is "\r\n> " with no line end after it: it waits in the partial line.
+        if pending is not None and pending.prompt is not None and \
+                self.splitter.partial.rstrip(b" ").endswith(b">"):
+            pending.prompt.set()
 
     def _line(self, line: str) -> None:
         pending = self._pending
@@ -242,7 +256,8 @@ class AtChannel:
         elif pending is None or pending.future.done() or kind is Kind.ECHO:
             return
         elif kind is Kind.INFO:
-            pending.lines.append(line)
+            if not (line == ">" and pending.prompt is not None):  # the prompt, now ended
+                pending.lines.append(line)
         elif _SUCCESS.match(line):
             pending.future.set_result([*pending.lines, line] if line.startswith("CONNECT")
                                       else pending.lines)
@@ -261,6 +276,18 @@ class AtChannel:
             if self.stale and resync:
                 await self._resync(min(timeout, 2.0))
             return await self._send(command, timeout, label or command)
+
+    async def submit(self, command: str, body: str, timeout: float) -> list[str]:
+        """Send `command` (AT+CMGS), wait for the `> ` prompt, then `body` and Ctrl-Z (TS
+        27.005 3.5.1): bytes typed before the prompt are lost on some sticks. Its information
+        lines; AtTimeout when no prompt comes within PROMPT_TIMEOUT (ESC then leaves the
+        prompt, nothing sent) or no final result within `timeout` after the body."""
+        async with self._lock:
+            if self.gone is not None:
+                raise self.gone
+            if self.stale:
+                await self._resync(min(timeout, 2.0))
+            return await self._send(command, timeout, command, body)
 
     async def resync(self, timeout: float = 1.0) -> None:
         """Drain what is left of late answers, then `AT` until its own `OK`; AtTimeout if the
@@ -292,16 +319,42 @@ class AtChannel:
                 return
             await asyncio.sleep(min(quiet - idle, end - now))
 
-    async def _send(self, command: str, timeout: float, label: str) -> list[str]:
+    def _write(self, data: bytes) -> None:
+        try:
+            self.port.write(data)
+        except Exception as exc:  # noqa: BLE001 - SerialTimeoutException, OSError
+            self._lost(f"write failed: {exc}")
+            raise self.gone or PortGone(self.name, str(exc)) from None
+
+    async def _prompted(self, pending: _Pending) -> None:
+        """Wait for the prompt (or an early final result, which the caller then returns)."""
+        assert pending.prompt is not None
+        waiter: asyncio.Future[Any] = asyncio.ensure_future(pending.prompt.wait())
+        final: asyncio.Future[Any] = pending.future
+        try:
+            await asyncio.wait({waiter, final}, timeout=PROMPT_TIMEOUT,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if pending.future.done():
+            return
+        if not pending.prompt.is_set():
+            self._write(ESC)  # leave the prompt without sending anything
+            self.stale = True
+            raise AtTimeout(f"{pending.label} (no prompt)", PROMPT_TIMEOUT, self.name)
+
+    async def _send(self, command: str, timeout: float, label: str,
+                    body: str | None = None) -> list[str]:
         loop = asyncio.get_running_loop()
-        pending = _Pending(command, loop.create_future(), label=label)
+        pending = _Pending(command, loop.create_future(), label=label,
+                           prompt=asyncio.Event() if body is not None else None)
         self._pending = pending
         try:
-            try:
-                self.port.write(command.encode("ascii") + b"\r")
-            except Exception as exc:  # noqa: BLE001 - SerialTimeoutException, OSError
-                self._lost(f"write failed: {exc}")
-                raise self.gone or PortGone(self.name, str(exc)) from None
+            self._write(command.encode("ascii") + b"\r")
+            if body is not None:
+                await self._prompted(pending)
+                if not pending.future.done():
+                    self._write(body.encode("ascii") + CTRL_Z)
             try:
                 return await asyncio.wait_for(pending.future, timeout)
             except TimeoutError:

@@ -29,7 +29,7 @@ from failberry.modem.hilink import HilinkBackend
 from failberry.modem.machine import Machine
 from failberry.modem.parsers import REG_PREFIXES, Registration, RegStat, parse_registration
 from failberry.modem.parsers import parse_vendor_access_tech as vendor_access_tech
-from failberry.modem.session import PinOutcome, Session, command_mode
+from failberry.modem.session import PinOutcome, Session, command_mode, command_mode_within
 from failberry.modem.state import ModemState, Phase
 from failberry.status import Status
 from failberry.usbpower import PowerRefused, UsbPower
@@ -41,6 +41,12 @@ LOG = logging.getLogger(__name__)
 PART = "modem"
 HILINK_ACTIONS = (ev.OpenPort, ev.QuerySim, ev.EnterPin, ev.QueryRegistration, ev.ResetModem)
 POLLED = (Phase.REGISTERING, Phase.DENIED, Phase.DIALING, Phase.CONNECTED)
+# On stop, the time for stopping pppd and bringing the data port back to command mode: the
+# supervisor gives every part 1.5 s in all (SIGTERM ends within 2 s). DTR dropped, `AT` and
+# `ATH` fit; the `+++` escape needs two guard times of silence and does not (a stick that
+# ignores DTR stays in data mode; its next pppd run fails and the port is escaped then, as
+# after any pppd exit).
+STOP_BUDGET = 1.3
 
 
 class Driver:
@@ -51,7 +57,7 @@ class Driver:
                  rebooter: Rebooter, reboot_log: RebootLog | None = None,
                  poll_interval: float = 10.0, at_timeout: float = 5.0,
                  counters: Callable[[str], tuple[int | None, int | None]] = read_counters,
-                 guard_time: float = 1.0) -> None:
+                 guard_time: float = 1.0, stop_budget: float = STOP_BUDGET) -> None:
         self.cfg = cfg
         self.machine = machine
         self.status = status
@@ -65,6 +71,7 @@ class Driver:
         self.at_timeout = at_timeout
         self.counters = counters
         self.guard_time = guard_time
+        self.stop_budget = stop_budget
         self.state = ModemState(reboots=reboot_log.load() if reboot_log else ())
         self.queue: asyncio.Queue[ev.Event] = asyncio.Queue()
         self.gen = 0  # bumped whenever the AT channel changes; stale replies are dropped
@@ -78,6 +85,11 @@ class Driver:
         self.steps = 0
         # command_mode's result after each pppd exit, the last few (for status and tests)
         self.hangups: collections.deque[bool] = collections.deque(maxlen=16)
+        # Others on the same port (the SMS code): URC lines passed on, and the channel once
+        # the setup on it is done (None while opening, closed, or handed to pppd).
+        self.urc_listeners: list[Callable[[str], None]] = []
+        self.ready_channel: AtChannel | None = None
+        self.data_mode_port: str | None = None  # pppd ran here; not yet back to command mode
 
     @property
     def channel(self) -> AtChannel | None:
@@ -124,6 +136,7 @@ class Driver:
                 event = await self.queue.get()
                 self.step(event)
         finally:
+            deadline = asyncio.get_running_loop().time() + self.stop_budget
             poller.cancel()
             for handle in self.timers.values():
                 handle.cancel()
@@ -132,6 +145,17 @@ class Driver:
             for task in list(self.tasks):
                 task.cancel()
             await asyncio.gather(poller, *self.tasks, return_exceptions=True)
+            await self._leave_data_mode(deadline)
+
+    async def _leave_data_mode(self, deadline: float) -> None:
+        """On the way out, a port pppd left in data mode goes back to command mode (the pppd
+        task was cancelled before it could), so the next start's discovery finds it
+        answering AT; by `deadline` (`stop_budget`, pppd's stop included)."""
+        port, self.data_mode_port = self.data_mode_port, None
+        if port is not None:
+            left = deadline - asyncio.get_running_loop().time()
+            self.hangups.append(await command_mode_within(
+                self.opener, port, self.guard_time, min(self.at_timeout, 0.5), left))
 
     def step(self, event: ev.Event) -> None:
         """One machine step, then its actions."""
@@ -208,6 +232,7 @@ class Driver:
 
     def _close_channel(self) -> None:
         self.gen += 1
+        self.ready_channel = None
         if self.channel is not None:
             self.channel.close()
             self.channel = None
@@ -237,6 +262,8 @@ class Driver:
                 self._post_if(gen, ev.AtFailed("AT", "no answer to AT", silent=True))
                 return
             maker, model = await self.session.setup(port)
+            if gen == self.gen:
+                self.ready_channel = channel
             self._post_if(gen, ev.PortReady(maker, model))
         except AtTimeout as exc:
             self._post_if(gen, ev.AtFailed(exc.command, str(exc), silent=True))
@@ -296,6 +323,8 @@ class Driver:
     def _urc(self, line: str) -> None:
         head = line.partition(":")[0].strip().upper()
         self.ppp.urc(line)
+        for listener in self.urc_listeners:
+            listener(line)
         try:
             if head in REG_PREFIXES:
                 # Both shapes arrive unsolicited: `+CREG: <stat>[,...]` as TS 27.007 says,
@@ -314,6 +343,8 @@ class Driver:
         def up(interface: str, address: str) -> None:
             self.post(ev.PppUp(interface, address))
 
+        if self.ppp.exclusive:
+            self.data_mode_port = port  # until command_mode below is done (see run())
         try:
             status = await self.ppp.run(port, up)
         except ModemError as exc:
@@ -325,6 +356,7 @@ class Driver:
         if self.ppp.exclusive:
             self.hangups.append(await command_mode(self.opener, port, self.guard_time,
                                                    self.at_timeout))
+            self.data_mode_port = None
         self.post(ev.PppExited(status, self.ppp.why))
 
     async def _reset_modem(self, gen: int) -> None:

@@ -73,6 +73,7 @@ class Session:
         self.stick = ""
         self.zcdrun_sent: set[str] = set()
         self.inflight: set[str] = set()
+        self.extra_setup: list[str] = []  # what others on the port need set after each open
 
     async def cmd(self, command: str, timeout: float | None = None,
                   label: str | None = None, resync: bool = True) -> list[str]:
@@ -130,6 +131,8 @@ class Session:
             await self.optional("AT+ZCDRUN=8", learn=True)
         for kind in REG_PREFIXES:  # location-reporting URCs (n=2); 3G sticks lack CEREG
             await self.optional(f"AT{kind}=2", learn=True)
+        for command in self.extra_setup:  # AT+CNMI for the SMS code: +CMTI on this port
+            await self.optional(command, learn=True)
         # The channel may still be out of step after an optional command timed out: make
         # sure the modem talks before saying the port is ready (AtTimeout if it does not).
         if self.channel is not None and self.channel.stale:
@@ -239,6 +242,19 @@ async def command_mode(opener: Callable[[str], SerialPort], port: str, guard: fl
         return False
     finally:
         channel.close()
+
+
+async def command_mode_within(opener: Callable[[str], SerialPort], port: str, guard: float,
+                              timeout: float, left: float) -> bool:
+    """`command_mode` given at most `left` seconds (on stop: it must not hang on a dead
+    stick); False if it did not finish in time."""
+    ok = False
+    if left > 0:
+        with contextlib.suppress(TimeoutError):
+            ok = await asyncio.wait_for(command_mode(opener, port, guard, timeout), left)
+    LOG.info("modem: on stop, %s %s", port, "is back in command mode" if ok
+             else "is left in data mode (no time to escape it)")
+    return ok
 
 
 async def _drop_dtr(serial: SerialPort) -> bool:
