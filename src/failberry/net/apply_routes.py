@@ -267,6 +267,9 @@ class RouteApplier:
             args["oif"] = msg.get_attr("RTA_OIF")
         if msg.get_attr("RTA_GATEWAY"):
             args["gateway"] = msg.get_attr("RTA_GATEWAY")
+        # The kernel matches the scope too: an on-link route (scope link) deleted without it
+        # fails with ESRCH, which _call takes for "already gone".
+        args["scope"] = msg["scope"]
         self._call("route", "del", args, f"route del table {args['table']} {_describe(msg)}",
                    gone_ok=True)
 
