@@ -225,6 +225,8 @@ def test_files_only_without_a_fake_procfs(tmp_path: Path) -> None:
     assert not (root / sysctls.STATE).exists()
     code, out = hostguard(root, "check")
     assert code == 0, out
+    # check writes nothing: its note must not say it does
+    assert "checking files only" in out and "writing" not in out
     assert hostguard(root, "uninstall")[0] == 0
     assert not (root / sysctls.DROPIN).exists()
 

@@ -26,10 +26,10 @@ def _root(args: argparse.Namespace) -> Path:
     return root if root is not None else Path("/")
 
 
-def _proc(args: argparse.Namespace) -> sysctls.ProcSys | None:
+def _proc(args: argparse.Namespace, doing: str = "writing") -> sysctls.ProcSys | None:
     proc = sysctls.live_procsys(args.root)
     if args.root is not None and proc is None:
-        print(f"note: {args.root}/proc/sys is not a test tree; writing files only")
+        print(f"note: {args.root}/proc/sys is not a test tree; {doing} files only")
     return proc
 
 
@@ -78,7 +78,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     """Print running and persisted values beside the config; 0 all match, 1 drift."""
     cfg = load_config(args.config)
     root = _root(args)
-    rows = sysctls.compare(cfg, root, _proc(args))
+    rows = sysctls.compare(cfg, root, _proc(args, "checking"))
     print(sysctls.format_table(rows))
     _nvme_note(root)
     drift = [r for r in rows if not r.ok]
