@@ -100,7 +100,11 @@ def summary(cfg: Config) -> list[str]:
     else:
         lines.append(f"mode:     sidecar: LAN traffic NATed out of {cfg.uplink.mobile.interface}")
     pin = "PIN set" if cfg.modem.pin is not None else "no PIN"
-    lines.append(f"modem:    {cfg.modem.device}, APN {cfg.modem.apn}, dial {cfg.modem.dial}, {pin}")
+    if cfg.modem.enabled:
+        lines.append(f"modem:    {cfg.modem.device}, APN {cfg.modem.apn}, dial {cfg.modem.dial}, {pin}")
+    else:
+        lines.append(f"modem:    off (modem.enabled = false): something else brings up "
+                     f"{cfg.uplink.mobile.interface}")
     cap = format_size(cfg.failover.data_cap) if cfg.failover.data_cap else "none"
     allowed = len(cfg.failover.allowed_devices) or "all"
     lines.append(f"mobile:   data cap {cap}, devices allowed: {allowed}")
