@@ -85,6 +85,11 @@ def test_nat_failover_conntrack_allowlist_failback_and_clean(
     part.active("wired")
     part.wait(both_up, 15, "both uplinks up")
     assert seen_as(topo) == WIRED_ADDR
+    # Each uplink's next hop and byte counters are reported (they were always null).
+    part.wait(lambda st: (st["uplinks"]["wired"].get("tx_bytes") or 0) > 0, 12, "byte counters")
+    ups = part.status()["uplinks"]
+    assert ups["wired"]["gateway"] == "203.0.113.1" and ups["wired"]["rx_bytes"] > 0
+    assert ups["mobile"]["tx_bytes"] > 0
 
     lan_flow = connect(topo, "lan")
     assert lan_flow.makefile().readline().strip() == WIRED_ADDR

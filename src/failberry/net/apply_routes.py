@@ -64,11 +64,15 @@ def observe(nl: Netlink, interfaces: Iterable[str]) -> dict[str, LinkState]:
     wanted = set(interfaces)
     by_index: dict[int, str] = {}
     carrier: dict[str, bool] = {}
+    counters: dict[str, tuple[int | None, int | None]] = {}
     for msg in nl.get_links():
         name = msg.get_attr("IFLA_IFNAME")
         if name in wanted:
             by_index[msg["index"]] = name
             carrier[name] = bool(msg["flags"] & IFF_LOWER_UP)
+            stats = msg.get_attr("IFLA_STATS64")
+            counters[name] = ((stats["rx_bytes"], stats["tx_bytes"]) if stats is not None
+                              else (None, None))
     addr: dict[str, tuple[str, str | None]] = {}
     for msg in nl.get_addr(family=socket.AF_INET):
         name = by_index.get(msg["index"])
@@ -87,7 +91,9 @@ def observe(nl: Netlink, interfaces: Iterable[str]) -> dict[str, LinkState]:
     for name in wanted:
         present = name in carrier
         a, peer = addr.get(name, (None, None))
-        out[name] = LinkState(present, carrier.get(name, False), a, peer, gw.get(name))
+        rx, tx = counters.get(name, (None, None))
+        out[name] = LinkState(present, carrier.get(name, False), a, peer, gw.get(name),
+                              rx_bytes=rx, tx_bytes=tx)
     return out
 
 

@@ -561,6 +561,9 @@ class NetworkPart:
             v = up.last
             ups[name] = {"interface": up.spec.interface, "link": up.link.usable,
                          "carrier": up.link.carrier, "address": up.link.address,
+                         "gateway": netplan.next_hop(up.spec, up.link) if up.link.usable
+                         else None,
+                         "rx_bytes": up.link.rx_bytes, "tx_bytes": up.link.tx_bytes,
                          "up": up.tracker.up, "reason": v.reason if v else "no probe yet",
                          "latency_ms": None if v is None or v.latency_ms is None
                          else round(v.latency_ms, 2),

@@ -68,6 +68,9 @@ class LinkState:
     address: str | None = None
     peer: str | None = None  # point-to-point peer (ppp)
     learned_gateway: str | None = None  # a default route in `main` through it (DHCP client)
+    # Interface byte counters, for status only (never part of a change comparison).
+    rx_bytes: int | None = field(default=None, compare=False)
+    tx_bytes: int | None = field(default=None, compare=False)
 
     @property
     def usable(self) -> bool:
