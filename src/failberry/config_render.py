@@ -101,7 +101,8 @@ def summary(cfg: Config) -> list[str]:
         lines.append(f"mode:     sidecar: LAN traffic NATed out of {cfg.uplink.mobile.interface}")
     pin = "PIN set" if cfg.modem.pin is not None else "no PIN"
     if cfg.modem.enabled:
-        lines.append(f"modem:    {cfg.modem.device}, APN {cfg.modem.apn}, dial {cfg.modem.dial}, {pin}")
+        lines.append(f"modem:    {cfg.modem.device}, APN {cfg.modem.apn}, "
+                     f"dial {cfg.modem.dial}, {pin}")
     else:
         lines.append(f"modem:    off (modem.enabled = false): something else brings up "
                      f"{cfg.uplink.mobile.interface}")
