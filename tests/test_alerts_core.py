@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from failberry import config, metrics, statuscmd
+from failberry import config, statuscmd
 from failberry.alerts import forecast as fc
 from failberry.alerts import translate
 from failberry.alerts.build import build
@@ -29,6 +29,7 @@ from failberry.bus import (
 from failberry.pihealth.events import AlertKind, HealthAlert
 from failberry.pihealth.events import Severity as PiSeverity
 from failberry.status import DataUsage, Status, report_network
+from failberry.web import metrics
 
 T0 = 1_700_000_000.0
 GiB = 2**30

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from failberry.failover import Failover, UplinkView
+from failberry.net.failover import Failover, UplinkView
 
 
 def views(wired: tuple[bool, bool | None], mobile: tuple[bool, bool | None] = (True, True)

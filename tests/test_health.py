@@ -132,9 +132,9 @@ class FakeModem:
 def serve(argv: Sequence[str]) -> int:
     """The fake supervisor: `CONFIG PORT CONTROL [MAX_CONNECTIONS [HOST]]`."""
     from failberry import config, logsetup
-    from failberry.httpserver import Limits
     from failberry.sdnotify import watchdog_interval
     from failberry.supervisor import Supervisor, raise_nofile
+    from failberry.web.httpserver import Limits
 
     cfg_path, port, control = Path(argv[0]), int(argv[1]), Path(argv[2])
     limits = Limits(max_connections=int(argv[3])) if len(argv) > 3 else Limits()
@@ -425,9 +425,9 @@ def test_status_and_metrics_lan_only_decision(tmp_path: Path) -> None:
     """The LAN restriction on the real app object, from addresses loopback cannot give us
     (the root test below checks it with real packets)."""
     from failberry import config
-    from failberry.health import HealthApp
-    from failberry.httpserver import HttpStats
     from failberry.status import Status
+    from failberry.web.health import HealthApp
+    from failberry.web.httpserver import HttpStats
 
     cfg = config.load(write_config(tmp_path / "f.toml", lan="192.168.7.2/24"))
     st = Status(state="running")

@@ -13,11 +13,11 @@ from failberry.bus import Bus, PublishedAddressChanged
 from failberry.dyndns.base import Record, UpdateResult
 from failberry.dyndns.part import DyndnsPart
 from failberry.dyndns.updater import Timing, Updater
-from failberry.health import HealthApp
-from failberry.httpserver import HttpStats
 from failberry.inbound import mobile_warning, not_public
 from failberry.status import Status, UplinkReport, report_network
 from failberry.statuscmd import render
+from failberry.web.health import HealthApp
+from failberry.web.httpserver import HttpStats
 
 
 @pytest.mark.parametrize("address,kind", [

@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from failberry import config, metrics
-from failberry.health import HealthApp
-from failberry.httpserver import HttpStats
+from failberry import config
 from failberry.status import (
     DataUsage,
     DyndnsReport,
@@ -22,6 +20,9 @@ from failberry.status import (
     report_modem,
     report_network,
 )
+from failberry.web import metrics
+from failberry.web.health import HealthApp
+from failberry.web.httpserver import HttpStats
 
 
 def promtool(text: str) -> subprocess.CompletedProcess[str]:

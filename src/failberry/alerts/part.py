@@ -200,7 +200,7 @@ class AlertsPart:
             self.tell([alert])
 
     def _summary_doc(self) -> dict[str, Any]:
-        from failberry.health import decide
+        from failberry.web.health import decide
 
         net = network_view(self.status)
         modem = self.status.parts.get("modem")

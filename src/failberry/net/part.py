@@ -43,16 +43,16 @@ from failberry.bus import (
 )
 from failberry.config import Config
 from failberry.errors import FailberryError
-from failberry.failover import Failover, UplinkView
 from failberry.modem.follow import follow, resolve_mobile
 from failberry.net import plan as netplan
 from failberry.net.apply_routes import ApplyError, Netlink, RouteApplier
 from failberry.net.conntrack import FlowFlusher
+from failberry.net.failover import Failover, UplinkView
 from failberry.net.firewall import Firewall
 from failberry.net.monitor import LinkMonitor
+from failberry.net.probes import Binding, HealthTracker, Prober, Thresholds, Verdict, parse_target
 from failberry.net.sysctl import Sysctl, SysctlManager
 from failberry.net.usage import HEALTH_KEY, Usage
-from failberry.probes import Binding, HealthTracker, Prober, Thresholds, Verdict, parse_target
 from failberry.status import Status
 
 LOG = logging.getLogger(__name__)
@@ -586,8 +586,8 @@ def build(cfg: Config, status: Status, bus: Bus, state_dir: Path | None = None,
 
     from failberry.net.conntrack import NetlinkConntrack
     from failberry.net.firewall6 import dual_stack
+    from failberry.net.probes import SocketProber
     from failberry.net.sysctl import ProcSysctl
-    from failberry.probes import SocketProber
 
     nl = IPRoute()
 

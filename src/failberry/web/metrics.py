@@ -70,7 +70,7 @@ def _per(items: Mapping[str, Any], key: str, label: str, scale: float = 1.0) -> 
 
 
 def render(doc: Mapping[str, Any]) -> str:
-    """The exposition text for a /status document (`failberry.health.HealthApp.document`)."""
+    """The exposition text for a /status document (`failberry.web.health.HealthApp.document`)."""
     w = _Writer()
     versions = doc.get("versions") or {}
     w.family("build_info", "gauge", "The running failberry; labels carry the versions.",

@@ -3,7 +3,7 @@ failover checkers, `/health/<uplink>`, `/status` (the whole snapshot as JSON) an
 (Prometheus text).
 
 The health decision is what a Route53-style checker acts on, so it is one pure function of the
-status snapshot and the topology (`decide`); the server around it is `failberry.httpserver`."""
+status snapshot and the topology (`decide`); the server around it is `failberry.web.httpserver`."""
 
 from __future__ import annotations
 
@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-from failberry import __version__, metrics
+from failberry import __version__
 from failberry.config import Config, FailoverMode
-from failberry.httpserver import HttpStats, Response, error
 from failberry.inbound import mobile_warning
 from failberry.status import (
     DYNDNS,
@@ -33,6 +32,8 @@ from failberry.status import (
     modem_view,
     network_view,
 )
+from failberry.web import metrics
+from failberry.web.httpserver import HttpStats, Response, error
 
 LOG = logging.getLogger(__name__)
 
