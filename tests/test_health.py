@@ -74,7 +74,13 @@ class FakeNetwork:
         self.active: str | None = None
 
     async def run(self) -> None:
-        from failberry.status import DataUsage, FailoverEvent, UplinkReport, report_network
+        from failberry.status import (
+            DataUsage,
+            FailoverEvent,
+            NetworkReport,
+            UplinkReport,
+            report_network,
+        )
 
         while True:
             c = _control(self.control)
@@ -94,11 +100,12 @@ class FakeNetwork:
                     self.events.append(FailoverEvent(time.time(), active, self.active,
                                                      "fake policy"))
                     self.active = active
-                report_network(self.status, "running", active_uplink=active, uplinks=ups,
-                               events=self.events, failovers_total=len(self.events),
-                               data=DataUsage(used_bytes=int(c.get("used", 0)),
-                                              cap_bytes=int(c.get("cap", 0)),
-                                              devices=c.get("devices", {})))
+                report_network(self.status, "running", NetworkReport(
+                    active_uplink=active, uplinks=ups, events=tuple(self.events),
+                    failovers_total=len(self.events),
+                    data=DataUsage(used_bytes=int(c.get("used", 0)),
+                                   cap_bytes=int(c.get("cap", 0)),
+                                   devices=c.get("devices", {}))))
             await asyncio.sleep(PROBE_ROUND)
 
 
@@ -120,7 +127,7 @@ class FakeModem:
                 c = _control(self.control).get("modem", {})
                 report_modem(self.status, str(c.get("state", "connected")),
                              ModemReport(signal_dbm=c.get("signal_dbm", -71), operator="TestNet",
-                                         technology="LTE", interface="ppp0",
+                                         access_tech="LTE", interface="ppp0",
                                          address="10.64.0.7"))
                 await asyncio.sleep(0.5)
         finally:

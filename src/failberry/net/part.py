@@ -53,7 +53,8 @@ from failberry.net.monitor import LinkMonitor
 from failberry.net.probes import Binding, HealthTracker, Prober, Thresholds, Verdict, parse_target
 from failberry.net.sysctl import Sysctl, SysctlManager
 from failberry.net.usage import HEALTH_KEY, Usage
-from failberry.status import Status
+from failberry.reports import DataUsage, NetworkReport, UplinkReport
+from failberry.status import Status, report_network
 
 LOG = logging.getLogger(__name__)
 
@@ -559,24 +560,24 @@ class NetworkPart:
         ups = {}
         for name, up in self.uplinks.items():
             v = up.last
-            ups[name] = {"interface": up.spec.interface, "link": up.link.usable,
-                         "carrier": up.link.carrier, "address": up.link.address,
-                         "up": up.tracker.up, "reason": v.reason if v else "no probe yet",
-                         "latency_ms": None if v is None or v.latency_ms is None
-                         else round(v.latency_ms, 2),
-                         "loss_pct": v.loss_pct if v else None}
+            ups[name] = UplinkReport(
+                up=up.tracker.up, reason=v.reason if v else "no probe yet",
+                interface=up.spec.interface, carrier=up.link.carrier, address=up.link.address,
+                latency_ms=None if v is None or v.latency_ms is None else round(v.latency_ms, 2),
+                loss_pct=v.loss_pct if v else None, link=up.link.usable)
         healthy = active is not None and self.uplinks[active].tracker.up is True
         state = "ok" if healthy else ("degraded" if active else "down")
-        self.status.report(self.name, state, active_uplink=active, uplinks=ups,
-                           events=[e.as_dict() for e in self.failover.events],
-                           data_used=self.usage.totals(), data_cap=self.usage.cap,
-                           health_check_bytes=self.usage.total(HEALTH_KEY),
-                           over_cap=self._over_cap, errors=list(self._missing.values()),
-                           apply_error=self._apply_error, forwards=self._forwards,
-                           public_address=self._public,
-                           forced=None if self.failover.forced is None
-                           else self.failover.forced.as_dict(self.s.clock()))
-
+        devices = self.usage.totals()
+        report_network(self.status, state, NetworkReport(
+            active_uplink=active, uplinks=ups, events=tuple(self.failover.events),
+            failovers_total=self.failover.switches,
+            data=DataUsage(used_bytes=sum(devices.values()), cap_bytes=self.usage.cap,
+                           devices=devices, capped=self._over_cap),
+            health_check_bytes=self.usage.total(HEALTH_KEY),
+            errors=tuple(self._missing.values()), apply_error=self._apply_error,
+            forwards=self._forwards, public_address=self._public,
+            forced=None if self.failover.forced is None
+            else self.failover.forced.as_dict(self.s.clock())))
 
 def build(cfg: Config, status: Status, bus: Bus, state_dir: Path | None = None,
           usage_path: Path | None = None) -> NetworkPart:
