@@ -53,7 +53,7 @@ def test_aaaa_follows_a_real_ipv6_address_and_a_restart_sends_nothing(pi: PiNs) 
     assert set(typed) == {"network", "dyndns", "modem"}, typed
     net = typed["network"]
     assert isinstance(net, NetworkReport) and net.active_uplink == "wired"
-    assert net.uplinks["wired"].up is True and net.failovers_total >= 1
+    assert net.uplinks["wired"].link is True and net.failovers_total >= 1
     dyn = typed["dyndns"]
     assert isinstance(dyn, DyndnsReport) and dyn.name == f"home.{ZONE}" and dyn.records
     assert pi.stop(proc) == 0
