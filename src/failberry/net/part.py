@@ -32,13 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from failberry.backoff import exponential
 from failberry.bus import (
     ActiveUplinkChanged,
     AddressChanged,
     Bus,
     ForceUplink,
-    LinkChanged,
     PublishedAddressChanged,
+    Subscription,
     UplinkHealth,
 )
 from failberry.config import Config
@@ -49,7 +50,7 @@ from failberry.net.apply_routes import ApplyError, Netlink, RouteApplier
 from failberry.net.conntrack import FlowFlusher
 from failberry.net.failover import Failover, UplinkView
 from failberry.net.firewall import Firewall
-from failberry.net.monitor import LinkMonitor
+from failberry.net.monitor import LinkChanged, LinkMonitor
 from failberry.net.probes import Binding, HealthTracker, Prober, Thresholds, Verdict, parse_target
 from failberry.net.sysctl import Sysctl, SysctlManager
 from failberry.net.usage import HEALTH_KEY, Usage
@@ -156,6 +157,7 @@ class NetworkPart:
         self.status.register(self.name, self.deadline)
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="net-apply")
         tasks: list[asyncio.Task[None]] = []
+        forces: Subscription[ForceUplink] | None = None
         stopping = False
         try:
             # Nothing is removed at start: the apply diffs against what a crashed run left, so
@@ -166,9 +168,10 @@ class NetworkPart:
             await self._drop_unnated()
             tasks = [asyncio.create_task(self._probe_loop(u), name=f"probe-{n}")
                      for n, u in self.uplinks.items()]
+            forces = self.bus.subscribe(ForceUplink)
             tasks += [asyncio.create_task(self._events(), name="net-events"),
                       asyncio.create_task(self._periodic(), name="net-periodic"),
-                      asyncio.create_task(self._forces(self.bus.subscribe(ForceUplink)),
+                      asyncio.create_task(self._forces(forces),
                                           name="net-forces"),
                       asyncio.create_task(follow(self.bus, self.cfg, self._follow_mobile),
                                           name="net-follow-mobile")]
@@ -183,6 +186,8 @@ class NetworkPart:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if forces is not None:
+                forces.close()
             for timer in (self._recheck, self._retry):
                 if timer is not None:
                     timer.cancel()
@@ -253,8 +258,10 @@ class NetworkPart:
                 set(self._required().values())
             relevant = False
             while True:  # take the whole burst; one reconcile for all of it
-                if isinstance(event, LinkChanged | AddressChanged):
-                    self.bus.publish(event)
+                if isinstance(event, AddressChanged):
+                    self.bus.publish(event)  # dyndns follows addresses
+                    relevant |= event.interface in watched
+                elif isinstance(event, LinkChanged):
                     relevant |= event.interface in watched
                 else:
                     relevant = True
@@ -506,7 +513,7 @@ class NetworkPart:
         and try again after a doubling delay; the periodic check tries too."""
         self._failures += 1
         n = self._failures
-        delay = min(RECONCILE_EVERY, RETRY_FIRST * 2 ** min(n - 1, 10))
+        delay = exponential(n, RETRY_FIRST, RECONCILE_EVERY)
         text = str(e)
         level = logging.WARNING if text != self._apply_error or (n & (n - 1)) == 0 else \
             logging.DEBUG
