@@ -27,10 +27,10 @@ import dataclasses
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from failberry.backoff import exponential
 from failberry.bus import (
@@ -91,6 +91,17 @@ class Seams:
     clock: Callable[[], float] = time.monotonic
     wall: Callable[[], float] = time.time
     close: Callable[[], None] | None = None  # releases the netlink socket when the part ends
+    routes: Routes | None = None  # the route applier; None: a RouteApplier on `netlink`
+
+
+class Routes(Protocol):
+    """What the part needs from the route applier (`RouteApplier`; a fake in unit tests)."""
+
+    def observe(self, interfaces: Iterable[str]) -> dict[str, netplan.LinkState]: ...
+    def active_interface(self) -> str | None: ...
+    def apply(self, routes: Iterable[netplan.RouteSpec],
+              rules: Iterable[netplan.RuleSpec]) -> list[str]: ...
+    def clean(self) -> list[str]: ...
 
 
 class NetworkPart:
@@ -109,7 +120,7 @@ class NetworkPart:
         self.state_dir = state_dir
         self.usage_path = usage_path
         self._rebuild = rebuild
-        self.routes = RouteApplier(seams.netlink)
+        self.routes: Routes = seams.routes or RouteApplier(seams.netlink)
         self.sysctls = SysctlManager(seams.sysctl, state_dir)
         self.failover = Failover(cfg.failover.hold_down)
         self.usage = Usage(usage_path, cfg.failover.cap_reset_day, cfg.failover.data_cap)
