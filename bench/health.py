@@ -41,14 +41,14 @@ class _Network:
         self.status = status
 
     async def run(self) -> None:
-        from failberry.status import Status, UplinkReport, report_network
+        from failberry.status import NetworkReport, Status, UplinkReport, report_network
 
         assert isinstance(self.status, Status)
         while True:
-            report_network(self.status, "ok", active_uplink="mobile",
-                           uplinks={"mobile": UplinkReport(up=True, reason="3/3 answer",
-                                                           interface="ppp0", latency_ms=45.0,
-                                                           loss_pct=0.0)})
+            report_network(self.status, "ok", NetworkReport(
+                active_uplink="mobile",
+                uplinks={"mobile": UplinkReport(up=True, reason="3/3 answer", interface="ppp0",
+                                                latency_ms=45.0, loss_pct=0.0)}))
             await asyncio.sleep(0.5)
 
 

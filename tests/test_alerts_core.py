@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from failberry import config, metrics, statuscmd
+from failberry import config, statuscmd
 from failberry.alerts import forecast as fc
 from failberry.alerts import translate
 from failberry.alerts.build import build
@@ -28,7 +28,8 @@ from failberry.bus import (
 )
 from failberry.pihealth.events import AlertKind, HealthAlert
 from failberry.pihealth.events import Severity as PiSeverity
-from failberry.status import DataUsage, Status, report_network
+from failberry.status import DataUsage, NetworkReport, Status, report_network
+from failberry.web import metrics
 
 T0 = 1_700_000_000.0
 GiB = 2**30
@@ -279,9 +280,9 @@ def test_part_reports_data_cap_from_the_network_status(tmp_path: Path) -> None:
     script.write_text(f'#!/bin/sh\necho "$FAILBERRY_EVENT $FAILBERRY_PERCENT" >> {out}\n')
     script.chmod(0o755)
     status, bus = Status(), Bus()
-    report_network(status, "ok", active_uplink="mobile", uplinks={},
-                   data=DataUsage(used_bytes=int(8.5 * GiB), cap_bytes=10 * GiB))
-    status.parts["network"].detail["health_check_bytes"] = 300 * MiB
+    report_network(status, "ok", NetworkReport(
+        active_uplink="mobile", uplinks={}, health_check_bytes=300 * MiB,
+        data=DataUsage(used_bytes=int(8.5 * GiB), cap_bytes=10 * GiB)))
     clocks = Clocks(wall=lambda: T0, boot_time=lambda: None)
 
     async def scenario() -> None:

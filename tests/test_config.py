@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ from conftest import EXAMPLES, SSH_KEY, run_cli
 from failberry import cli, config
 from failberry.config_render import dump_toml
 from failberry.errors import ConfigError
+from failberry.schema import Duration, converter, toml_key
+from failberry.units import parse_duration
 
 MINIMAL = '[modem]\napn = "internet"\n'
 SECRET_PIN = "4711"
@@ -210,6 +213,43 @@ def test_dump_round_trips_with_secrets(tmp_path: Path) -> None:
     assert again == cfg
     masked = dump_toml(cfg, reveal_secrets=False)
     assert SECRET_PIN not in masked and SECRET_PW not in masked
+
+
+def _duration_keys(cls: type, prefix: str) -> list[str]:
+    """Dotted TOML paths of every field whose schema converter is a Duration."""
+    out: list[str] = []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{toml_key(f.name)}".lstrip(".")
+        if f.metadata.get("section"):
+            out += _duration_keys(f.default_factory, key)  # type: ignore[arg-type, misc]
+        elif isinstance(converter(f), Duration):
+            out.append(key)
+    return out
+
+
+def test_dump_writes_every_duration_as_text() -> None:
+    """Every duration field is written "2s"-style, not as a bare float (`retry_initial = 2.0`
+    was written when the renderer kept its own list of duration names)."""
+    keys = _duration_keys(config.Config, "")
+    for must in ("dyndns.retry_initial", "dyndns.retry_max", "pihealth.interval",
+                 "pihealth.alert_interval", "failover.hold_down"):
+        assert must in keys
+    cfg = config.parse(MINIMAL)
+    doc = tomllib.loads(dump_toml(cfg, reveal_secrets=False))
+    for key in keys:
+        value: object = doc
+        for part in key.split("."):
+            assert isinstance(value, dict)
+            value = value[part]
+        assert isinstance(value, str), f"{key} = {value!r}"
+        assert parse_duration(value) == _get(cfg, key), key
+    assert config.parse(dump_toml(cfg, reveal_secrets=False)) == cfg
+
+
+def _get(cfg: object, key: str) -> object:
+    for part in key.split("."):
+        cfg = getattr(cfg, part.replace("-", "_"))
+    return cfg
 
 
 @pytest.mark.parametrize("value,seconds", [("500ms", 0.5), ("10s", 10), ("5m", 300),

@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
+import typed_status
 from conftest import free_port
+from dyndns_bind import ZONE
 from dyndns_ns import MOBILE, MOBILE6, PY, WIRED, WIRED6, PiNs, sh, unique_prefix, wait_for
+from failberry.reports import DyndnsReport, NetworkReport
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
@@ -45,6 +48,14 @@ def test_aaaa_follows_a_real_ipv6_address_and_a_restart_sends_nothing(pi: PiNs) 
     wait_for(lambda: pi.query("home", "AAAA") == {WIRED6}, 10, "the AAAA record",
              lambda: pi.log(cfg))
     wait_for(lambda: pi.status(port)["dyndns"]["state"] == "ok", 5, "dyndns ok")
+    # The real parts' /status sections are the dataclasses the readers and fake parts use.
+    typed = typed_status.check(pi.status(port))
+    assert set(typed) == {"network", "dyndns", "modem"}, typed
+    net = typed["network"]
+    assert isinstance(net, NetworkReport) and net.active_uplink == "wired"
+    assert net.uplinks["wired"].link is True and net.failovers_total >= 1
+    dyn = typed["dyndns"]
+    assert isinstance(dyn, DyndnsReport) and dyn.name == f"home.{ZONE}" and dyn.records
     assert pi.stop(proc) == 0
     before = updates(pi, "home")
     assert before == 2, pi.named.log_text() if pi.named else ""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from failberry.failover import Failover, UplinkView
+from failberry.net.failover import Failover, UplinkView
 
 
 def views(wired: tuple[bool, bool | None], mobile: tuple[bool, bool | None] = (True, True)
@@ -85,5 +85,6 @@ def test_events_are_kept_with_times_and_bounded() -> None:
     for i in range(5):
         f.decide(views((True, i % 2 == 0)), now=i, wall=1000.0 + i)
     assert len(f.events) == 3
-    last = f.events[-1].as_dict()
-    assert last["at"] == 1004.0 and last["active"] == "wired" and last["previous"] == "mobile"
+    last = f.events[-1]
+    assert last.at == 1004.0 and last.uplink == "wired" and last.previous == "mobile"
+    assert f.switches == 5

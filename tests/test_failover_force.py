@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from failberry.failover import Failover, UplinkView
+from failberry.net.failover import Failover, UplinkView
 
 
 def views(wired: tuple[bool, bool | None] = (True, True),
@@ -68,7 +68,7 @@ def test_a_force_of_an_uplink_without_a_link_is_ignored(caplog: pytest.LogCaptur
     f = Failover(hold_down=30)
     f.decide(views(mobile=(False, None)), clock())
     f.force("mobile", 600, "SMS failover", clock())
-    with caplog.at_level(logging.WARNING, "failberry.failover"):
+    with caplog.at_level(logging.WARNING, "failberry.net.failover"):
         d = f.decide(views(mobile=(False, None)), clock())
     assert d.active == "wired" and not d.changed
     assert f.forced is None

@@ -74,7 +74,13 @@ class FakeNetwork:
         self.active: str | None = None
 
     async def run(self) -> None:
-        from failberry.status import DataUsage, FailoverEvent, UplinkReport, report_network
+        from failberry.status import (
+            DataUsage,
+            FailoverEvent,
+            NetworkReport,
+            UplinkReport,
+            report_network,
+        )
 
         while True:
             c = _control(self.control)
@@ -94,11 +100,12 @@ class FakeNetwork:
                     self.events.append(FailoverEvent(time.time(), active, self.active,
                                                      "fake policy"))
                     self.active = active
-                report_network(self.status, "running", active_uplink=active, uplinks=ups,
-                               events=self.events, failovers_total=len(self.events),
-                               data=DataUsage(used_bytes=int(c.get("used", 0)),
-                                              cap_bytes=int(c.get("cap", 0)),
-                                              devices=c.get("devices", {})))
+                report_network(self.status, "running", NetworkReport(
+                    active_uplink=active, uplinks=ups, events=tuple(self.events),
+                    failovers_total=len(self.events),
+                    data=DataUsage(used_bytes=int(c.get("used", 0)),
+                                   cap_bytes=int(c.get("cap", 0)),
+                                   devices=c.get("devices", {}))))
             await asyncio.sleep(PROBE_ROUND)
 
 
@@ -120,7 +127,7 @@ class FakeModem:
                 c = _control(self.control).get("modem", {})
                 report_modem(self.status, str(c.get("state", "connected")),
                              ModemReport(signal_dbm=c.get("signal_dbm", -71), operator="TestNet",
-                                         technology="LTE", interface="ppp0",
+                                         access_tech="LTE", interface="ppp0",
                                          address="10.64.0.7"))
                 await asyncio.sleep(0.5)
         finally:
@@ -132,9 +139,9 @@ class FakeModem:
 def serve(argv: Sequence[str]) -> int:
     """The fake supervisor: `CONFIG PORT CONTROL [MAX_CONNECTIONS [HOST]]`."""
     from failberry import config, logsetup
-    from failberry.httpserver import Limits
     from failberry.sdnotify import watchdog_interval
     from failberry.supervisor import Supervisor, raise_nofile
+    from failberry.web.httpserver import Limits
 
     cfg_path, port, control = Path(argv[0]), int(argv[1]), Path(argv[2])
     limits = Limits(max_connections=int(argv[3])) if len(argv) > 3 else Limits()
@@ -425,9 +432,9 @@ def test_status_and_metrics_lan_only_decision(tmp_path: Path) -> None:
     """The LAN restriction on the real app object, from addresses loopback cannot give us
     (the root test below checks it with real packets)."""
     from failberry import config
-    from failberry.health import HealthApp
-    from failberry.httpserver import HttpStats
     from failberry.status import Status
+    from failberry.web.health import HealthApp
+    from failberry.web.httpserver import HttpStats
 
     cfg = config.load(write_config(tmp_path / "f.toml", lan="192.168.7.2/24"))
     st = Status(state="running")

@@ -13,11 +13,11 @@ from failberry.bus import Bus, PublishedAddressChanged
 from failberry.dyndns.base import Record, UpdateResult
 from failberry.dyndns.part import DyndnsPart
 from failberry.dyndns.updater import Timing, Updater
-from failberry.health import HealthApp
-from failberry.httpserver import HttpStats
 from failberry.inbound import mobile_warning, not_public
-from failberry.status import Status, UplinkReport, report_network
+from failberry.status import NetworkReport, Status, UplinkReport, report_network
 from failberry.statuscmd import render
+from failberry.web.health import HealthApp
+from failberry.web.httpserver import HttpStats
 
 
 @pytest.mark.parametrize("address,kind", [
@@ -32,10 +32,11 @@ def test_not_public(address: str | None, kind: str | None) -> None:
 
 def doc_for(mobile: str | None) -> dict[str, object]:
     st = Status()
-    report_network(st, "ok", active_uplink="mobile",
-                   uplinks={"mobile": UplinkReport(True, "ok", "ppp0", True, mobile)})
-    st.parts["network"].detail["forwards"] = {
-        "udp/1194": {"packets_in": 3, "bytes_in": 2048, "packets_out": 2, "bytes_out": 1024}}
+    report_network(st, "ok", NetworkReport(
+        active_uplink="mobile",
+        uplinks={"mobile": UplinkReport(True, "ok", "ppp0", True, mobile)},
+        forwards={"udp/1194": {"packets_in": 3, "bytes_in": 2048, "packets_out": 2,
+                               "bytes_out": 1024}}))
     cfg = config.parse('[modem]\napn = "internet"\n')
     return HealthApp(st, cfg, HttpStats()).document()
 

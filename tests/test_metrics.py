@@ -8,20 +8,22 @@ from pathlib import Path
 
 import pytest
 
-from failberry import config, metrics
-from failberry.health import HealthApp
-from failberry.httpserver import HttpStats
+from failberry import config
 from failberry.status import (
     DataUsage,
     DyndnsReport,
     FailoverEvent,
     ModemReport,
+    NetworkReport,
     Status,
     UplinkReport,
     report_dyndns,
     report_modem,
     report_network,
 )
+from failberry.web import metrics
+from failberry.web.health import HealthApp
+from failberry.web.httpserver import HttpStats
 
 
 def promtool(text: str) -> subprocess.CompletedProcess[str]:
@@ -42,22 +44,22 @@ def _app(tmp_path: Path) -> tuple[HealthApp, Status]:
 
 def _full(status: Status) -> None:
     status.register("network", 2.0)
-    report_network(
-        status, "running", active_uplink="mobile",
+    report_network(status, "running", NetworkReport(
+        active_uplink="mobile",
         uplinks={"wired": UplinkReport(up=False, reason="3/3 lost", interface="eth1",
                                        carrier=True, latency_ms=None, loss_pct=100.0,
                                        rx_bytes=1000, tx_bytes=2000),
                  "mobile": UplinkReport(up=True, reason="3/3 answer", interface="ppp0",
                                         carrier=True, address="10.64.0.7", latency_ms=48.5,
                                         loss_pct=0.0)},
-        events=[FailoverEvent(time.time() - 60, "mobile", "wired", "wired: 3/3 lost")],
+        events=(FailoverEvent(time.time() - 60, "mobile", "wired", "wired: 3/3 lost"),),
         failovers_total=7,
         data=DataUsage(used_bytes=123_456_789, cap_bytes=10 * 2**30,
                        devices={"aa:bb:cc:dd:ee:01": 100_000_000,
-                                'odd "name"\\with\nnewline': 5}))
+                                'odd "name"\\with\nnewline': 5})))
     report_modem(status, "connected", ModemReport(signal_dbm=-67, operator="TestNet",
-                                                  technology="LTE", bytes_in=10, bytes_out=20,
-                                                  recoveries=2))
+                                                  access_tech="LTE", bytes_in=10, bytes_out=20,
+                                                  ladder_counts={"redial": 2, "reset": 0}))
     report_dyndns(status, "ok", DyndnsReport(name="pi.example.org", provider="rfc2136",
                                              address="10.64.0.7", last_success=1.7e9,
                                              last_confirmed=1.7e9 + 600))
@@ -85,7 +87,7 @@ def test_full_snapshot_passes_promtool(tmp_path: Path) -> None:
         'failberry_mobile_device_data_used_bytes{device="odd \\"name\\"\\\\with\\nnewline"} 5',
         "failberry_modem_signal_dbm -67",
         'failberry_modem_state{state="connected"} 1',
-        "failberry_modem_recoveries_total 2",
+        'failberry_modem_ladder_tries{rung="redial"} 2',
         "failberry_dyndns_last_success_timestamp_seconds 1700000000",
         "failberry_dyndns_error 0",
         'failberry_http_requests_total{code="503"} 2',

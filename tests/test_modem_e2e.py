@@ -6,6 +6,7 @@ supervisor must wait, never spin."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import pytest
 from failberry.bus import UplinkHealth
 from failberry.modem.machine import PPP_EXIT, Phase, PppOutcome
 from failberry.modem.parsers import Signal, parse_csq, pick
+from failberry.reports import ModemReport, parse
+from failberry.status import jsonable
 from modem_fakes.rig import CpuWatch, Rig
 
 pytestmark = [pytest.mark.root]
@@ -43,6 +46,9 @@ def test_plugged_in_to_ppp0_up(tmp_path: Path) -> None:
             assert detail["manufacturer"] == "ZTE CORPORATION"
             assert detail["ladder_counts"] == {"redial": 0, "modem_reset": 0,
                                                "usb_rebind": 0, "port_power": 0, "reboot": 0}
+            # The driver's keys are exactly the shape the status readers accept.
+            report = parse(ModemReport, json.loads(json.dumps(jsonable(detail))))
+            assert report.access_tech and report.port
             got = rig.ctl(op="get")
             assert got["zcdrun"] == 1  # the CD-ROM is switched off once
             assert "ATE0" in got["log"] and "AT+CREG=2" in got["log"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from failberry import config, metrics, statuscmd
+from failberry import config, statuscmd
 from failberry.bus import Bus, ModemStateChanged
 from failberry.config import Config
 from failberry.errors import ConfigError
@@ -20,6 +20,7 @@ from failberry.pihealth.events import AlertKind, HealthAlert
 from failberry.pihealth.part import PiHealthPart
 from failberry.status import Status
 from failberry.supervisor import Supervisor
+from failberry.web import metrics
 from pihealth_fakes import WALL0, FakeClock, PiTree
 
 NOW = WALL0 + 5000.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from failberry.probes import (
+from failberry.net.probes import (
     MIN_TIMEOUT,
     Binding,
     HealthTracker,

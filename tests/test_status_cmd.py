@@ -10,8 +10,16 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port, run_cli
-from failberry import statuscmd
-from failberry.status import Status, network_view
+from failberry import reports, statuscmd
+from failberry.status import (
+    DataUsage,
+    FailoverEvent,
+    NetworkReport,
+    Status,
+    UplinkReport,
+    network_view,
+    report_network,
+)
 from test_health import supervisor, wait_for
 
 
@@ -29,7 +37,7 @@ def _doc() -> dict[str, object]:
                       "loss_pct": 100.0},
         },
         "modem": {"state": "connected", "signal_dbm": -67, "operator": "TestNet",
-                  "technology": "LTE", "address": "10.64.0.7"},
+                  "access_tech": "LTE", "address": "10.64.0.7"},
         "data": {"used_bytes": 3 * 2**30, "cap_bytes": 10 * 2**30,
                  "devices": {"laptop": 2 * 2**30, "phone": 2**30}},
         "failovers_total": 4,
@@ -69,19 +77,28 @@ def test_render_bare_supervisor() -> None:
                      "uplinks: not reported"]
 
 
-def test_network_view_reads_the_flat_spelling_too() -> None:
+def test_network_view_reads_the_typed_report() -> None:
+    """The view is the object the part published (no second spelling to map); its JSON form
+    in the snapshot parses back to an equal report."""
     st = Status(state="running")
     st.register("network", 5.0)
-    st.report("network", "ok", active_uplink="wired",
-              uplinks={"wired": {"up": True, "reason": "ok", "link": True, "carrier": True},
-                       "mobile": {"up": None, "reason": "no probe yet"}},
-              events=[{"at": 1.0, "active": "wired", "previous": None, "reason": "start"}],
-              data_used={"aa:bb": 10, "cc:dd": 5}, data_cap=100, over_cap=False)
+    rep = NetworkReport(
+        active_uplink="wired",
+        uplinks={"wired": UplinkReport(up=True, reason="ok", link=True, carrier=True),
+                 "mobile": UplinkReport(up=None, reason="no probe yet")},
+        events=(FailoverEvent(1.0, "wired", None, "start"),),
+        data=DataUsage(used_bytes=15, cap_bytes=100, devices={"aa:bb": 10, "cc:dd": 5}))
+    report_network(st, "ok", rep)
     view = network_view(st)
-    assert view is not None and view.current and view.active_uplink == "wired"
-    assert view.uplinks["wired"].up and not view.uplinks["mobile"].up
-    assert [(e.uplink, e.previous) for e in view.events] == [("wired", None)]
-    assert view.data is not None and view.data.used_bytes == 15 and view.data.cap_bytes == 100
+    assert view is not None and view.current and view.report is rep
+    detail = st.snapshot()["parts"]["network"]
+    assert reports.parse(NetworkReport, {k: v for k, v in detail.items()
+                                         if k not in ("state", "age_s", "stale")}) == rep
+    with pytest.raises(ValueError, match="unknown keys"):
+        reports.parse(NetworkReport, {**detail})
+    st.report("network", "ok", active_uplink="wired", uplinks={})  # untyped: not a report
+    view = network_view(st)
+    assert view is not None and view.active_uplink is None and not view.uplinks
     assert network_view(Status()) is None
 
 

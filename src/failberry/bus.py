@@ -25,15 +25,6 @@ class AddressChanged:
 
 
 @dataclass(frozen=True)
-class LinkChanged:
-    """An interface appeared, went away, or its carrier changed."""
-
-    interface: str
-    present: bool
-    carrier: bool
-
-
-@dataclass(frozen=True)
 class UplinkHealth:
     """The probes' verdict for one uplink (`wired` or `mobile`), with the reason."""
 

@@ -1,51 +1,46 @@
 """The config model: one TOML file into frozen dataclasses, every error collected with its key
-path, unknown keys refused, secrets masked everywhere they could be printed."""
+path, unknown keys refused, secrets masked everywhere they could be printed. The field and
+loader machinery is `failberry.schema`; rules spanning keys are `failberry.config_checks`."""
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-import ipaddress
-import os
-import tomllib
-import types
-import typing
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from failberry import checks
 from failberry.alerts import spec as alert_spec
-from failberry.errors import ConfigError, ConfigIssue
-from failberry.units import parse_duration, parse_size
+from failberry.errors import ConfigError
+from failberry.schema import Loader as _Loader
+from failberry.schema import Secret as Secret  # noqa: PLC0414 (re-exported)
+from failberry.schema import abs_path as _abs_path
+from failberry.schema import bad as _bad
+from failberry.schema import base64_text as _base64
+from failberry.schema import command as _command
+from failberry.schema import dev_path as _dev_path
+from failberry.schema import duration as _duration
+from failberry.schema import enum_of as _enum
+from failberry.schema import int_range as _int_range
+from failberry.schema import no_quotes as _no_quotes
+from failberry.schema import one_of as _one_of
+from failberry.schema import opt, section
+from failberry.schema import optional_string as _optional_str
+from failberry.schema import parse_toml as _toml
+from failberry.schema import percent as _percent
+from failberry.schema import port_bounds as port_bounds  # noqa: PLC0414 (re-exported)
+from failberry.schema import port_list as _port_list
+from failberry.schema import port_range as _port_range
+from failberry.schema import read_text as _read_text
+from failberry.schema import size as _size
+from failberry.schema import string as _str
+from failberry.schema import string_list as _str_list
+from failberry.schema import toml_key as _toml_key
+from failberry.schema import type_name as _type_name
+from failberry.schema import usb_id as _usb_id
+from failberry.units import parse_size
 
 DEFAULT_PATH = Path("/etc/failberry/failberry.toml")
-
-
-class Secret:
-    """A secret value. Its `str` and `repr` are masked; `reveal()` gives the value."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        """The secret itself; only for the code that must send or write it."""
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('********')"
-
-    def __str__(self) -> str:
-        return "********"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(("Secret", self._value))
 
 
 class Board(enum.StrEnum):
@@ -77,206 +72,6 @@ class DnsProvider(enum.StrEnum):
     DYNDNS2 = "dyndns2"
     ROUTE53_LAMBDA = "route53-lambda"
     ROUTE53 = "route53"
-
-
-def _enum(cls: type[enum.StrEnum]) -> Callable[[object], Any]:
-    def conv(value: object) -> Any:
-        if not isinstance(value, str):
-            raise ValueError(f"must be one of: {', '.join(m.value for m in cls)}")
-        try:
-            return cls(value)
-        except ValueError:
-            raise ValueError(
-                f"{value!r} is not one of: {', '.join(m.value for m in cls)}"
-            ) from None
-
-    return conv
-
-
-def _str(check: Callable[[str], str]) -> Callable[[object], str]:
-    def conv(value: object) -> str:
-        if not isinstance(value, str):
-            raise ValueError(f"must be a string, not {_type_name(value)}")
-        return check(value)
-
-    return conv
-
-
-def _optional_str(check: Callable[[str], str]) -> Callable[[object], str]:
-    """Like `_str`, but the empty string means 'not set' and is kept."""
-    inner = _str(check)
-
-    def conv(value: object) -> str:
-        if value == "":
-            return ""
-        return inner(value)
-
-    return conv
-
-
-def _str_list(check: Callable[[str], str]) -> Callable[[object], tuple[str, ...]]:
-    def conv(value: object) -> tuple[str, ...]:
-        if not isinstance(value, list):
-            raise ValueError(f"must be a list of strings, not {_type_name(value)}")
-        out = []
-        for i, item in enumerate(value):
-            if not isinstance(item, str):
-                raise ValueError(f"item {i + 1} must be a string, not {_type_name(item)}")
-            try:
-                out.append(check(item))
-            except ValueError as e:
-                raise ValueError(f"item {i + 1}: {e}") from None
-        return tuple(out)
-
-    return conv
-
-
-def _int_range(lo: int, hi: int) -> Callable[[object], int]:
-    def conv(value: object) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"must be a whole number, not {_type_name(value)}")
-        if not lo <= value <= hi:
-            raise ValueError(f"must be from {lo} to {hi}, not {value}")
-        return value
-
-    return conv
-
-
-def _port_list(value: object) -> tuple[int, ...]:
-    if not isinstance(value, list):
-        raise ValueError(f"must be a list of port numbers, not {_type_name(value)}")
-    out = []
-    for i, item in enumerate(value):
-        if isinstance(item, bool) or not isinstance(item, int):
-            raise ValueError(f"item {i + 1} must be a port number, not {_type_name(item)}")
-        try:
-            out.append(checks.port(item))
-        except ValueError as e:
-            raise ValueError(f"item {i + 1}: {e}") from None
-    return tuple(out)
-
-
-def _port_range(value: object) -> str:
-    """A port, 1194, or an inclusive range, "60000-60010"; kept as text ("1194",
-    "60000-60010")."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(checks.port(value))
-    if not isinstance(value, str):
-        raise ValueError(f"must be a port number or a range like \"60000-60010\", "
-                         f"not {_type_name(value)}")
-    lo, sep, hi = value.partition("-")
-    try:
-        first, last = int(lo), int(hi if sep else lo)
-    except ValueError:
-        raise ValueError(f"{value!r} is not a port or a range like \"60000-60010\"") from None
-    checks.port(first)
-    checks.port(last)
-    if last < first:
-        raise ValueError(f"{value!r}: the range ends before it starts")
-    return f"{first}-{last}" if last != first else str(first)
-
-
-def port_bounds(text: str) -> tuple[int, int]:
-    """`"1194"` to (1194, 1194), `"60000-60010"` to (60000, 60010)."""
-    lo, _, hi = text.partition("-")
-    return int(lo), int(hi or lo)
-
-
-def _duration(lo: float = 0.0, hi: float = 365 * 86400.0) -> Callable[[object], float]:
-    def conv(value: object) -> float:
-        seconds = parse_duration(value)
-        if not lo <= seconds <= hi:
-            raise ValueError(f"must be from {lo:g}s to {hi:g}s")
-        return seconds
-
-    return conv
-
-
-def _percent(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"must be a number from 0 to 100, not {_type_name(value)}")
-    if not 0 <= value <= 100:
-        raise ValueError(f"must be from 0 to 100, not {value}")
-    return float(value)
-
-
-def _size(value: object) -> int:
-    return parse_size(value)
-
-
-def _type_name(value: object) -> str:
-    names = {bool: "true/false", int: "a number", float: "a number", str: "a string",
-             list: "a list", dict: "a table"}
-    return names.get(type(value), type(value).__name__)
-
-
-def opt(default: Any, conv: Callable[[object], Any] | None = None, *, required: bool = False,
-        doc: str = "") -> Any:
-    """A config field: its default, the converter that validates a raw TOML value, and a doc."""
-    meta = {"conv": conv, "required": required, "doc": doc}
-    if isinstance(default, list):
-        default = tuple(default)
-    return field(default=default, metadata=meta)
-
-
-def section(cls: type) -> Any:
-    """A nested table."""
-    return field(default_factory=cls, metadata={"section": True})
-
-
-def _bad(message: str) -> str:
-    raise ValueError(message)
-
-
-def _one_of(value: str, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise ValueError(f"{value!r} is not one of: {', '.join(allowed)}")
-    return value
-
-
-def _no_quotes(value: str) -> str:
-    if any(c in value for c in "'\"\\\n\r") or not value.isprintable():
-        raise ValueError("must not contain quotes, backslashes or control characters")
-    return value
-
-
-def _base64(value: str) -> str:
-    import base64
-    import binascii
-
-    try:
-        base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("is not valid base64 (a TSIG secret from `tsig-keygen`)") from None
-    return value
-
-
-def _abs_path(value: str) -> str:
-    return value if value.startswith("/") else _bad(f"{value!r} is not an absolute path")
-
-
-def _command(value: object) -> tuple[str, ...]:
-    argv = _str_list(lambda s: s if s else _bad("must not be empty"))(value)
-    if not argv:
-        raise ValueError("must name a program")
-    return argv
-
-
-def _dev_path(value: str) -> str:
-    return value if value.startswith("/dev/") else _bad("must be a path under /dev")
-
-
-def _usb_id(value: str) -> str:
-    vid, sep, pid = value.partition(":")
-    ok = sep and len(vid) == 4 and len(pid) == 4
-    try:
-        int(vid, 16)
-        int(pid, 16)
-    except ValueError:
-        ok = False
-    if not ok:
-        raise ValueError(f"{value!r} is not a USB id like \"19d2:0031\"")
-    return value.lower()
 
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -605,295 +400,15 @@ class Config:
     forward: tuple[ForwardConfig, ...] = field(default=(), metadata={"table_list": True})
 
 
-# ---------------------------------------------------------------------------------------------
-# Loading
-
-
-def _toml_key(name: str) -> str:
-    """Python field names use `_`; the one TOML table with a hyphen is `route53-lambda`."""
-    return "route53-lambda" if name == "route53_lambda" else name
-
-
-def _is_secret(tp: Any) -> bool:
-    return typing.get_origin(tp) in (typing.Union, types.UnionType) and Secret in typing.get_args(
-        tp
-    )
-
-
-class _Loader:
-    def __init__(self, base_dir: Path) -> None:
-        self.base_dir = base_dir
-        self.issues: list[ConfigIssue] = []
-
-    def issue(self, path: str, message: str) -> None:
-        self.issues.append(ConfigIssue(path, message))
-
-    def build(self, cls: type[Any], data: dict[str, Any], prefix: str) -> Any:
-        hints = typing.get_type_hints(cls)
-        fields = dataclasses.fields(cls)
-        names = {_toml_key(f.name): f for f in fields}
-        secret_files = {f"{_toml_key(f.name)}_file": f for f in fields if _is_secret(hints[f.name])}
-        for key in data:
-            if key not in names and key not in secret_files:
-                self.issue(_join(prefix, key), f"unknown key (known: {', '.join(sorted(names))})")
-        kwargs: dict[str, Any] = {}
-        for key, f in names.items():
-            path = _join(prefix, key)
-            tp = hints[f.name]
-            if f.metadata.get("section"):
-                raw = data.get(key, {})
-                if not isinstance(raw, dict):
-                    self.issue(path, f"must be a table ([{path}]), not {_type_name(raw)}")
-                    continue
-                kwargs[f.name] = self.build(tp, raw, path)
-                continue
-            if f.metadata.get("table_list"):
-                if key in data:
-                    kwargs[f.name] = self.table_list(typing.get_args(tp)[0], data[key], path)
-                continue
-            if _is_secret(tp):
-                secret = self.secret(data, key, path, f.metadata.get("conv"))
-                if secret is not None:
-                    kwargs[f.name] = secret
-                continue
-            if key not in data:
-                if f.metadata.get("required"):
-                    self.issue(path, "is required")
-                continue
-            value = self.convert(data[key], tp, f.metadata.get("conv"), path)
-            if value is not _INVALID:
-                kwargs[f.name] = value
-        return cls(**kwargs)
-
-    def table_list(self, cls: type[Any], raw: object, path: str) -> tuple[Any, ...]:
-        """A list of tables (`[[forward]]`), each built like a section; the key paths count
-        from 1: `forward[2].port` is the second entry's `port`."""
-        if not isinstance(raw, list):
-            self.issue(path, f"must be a list of tables ([[{path}]]), not {_type_name(raw)}")
-            return ()
-        out = []
-        for i, item in enumerate(raw):
-            where = f"{path}[{i + 1}]"
-            if not isinstance(item, dict):
-                self.issue(where, f"must be a table ([[{path}]]), not {_type_name(item)}")
-                continue
-            out.append(self.build(cls, item, where))
-        return tuple(out)
-
-    def secret(self, data: dict[str, Any], key: str, path: str,
-               conv: Callable[[object], Any] | None) -> Secret | None:
-        file_key = f"{key}_file"
-        if key in data and file_key in data:
-            self.issue(path, f"give either {key} or {file_key}, not both")
-            return None
-        if file_key in data:
-            raw_path = data[file_key]
-            if not isinstance(raw_path, str) or not raw_path:
-                self.issue(f"{path}_file", "must be a path to a file")
-                return None
-            file = Path(os.path.expanduser(raw_path))
-            if not file.is_absolute():
-                file = self.base_dir / file
-            try:
-                text = file.read_text(encoding="utf-8").strip()
-            except OSError as e:
-                self.issue(f"{path}_file", f"cannot read {file}: {e.strerror or e}")
-                return None
-            except UnicodeDecodeError:
-                self.issue(f"{path}_file", f"{file} is not UTF-8 text")
-                return None
-            value: object = text
-            where = f"{path}_file"
-        elif key in data:
-            value = data[key]
-            where = path
-        else:
-            return None
-        # Messages about secrets never quote the value.
-        if not isinstance(value, str):
-            self.issue(where, f"must be a string, not {_type_name(value)}")
-            return None
-        if conv is not None:
-            try:
-                conv(value)
-            except ValueError as e:
-                self.issue(where, _scrub(str(e), value))
-                return None
-        return Secret(value)
-
-    def convert(self, raw: object, tp: Any, conv: Callable[[object], Any] | None,
-                path: str) -> Any:
-        try:
-            if conv is not None:
-                return conv(raw)
-            if tp is bool:
-                if not isinstance(raw, bool):
-                    raise ValueError(f"must be true or false, not {_type_name(raw)}")
-                return raw
-            if tp is int:
-                if isinstance(raw, bool) or not isinstance(raw, int):
-                    raise ValueError(f"must be a whole number, not {_type_name(raw)}")
-                return raw
-            if tp is str:
-                if not isinstance(raw, str):
-                    raise ValueError(f"must be a string, not {_type_name(raw)}")
-                return raw
-            raise TypeError(f"no converter for {tp}")  # a bug in the schema, not user input
-        except ValueError as e:
-            self.issue(path, str(e))
-            return _INVALID
-
-
-_INVALID = object()
-
-
-def _join(prefix: str, key: str) -> str:
-    return f"{prefix}.{key}" if prefix else key
-
-
-def _scrub(message: str, secret: str) -> str:
-    return message.replace(secret, "********") if secret else message
-
-
-def _cross_checks(cfg: Config, issue: Callable[[str, str], None]) -> None:
-    """Rules that span keys; each names the key a person should change."""
-    lan = ipaddress.ip_interface(cfg.lan.address)
-    if cfg.lan.gateway:
-        gw = ipaddress.ip_address(cfg.lan.gateway)
-        if gw not in lan.network:
-            issue("lan.gateway", f"{gw} is not inside the LAN prefix {lan.network}")
-        elif gw == lan.ip:
-            issue("lan.gateway", "must not be the Pi's own LAN address")
-    wired = cfg.uplink.wired
-    if cfg.failover.mode is FailoverMode.GATEWAY and not wired.interface:
-        issue("uplink.wired.interface", "is required when failover.mode is \"gateway\"")
-    if wired.address != "dhcp" and wired.gateway:
-        wnet = ipaddress.ip_interface(wired.address).network
-        if ipaddress.ip_address(wired.gateway) not in wnet:
-            issue("uplink.wired.gateway", f"{wired.gateway} is not inside {wnet}")
-    seen: dict[str, str] = {}
-    for path, name in (("lan.interface", cfg.lan.interface),
-                       ("uplink.wired.interface", wired.interface),
-                       ("uplink.mobile.interface", cfg.uplink.mobile.interface)):
-        if not name:
-            continue
-        if name in seen:
-            issue(path, f"{name!r} is already used by {seen[name]}")
-        seen.setdefault(name, path)
-    for name, up in (("wired", wired), ("mobile", cfg.uplink.mobile)):
-        if not up.probe_targets and (name == "mobile" or wired.interface):
-            issue(f"uplink.{name}.probe_targets", "needs at least one target")
-        if cfg.failover.quorum > len(up.probe_targets) and up.probe_targets:
-            issue("failover.quorum", f"is larger than the {len(up.probe_targets)} targets of "
-                  f"uplink.{name}")
-    if cfg.recovery.backoff_max < cfg.recovery.backoff_initial:
-        issue("recovery.backoff_max", "must not be shorter than recovery.backoff_initial")
-    if cfg.alerts.retry_max < cfg.alerts.retry_initial:
-        issue("alerts.retry_max", "must not be shorter than alerts.retry_initial")
-    if cfg.image.size < parse_size("768MiB"):
-        issue("image.size", "must be at least 768MiB (kernel, firmware and Python need it)")
-    if cfg.modem.password is not None and not cfg.modem.username:
-        issue("modem.username", "is required when modem.password is set")
-    _dyndns_checks(cfg.dyndns, issue)
-    _forward_checks(cfg, issue)
-    _hostguard_checks(cfg.hostguard, issue)
-
-
-def _forward_checks(cfg: Config, issue: Callable[[str, str], None]) -> None:
-    lan = ipaddress.ip_interface(cfg.lan.address)
-    sidecar = cfg.failover.mode is FailoverMode.SIDECAR
-    taken: list[tuple[str, str, int, int, str]] = []  # protocol, uplink, first, last, key
-    for n, fw in enumerate(cfg.forward, 1):
-        key = f"forward[{n}]"
-        to = ipaddress.ip_address(fw.to)
-        if to not in lan.network or to in (lan.network.network_address,
-                                            lan.network.broadcast_address):
-            issue(f"{key}.to", f"{fw.to} is not a host inside the LAN prefix {lan.network}")
-        elif to == lan.ip:
-            issue(f"{key}.to", "must not be the Pi's own LAN address (open it with "
-                  "firewall.allow_tcp/allow_udp instead)")
-        first, last = port_bounds(fw.port)
-        if fw.to_port:
-            t_first, t_last = port_bounds(fw.to_port)
-            if t_last - t_first != last - first:
-                issue(f"{key}.to_port", f"{fw.to_port} does not have as many ports as "
-                      f"{key}.port ({fw.port})")
-            elif first != t_first and last - first >= 256:
-                issue(f"{key}.to_port", "a range moved to other ports may hold at most 256")
-        if sidecar and "wired" in fw.uplinks:
-            issue(f"{key}.uplinks", "\"wired\" is the main router's in sidecar mode: forward "
-                  "the port there")
-        if fw.protocol == "tcp" and first <= cfg.health.port <= last:
-            issue(f"{key}.port", f"{fw.port} includes the health endpoint's port "
-                  f"{cfg.health.port} (health.port)")
-        ups = fw.uplinks or (("mobile",) if sidecar else ("wired", "mobile"))
-        for up in ups:
-            for proto, other_up, lo, hi, other in taken:
-                if proto == fw.protocol and other_up == up and lo <= last and first <= hi:
-                    issue(f"{key}.port", f"{fw.protocol} {fw.port} on {up} overlaps {other}")
-                    break
-            taken.append((fw.protocol, up, first, last, key))
-
-
-def _hostguard_checks(hg: HostguardConfig, issue: Callable[[str, str], None]) -> None:
-    if hg.threshold <= hg.probe_interval:
-        issue("hostguard.threshold", "must be longer than hostguard.probe_interval")
-
-
-def _dyndns_checks(d: DyndnsConfig, issue: Callable[[str, str], None]) -> None:
-    if d.provider is DnsProvider.NONE:
-        return
-    if not d.name:
-        issue("dyndns.name", f"is required when dyndns.provider is {d.provider.value!r}")
-    required: dict[DnsProvider, tuple[str, object, tuple[str, ...]]] = {
-        DnsProvider.RFC2136: ("dyndns.rfc2136", d.rfc2136,
-                              ("server", "zone", "tsig_key_name", "tsig_secret")),
-        DnsProvider.DYNDNS2: ("dyndns.dyndns2", d.dyndns2, ("url", "username", "password")),
-        DnsProvider.ROUTE53_LAMBDA: ("dyndns.route53-lambda", d.route53_lambda,
-                                     ("url", "shared_secret")),
-        DnsProvider.ROUTE53: ("dyndns.route53", d.route53,
-                              ("zone_id", "access_key_id", "secret_access_key")),
-    }
-    prefix, sub, keys = required[d.provider]
-    for key in keys:
-        if getattr(sub, key) in ("", None):
-            issue(f"{prefix}.{key}", f"is required when dyndns.provider is {d.provider.value!r}")
-    if d.retry_max < d.retry_initial:
-        issue("dyndns.retry_max", "must not be shorter than dyndns.retry_initial")
-    zone = d.rfc2136.zone
-    inside = d.name == zone or d.name.endswith("." + zone)
-    if d.provider is DnsProvider.RFC2136 and d.name and zone and not inside:
-        issue("dyndns.name", f"{d.name!r} is not inside dyndns.rfc2136.zone "
-                  f"{d.rfc2136.zone!r}")
-
-
-def _toml(text: str, source: str) -> dict[str, Any]:
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        # tomllib's message already carries "(at line L, column C)".
-        raise ConfigError(source, [ConfigIssue("", f"TOML syntax error: {e}")]) from None
-
-
-def _read_text(path: Path) -> str:
-    """A config file's text; a missing, unreadable or non-UTF-8 file is a ConfigError."""
-    try:
-        return path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise ConfigError(str(path), [ConfigIssue("", "no such file")]) from None
-    except OSError as e:
-        raise ConfigError(str(path), [ConfigIssue("", f"cannot read: {e.strerror}")]) from None
-    except UnicodeDecodeError:
-        raise ConfigError(str(path), [ConfigIssue("", "is not UTF-8 text")]) from None
-
-
 def parse(text: str, source: str = "failberry.toml", base_dir: Path | None = None) -> Config:
     """Parse config text; raise ConfigError listing every problem found."""
     data = _toml(text, source)
     loader = _Loader(base_dir or Path.cwd())
     cfg = loader.build(Config, data, "")
     if not loader.issues:
-        _cross_checks(cfg, loader.issue)
+        from failberry.config_checks import cross_checks
+
+        cross_checks(cfg, loader.issue)
     if loader.issues:
         raise ConfigError(source, loader.issues)
     assert isinstance(cfg, Config)
@@ -924,7 +439,9 @@ def parse_hostguard(text: str, source: str = "hostguard.toml") -> HostguardConfi
         raw = {}
     hg = loader.build(HostguardConfig, raw, "hostguard")
     if not loader.issues:
-        _hostguard_checks(hg, loader.issue)
+        from failberry.config_checks import hostguard_checks
+
+        hostguard_checks(hg, loader.issue)
     if loader.issues:
         raise ConfigError(source, loader.issues)
     assert isinstance(hg, HostguardConfig)

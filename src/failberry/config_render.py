@@ -8,33 +8,31 @@ import enum
 import json
 from typing import Any
 
-from failberry.config import Config, DnsProvider, FailoverMode, Secret, _toml_key
+from failberry.config import Config, DnsProvider, FailoverMode
+from failberry.schema import Duration, Secret, Size, converter, toml_key
 from failberry.units import format_duration, format_size, human_size
 
-_DURATION_FIELDS = {
-    "probe_interval", "latency_threshold", "hold_down", "check_interval", "registration_timeout",
-    "backoff_initial", "backoff_max", "stable_after", "threshold", "grace",
-}
-_SIZE_FIELDS = {"size", "data_cap"}
 
-
-def _toml_value(name: str, value: Any, reveal: bool) -> str:
+def _toml_value(f: dataclasses.Field[Any], value: Any, reveal: bool) -> str:
+    """A field's value as TOML; durations and sizes (by their schema converter) as text such
+    as "2s" and "1GiB", which reads back to the same value."""
+    conv = converter(f)
     if isinstance(value, Secret):
         return json.dumps(value.reveal() if reveal else str(value))
     if isinstance(value, enum.Enum):
         return json.dumps(value.value)
     if isinstance(value, bool):
         return "true" if value else "false"
-    if name in _DURATION_FIELDS and isinstance(value, float | int):
+    if isinstance(conv, Duration) and isinstance(value, float | int):
         return json.dumps(format_duration(float(value)))
-    if name in _SIZE_FIELDS and isinstance(value, int):
+    if isinstance(conv, Size) and isinstance(value, int):
         return json.dumps(format_size(value))
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, str):
         return json.dumps(value)  # JSON strings are valid TOML basic strings
     if isinstance(value, tuple):
-        return "[" + ", ".join(_toml_value(name, v, reveal) for v in value) + "]"
+        return "[" + ", ".join(_toml_value(f, v, reveal) for v in value) + "]"
     raise TypeError(f"cannot render {type(value).__name__}")
 
 
@@ -51,11 +49,11 @@ def dump_toml(cfg: Config, *, reveal_secrets: bool) -> str:
         subs: list[tuple[str, Any]] = []
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)
-            key = _toml_key(f.name)
+            key = toml_key(f.name)
             if dataclasses.is_dataclass(value):
                 subs.append((key, value))
             elif value is not None:
-                scalars.append(f"{key} = {_toml_value(f.name, value, reveal_secrets)}")
+                scalars.append(f"{key} = {_toml_value(f, value, reveal_secrets)}")
         if scalars:
             out.append("")
             out.append(f"[{table}]")
@@ -69,11 +67,11 @@ def dump_toml(cfg: Config, *, reveal_secrets: bool) -> str:
         if isinstance(value, tuple):  # a list of tables: `[[forward]]`, one per entry
             for item in value:
                 out.append("")
-                out.append(f"[[{_toml_key(f.name)}]]")
-                out.extend(f"{g.name} = {_toml_value(g.name, getattr(item, g.name), reveal)}"
+                out.append(f"[[{toml_key(f.name)}]]")
+                out.extend(f"{g.name} = {_toml_value(g, getattr(item, g.name), reveal)}"
                            for g in dataclasses.fields(item))
             continue
-        walk(value, _toml_key(f.name))
+        walk(value, toml_key(f.name))
     return "\n".join(out) + "\n"
 
 

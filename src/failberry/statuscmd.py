@@ -193,7 +193,7 @@ def render(doc: Mapping[str, Any], now: float | None = None) -> list[str]:
         words = [f"modem: {modem.get('state', '?')}"]
         if modem.get("signal_dbm") is not None:
             words.append(f"signal {modem['signal_dbm']} dBm")
-        for key in ("operator", "technology", "registration"):
+        for key in ("operator", "access_tech", "registration"):
             if modem.get(key):
                 words.append(str(modem[key]))
         if modem.get("data_path"):
@@ -201,8 +201,8 @@ def render(doc: Mapping[str, Any], now: float | None = None) -> list[str]:
         if modem.get("address"):
             words.append(f"address {modem['address']}" + (
                 " (private: NAT, no inbound)" if modem.get("private_address") else ""))
-        if modem.get("rung"):
-            words.append(f"recovery: {modem['rung']}")
+        if modem.get("ladder_rung"):
+            words.append(f"recovery: {modem['ladder_rung']}")
         if modem.get("reason"):
             words.append(str(modem["reason"]))
         lines.append(", ".join(words))

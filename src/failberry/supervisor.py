@@ -29,13 +29,13 @@ from failberry.backoff import exponential
 from failberry.bus import Bus
 from failberry.config import Config
 from failberry.errors import ConfigError, FailberryError
-from failberry.health import HealthApp
-from failberry.httpserver import HttpServer, HttpStats, Limits
 from failberry.logsetup import redact_secrets
 from failberry.parts import Part, build_parts
 from failberry.runfile import RunFile
 from failberry.sdnotify import Notifier, watchdog_interval
 from failberry.status import MODEM, Status, network_view
+from failberry.web.health import HealthApp
+from failberry.web.httpserver import HttpServer, HttpStats, Limits
 
 LOG = logging.getLogger(__name__)
 

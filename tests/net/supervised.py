@@ -17,8 +17,8 @@ from failberry import config, logsetup
 from failberry.bus import Bus
 from failberry.config import Config
 from failberry.net import part as netpart
+from failberry.net.probes import Binding, Prober, ProbeResult, Target
 from failberry.parts import Part
-from failberry.probes import Binding, Prober, ProbeResult, Target
 from failberry.status import Status
 from failberry.supervisor import Supervisor, Timing
 

@@ -185,7 +185,7 @@ def test_gateway_with_the_example_probes_over_a_slow_link(
         f"failback {t_back - t_wired_up:.1f}s after wired came up, hold-down {hold_down:g}s"
     assert t_back - t1 <= hold_down + wired.up * wired.probe_interval + 3
     event = sup.net()["events"][-1]
-    assert event["active"] == "wired" and f"hold-down {hold_down:g}s" in event["reason"]
+    assert event["uplink"] == "wired" and f"hold-down {hold_down:g}s" in event["reason"]
     assert seen_as(slow) == WIRED_ADDR
     assert sup.stop() == 0
 

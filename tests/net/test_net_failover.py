@@ -124,7 +124,7 @@ def test_nat_failover_conntrack_allowlist_failback_and_clean(
     with pytest.raises(ConnectionRefusedError):
         seen_as(topo, bind=LAN_OTHER)
     # Counted from the allowlist rule's counters at the next periodic check.
-    part.wait(lambda st: st["data_used"].get(LAN_HOST, 0) > 0, 12, "bytes counted")
+    part.wait(lambda st: st["data"]["devices"].get(LAN_HOST, 0) > 0, 12, "bytes counted")
 
     # The wired path comes back and stays good: after the hold-down, traffic moves back.
     topo.sh("wisp", UNDROP_ALL)

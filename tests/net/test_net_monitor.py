@@ -9,8 +9,8 @@ import pytest
 from pyroute2 import IPRoute, netns
 from topology import unique_prefix
 
-from failberry.bus import AddressChanged, LinkChanged
-from failberry.net.monitor import Event, LinkMonitor
+from failberry.bus import AddressChanged
+from failberry.net.monitor import Event, LinkChanged, LinkMonitor
 
 pytestmark = [pytest.mark.root]
 

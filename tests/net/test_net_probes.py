@@ -19,7 +19,7 @@ from topology import (
     topology_fixture,
 )
 
-from failberry.probes import Binding, ProbeResult, SocketProber, parse_target
+from failberry.net.probes import Binding, ProbeResult, SocketProber, parse_target
 
 pytestmark = [pytest.mark.root]
 

@@ -178,7 +178,7 @@ def test_health_checks_over_the_mobile_link_are_counted_apart(topo: Topology,
     forcing.wait(lambda s: s["health_check_bytes"] == isp, 15,
                  f"health_check_bytes == {isp}")
     st = forcing.status()
-    assert st["data_used"] == {LAN_HOST: 0}  # no LAN device used any of it
+    assert st["data"]["devices"] == {LAN_HOST: 0}  # no LAN device used any of it
     print(f"20 health checks: {http} HTTP bytes, {isp} bytes on the link, counted exactly")
 
     # A clean stop persists it with the period's usage; the next run counts on from there.

@@ -268,7 +268,7 @@ class Part:
         self.log = tmp / "net.log"
         with self.log.open("w") as log:
             self.proc = topo.spawn("pi", [
-                PY, "-m", "failberry.net", "run", "-c", str(tmp / "failberry.toml"),
+                PY, str(HERE / "netrun.py"), "-c", str(tmp / "failberry.toml"),
                 "--state-dir", str(tmp / "state"), "--usage-file", str(tmp / "usage.json"),
                 "--status-file", str(self.status_file)], stdout=log, stderr=subprocess.STDOUT)
 

@@ -26,7 +26,7 @@ from failberry.bus import ActiveUplinkChanged, Bus, DyndnsBlocked, ModemStateCha
 from failberry.config import Config
 from failberry.errors import FailberryError
 from failberry.pihealth.events import HealthAlert
-from failberry.status import NETWORK, Status, network_view
+from failberry.status import Status, network_view
 
 LOG = logging.getLogger(__name__)
 
@@ -186,9 +186,8 @@ class AlertsPart:
         return self.data.observe(net.data.used_bytes, health, net.data.cap_bytes, now)
 
     def _health_bytes(self) -> int:
-        part = self.status.parts.get(NETWORK)
-        raw = part.detail.get("health_check_bytes") if part is not None else None
-        return int(raw) if isinstance(raw, int | float) else 0
+        net = network_view(self.status)
+        return 0 if net is None else net.report.health_check_bytes
 
     def check_reboot(self) -> None:
         """Tell once if this boot followed a reboot we asked for."""
@@ -200,7 +199,7 @@ class AlertsPart:
             self.tell([alert])
 
     def _summary_doc(self) -> dict[str, Any]:
-        from failberry.health import decide
+        from failberry.web.health import decide
 
         net = network_view(self.status)
         modem = self.status.parts.get("modem")

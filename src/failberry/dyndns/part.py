@@ -36,7 +36,8 @@ from failberry.dyndns.updater import Timing, Updater
 from failberry.dyndns.verify import AuthoritativeVerifier
 from failberry.inbound import not_public
 from failberry.net.monitor import LinkMonitor
-from failberry.status import DYNDNS, Status
+from failberry.reports import DyndnsReport
+from failberry.status import DYNDNS, Status, report_dyndns
 
 LOG = logging.getLogger(__name__)
 
@@ -245,24 +246,13 @@ class DyndnsPart:
                 break
         else:
             overall = "ok"
-        detail: dict[str, Any] = {
-            "provider": self.provider,
-            "record": main["record"],
-            "address": main["published"],
-            "published": main["published"],
-            "last_success": main["last_success"],
-            "last_confirmed": main["last_confirmed"],
-            "last_error": main["last_error"],
-            "next_retry": main["next_retry"],
-            "following": self.chooser.following(),
-            "records": views,
-        }
-        if overall == "waiting":
-            detail["waiting_for"] = self.waiting_for()
-        self.status.report(DYNDNS, overall, **detail)
-        # `name` (DyndnsReport's key) collides with Status.report's own first parameter, so it
-        # cannot go through **detail; set it on the report just written.
-        self.status.parts[DYNDNS].detail["name"] = main["record"].split(" ")[0]
+        report_dyndns(self.status, overall, DyndnsReport(
+            name=main["record"].split(" ")[0], provider=self.provider, record=main["record"],
+            address=main["published"], published=main["published"],
+            last_success=main["last_success"], last_confirmed=main["last_confirmed"],
+            last_error=main["last_error"], next_retry=main["next_retry"],
+            following=self.chooser.following(), records=tuple(views),
+            waiting_for=self.waiting_for() if overall == "waiting" else None))
 
     async def _pump_published(self) -> None:
         while True:

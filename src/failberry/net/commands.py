@@ -1,17 +1,14 @@
-"""`failberry net clean`, and `python -m failberry.net` (the network part alone, for tests,
-benchmarks and debugging on a Pi: `run`, `apply ACTIVE`, `clean`)."""
+"""`failberry net clean`, and `python -m failberry.net` (one apply or a clean, for tests,
+benchmarks and debugging on a Pi: `apply ACTIVE`, `clean`). Running the part alone, polled
+into a file, is the tests' harness (tests/net/netrun.py)."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import logging
-import signal
 from pathlib import Path
 
-from failberry.fileio import write_atomic
-from failberry.net.part import STATE_DIR, USAGE_FILE
+from failberry.net.part import STATE_DIR
 
 LOG = logging.getLogger(__name__)
 
@@ -64,51 +61,19 @@ def apply_once(cfg_path: Path, active: str | None, state_dir: Path) -> list[str]
     return changes
 
 
-async def _run(cfg_path: Path, state_dir: Path, usage: Path, status_file: Path | None) -> None:
-    from failberry import config
-    from failberry.bus import Bus
-    from failberry.net.part import build
-    from failberry.status import Status
-
-    cfg = config.load(cfg_path)
-    status = Status()
-    status.state = "running"
-    part = build(cfg, status, Bus(), state_dir, usage)
-    task = asyncio.create_task(part.run())
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
-    last = ""
-    try:
-        while not task.done():
-            if status_file is not None:
-                text = json.dumps(status.snapshot()["parts"].get("network", {}), default=str)
-                if text != last:
-                    write_atomic(status_file, text)
-                    last = text
-            await asyncio.wait([task], timeout=0.02)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-
 def main(argv: list[str] | None = None) -> int:
-    """`python -m failberry.net run|apply|clean`."""
+    """`python -m failberry.net apply|clean`."""
     p = argparse.ArgumentParser(prog="python -m failberry.net")
-    p.add_argument("action", choices=["run", "apply", "clean"])
+    p.add_argument("action", choices=["apply", "clean"])
     p.add_argument("active", nargs="?", help="apply: the active uplink")
     p.add_argument("-c", "--config", type=Path, default=Path("/etc/failberry/failberry.toml"))
     p.add_argument("--state-dir", type=Path, default=STATE_DIR)
-    p.add_argument("--usage-file", type=Path, default=USAGE_FILE)
-    p.add_argument("--status-file", type=Path)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.action == "clean":
         for change in clean(args.state_dir):
             print(change)
-    elif args.action == "apply":
+    else:
         for change in apply_once(args.config, args.active, args.state_dir):
             print(change)
-    else:
-        asyncio.run(_run(args.config, args.state_dir, args.usage_file, args.status_file))
     return 0

@@ -15,9 +15,10 @@ import os
 import select
 import threading
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from failberry.bus import AddressChanged, LinkChanged
+from failberry.bus import AddressChanged
 
 LOG = logging.getLogger(__name__)
 
@@ -33,6 +34,16 @@ IFA_F_TENTATIVE = 0x40
 # detection, failed it, past its preferred lifetime, or a privacy address that changes daily
 # and is meant for outgoing connections only.
 _V6_UNFIT = IFA_F_TEMPORARY | IFA_F_DADFAILED | IFA_F_DEPRECATED | IFA_F_TENTATIVE
+
+
+@dataclass(frozen=True)
+class LinkChanged:
+    """An interface appeared, went away, or its carrier changed (the network part's own
+    trigger to reconcile; not published on the bus: no other part reads it)."""
+
+    interface: str
+    present: bool
+    carrier: bool
 
 
 class RouteChanged:

@@ -27,33 +27,35 @@ import dataclasses
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from failberry.backoff import exponential
 from failberry.bus import (
     ActiveUplinkChanged,
     AddressChanged,
     Bus,
     ForceUplink,
-    LinkChanged,
     PublishedAddressChanged,
+    Subscription,
     UplinkHealth,
 )
 from failberry.config import Config
 from failberry.errors import FailberryError
-from failberry.failover import Failover, UplinkView
 from failberry.modem.follow import follow, resolve_mobile
 from failberry.net import plan as netplan
 from failberry.net.apply_routes import ApplyError, Netlink, RouteApplier
 from failberry.net.conntrack import FlowFlusher
+from failberry.net.failover import Failover, UplinkView
 from failberry.net.firewall import Firewall
-from failberry.net.monitor import LinkMonitor
+from failberry.net.monitor import LinkChanged, LinkMonitor
+from failberry.net.probes import Binding, HealthTracker, Prober, Thresholds, Verdict, parse_target
 from failberry.net.sysctl import Sysctl, SysctlManager
 from failberry.net.usage import HEALTH_KEY, Usage
-from failberry.probes import Binding, HealthTracker, Prober, Thresholds, Verdict, parse_target
-from failberry.status import Status
+from failberry.reports import DataUsage, NetworkReport, UplinkReport
+from failberry.status import Status, report_network
 
 LOG = logging.getLogger(__name__)
 
@@ -89,6 +91,17 @@ class Seams:
     clock: Callable[[], float] = time.monotonic
     wall: Callable[[], float] = time.time
     close: Callable[[], None] | None = None  # releases the netlink socket when the part ends
+    routes: Routes | None = None  # the route applier; None: a RouteApplier on `netlink`
+
+
+class Routes(Protocol):
+    """What the part needs from the route applier (`RouteApplier`; a fake in unit tests)."""
+
+    def observe(self, interfaces: Iterable[str]) -> dict[str, netplan.LinkState]: ...
+    def active_interface(self) -> str | None: ...
+    def apply(self, routes: Iterable[netplan.RouteSpec],
+              rules: Iterable[netplan.RuleSpec]) -> list[str]: ...
+    def clean(self) -> list[str]: ...
 
 
 class NetworkPart:
@@ -107,7 +120,7 @@ class NetworkPart:
         self.state_dir = state_dir
         self.usage_path = usage_path
         self._rebuild = rebuild
-        self.routes = RouteApplier(seams.netlink)
+        self.routes: Routes = seams.routes or RouteApplier(seams.netlink)
         self.sysctls = SysctlManager(seams.sysctl, state_dir)
         self.failover = Failover(cfg.failover.hold_down)
         self.usage = Usage(usage_path, cfg.failover.cap_reset_day, cfg.failover.data_cap)
@@ -155,6 +168,7 @@ class NetworkPart:
         self.status.register(self.name, self.deadline)
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="net-apply")
         tasks: list[asyncio.Task[None]] = []
+        forces: Subscription[ForceUplink] | None = None
         stopping = False
         try:
             # Nothing is removed at start: the apply diffs against what a crashed run left, so
@@ -165,9 +179,10 @@ class NetworkPart:
             await self._drop_unnated()
             tasks = [asyncio.create_task(self._probe_loop(u), name=f"probe-{n}")
                      for n, u in self.uplinks.items()]
+            forces = self.bus.subscribe(ForceUplink)
             tasks += [asyncio.create_task(self._events(), name="net-events"),
                       asyncio.create_task(self._periodic(), name="net-periodic"),
-                      asyncio.create_task(self._forces(self.bus.subscribe(ForceUplink)),
+                      asyncio.create_task(self._forces(forces),
                                           name="net-forces"),
                       asyncio.create_task(follow(self.bus, self.cfg, self._follow_mobile),
                                           name="net-follow-mobile")]
@@ -182,6 +197,8 @@ class NetworkPart:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if forces is not None:
+                forces.close()
             for timer in (self._recheck, self._retry):
                 if timer is not None:
                     timer.cancel()
@@ -252,8 +269,10 @@ class NetworkPart:
                 set(self._required().values())
             relevant = False
             while True:  # take the whole burst; one reconcile for all of it
-                if isinstance(event, LinkChanged | AddressChanged):
-                    self.bus.publish(event)
+                if isinstance(event, AddressChanged):
+                    self.bus.publish(event)  # dyndns follows addresses
+                    relevant |= event.interface in watched
+                elif isinstance(event, LinkChanged):
                     relevant |= event.interface in watched
                 else:
                     relevant = True
@@ -505,7 +524,7 @@ class NetworkPart:
         and try again after a doubling delay; the periodic check tries too."""
         self._failures += 1
         n = self._failures
-        delay = min(RECONCILE_EVERY, RETRY_FIRST * 2 ** min(n - 1, 10))
+        delay = exponential(n, RETRY_FIRST, RECONCILE_EVERY)
         text = str(e)
         level = logging.WARNING if text != self._apply_error or (n & (n - 1)) == 0 else \
             logging.DEBUG
@@ -559,27 +578,26 @@ class NetworkPart:
         ups = {}
         for name, up in self.uplinks.items():
             v = up.last
-            ups[name] = {"interface": up.spec.interface, "link": up.link.usable,
-                         "carrier": up.link.carrier, "address": up.link.address,
-                         "gateway": netplan.next_hop(up.spec, up.link) if up.link.usable
-                         else None,
-                         "rx_bytes": up.link.rx_bytes, "tx_bytes": up.link.tx_bytes,
-                         "up": up.tracker.up, "reason": v.reason if v else "no probe yet",
-                         "latency_ms": None if v is None or v.latency_ms is None
-                         else round(v.latency_ms, 2),
-                         "loss_pct": v.loss_pct if v else None}
+            ups[name] = UplinkReport(
+                up=up.tracker.up, reason=v.reason if v else "no probe yet",
+                interface=up.spec.interface, carrier=up.link.carrier, address=up.link.address,
+                gateway=netplan.next_hop(up.spec, up.link) if up.link.usable else None,
+                rx_bytes=up.link.rx_bytes, tx_bytes=up.link.tx_bytes,
+                latency_ms=None if v is None or v.latency_ms is None else round(v.latency_ms, 2),
+                loss_pct=v.loss_pct if v else None, link=up.link.usable)
         healthy = active is not None and self.uplinks[active].tracker.up is True
         state = "ok" if healthy else ("degraded" if active else "down")
-        self.status.report(self.name, state, active_uplink=active, uplinks=ups,
-                           events=[e.as_dict() for e in self.failover.events],
-                           data_used=self.usage.totals(), data_cap=self.usage.cap,
-                           health_check_bytes=self.usage.total(HEALTH_KEY),
-                           over_cap=self._over_cap, errors=list(self._missing.values()),
-                           apply_error=self._apply_error, forwards=self._forwards,
-                           public_address=self._public,
-                           forced=None if self.failover.forced is None
-                           else self.failover.forced.as_dict(self.s.clock()))
-
+        devices = self.usage.totals()
+        report_network(self.status, state, NetworkReport(
+            active_uplink=active, uplinks=ups, events=tuple(self.failover.events),
+            failovers_total=self.failover.switches,
+            data=DataUsage(used_bytes=sum(devices.values()), cap_bytes=self.usage.cap,
+                           devices=devices, capped=self._over_cap),
+            health_check_bytes=self.usage.total(HEALTH_KEY),
+            errors=tuple(self._missing.values()), apply_error=self._apply_error,
+            forwards=self._forwards, public_address=self._public,
+            forced=None if self.failover.forced is None
+            else self.failover.forced.as_dict(self.s.clock())))
 
 def build(cfg: Config, status: Status, bus: Bus, state_dir: Path | None = None,
           usage_path: Path | None = None) -> NetworkPart:
@@ -589,8 +607,8 @@ def build(cfg: Config, status: Status, bus: Bus, state_dir: Path | None = None,
 
     from failberry.net.conntrack import NetlinkConntrack
     from failberry.net.firewall6 import dual_stack
+    from failberry.net.probes import SocketProber
     from failberry.net.sysctl import ProcSysctl
-    from failberry.probes import SocketProber
 
     nl = IPRoute()
 

@@ -14,7 +14,6 @@ active uplink. A switch is one `route replace` in table 2000.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +26,6 @@ PRIO_SOURCE_BASE = 10010  # + 10 per uplink: `from ADDR lookup TABLE`
 PRIO_MAIN = 10050  # `lookup main suppress_prefixlength 0`
 PRIO_ACTIVE = 10100  # `lookup 2000`
 PRIO_RANGE = range(10000, 10200)
-OUR_TABLES = range(TABLE_ACTIVE, TABLE_ACTIVE + 100)
 MAIN_TABLE = 254
 
 CHAIN_PREFIX = "fb-"
@@ -338,8 +336,3 @@ def counter_keys(cfg: Config, over_cap: bool) -> dict[str, tuple[tuple[str, int]
 def is_ours_priority(priority: int | None) -> bool:
     """A policy rule priority failberry owns."""
     return priority is not None and priority in PRIO_RANGE
-
-
-def host_address(text: str) -> str:
-    """`192.0.2.1/24` or `192.0.2.1` to `192.0.2.1`."""
-    return str(ipaddress.ip_interface(text).ip)

@@ -70,7 +70,7 @@ def _per(items: Mapping[str, Any], key: str, label: str, scale: float = 1.0) -> 
 
 
 def render(doc: Mapping[str, Any]) -> str:
-    """The exposition text for a /status document (`failberry.health.HealthApp.document`)."""
+    """The exposition text for a /status document (`failberry.web.health.HealthApp.document`)."""
     w = _Writer()
     versions = doc.get("versions") or {}
     w.family("build_info", "gauge", "The running failberry; labels carry the versions.",
@@ -162,8 +162,10 @@ def _modem(w: _Writer, modem: Any) -> None:
           modem.get("state") == "connected")
     w.one("modem_signal_dbm", "gauge", "Received signal strength in dBm.",
           modem.get("signal_dbm"))
-    w.one("modem_recoveries_total", "counter", "Recovery ladder steps taken.",
-          modem.get("recoveries"))
+    counts = modem.get("ladder_counts")
+    w.family("modem_ladder_tries", "gauge", "Tries of each recovery rung in the current climb.",
+             [({"rung": str(k)}, float(v)) for k, v in sorted(counts.items())
+              if _num(v) is not None] if isinstance(counts, Mapping) else [])
     w.one("modem_receive_bytes_total", "counter", "Bytes received over the modem link.",
           modem.get("bytes_in"))
     w.one("modem_transmit_bytes_total", "counter", "Bytes sent over the modem link.",

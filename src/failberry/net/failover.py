@@ -24,6 +24,8 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
+from failberry.reports import FailoverEvent
+
 LOG = logging.getLogger(__name__)
 
 
@@ -57,21 +59,6 @@ class Decision:
 
 
 @dataclass(frozen=True)
-class FailoverEvent:
-    """One switch of the active uplink, for status (wall-clock time)."""
-
-    at: float
-    active: str | None
-    previous: str | None
-    reason: str
-
-    def as_dict(self) -> dict[str, object]:
-        """JSON-ready form."""
-        return {"at": self.at, "active": self.active, "previous": self.previous,
-                "reason": self.reason}
-
-
-@dataclass(frozen=True)
 class Force:
     """An uplink forced active until monotonic time `until`, and who asked."""
 
@@ -94,6 +81,7 @@ class Failover:
         self.forced: Force | None = None
         self._usable_since: dict[str, float] = {}
         self.events: collections.deque[FailoverEvent] = collections.deque(maxlen=keep)
+        self.switches = 0  # every change of the active uplink, not only the kept ones
 
     def force(self, uplink: str | None, seconds: float, reason: str, now: float) -> None:
         """Make `uplink` the active one until `now + seconds` (monotonic), whatever the probes
@@ -153,6 +141,7 @@ class Failover:
                      decision.reason)
             self.events.append(FailoverEvent(now if wall is None else wall, decision.active,
                                              decision.previous, decision.reason))
+            self.switches += 1
         self.active = decision.active
         return decision
 

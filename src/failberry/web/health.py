@@ -3,7 +3,7 @@ failover checkers, `/health/<uplink>`, `/status` (the whole snapshot as JSON) an
 (Prometheus text).
 
 The health decision is what a Route53-style checker acts on, so it is one pure function of the
-status snapshot and the topology (`decide`); the server around it is `failberry.httpserver`."""
+status snapshot and the topology (`decide`); the server around it is `failberry.web.httpserver`."""
 
 from __future__ import annotations
 
@@ -18,21 +18,20 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-from failberry import __version__, metrics
+from failberry import __version__
 from failberry.config import Config, FailoverMode
-from failberry.httpserver import HttpStats, Response, error
 from failberry.inbound import mobile_warning
 from failberry.status import (
     DYNDNS,
     MODEM,
-    NETWORK,
     UPLINKS,
     NetworkView,
     Status,
     jsonable,
-    modem_view,
     network_view,
 )
+from failberry.web import metrics
+from failberry.web.httpserver import HttpStats, Response, error
 
 LOG = logging.getLogger(__name__)
 
@@ -84,9 +83,8 @@ def decide(status: Status, mode: FailoverMode, now: float | None = None) -> Verd
 
 def network_errors(status: Status) -> list[str]:
     """The network part's configuration errors (`errors` in its report), each one line."""
-    part = status.parts.get(NETWORK)
-    raw = part.detail.get("errors") if part is not None else None
-    return [str(e) for e in raw] if isinstance(raw, list | tuple) else []
+    net = network_view(status)
+    return [] if net is None else list(net.report.errors)
 
 
 def decide_uplink(net: NetworkView | None, name: str) -> Verdict:
@@ -120,10 +118,11 @@ def versions() -> dict[str, str]:
 PING = Response(200, b"ok\n", "text/plain; charset=utf-8")
 
 
-def _inbound_warning(uplinks: Mapping[str, Any], parts: Mapping[str, Any]) -> str | None:
+def _inbound_warning(net: NetworkView | None) -> str | None:
     """The CGNAT/NAT sentence for the mobile uplink's current address, or None."""
-    address = (uplinks.get("mobile") or {}).get("address")
-    seen = (parts.get("network") or {}).get("public_address") or {}
+    mobile = None if net is None else net.uplinks.get("mobile")
+    address = None if mobile is None else mobile.address
+    seen = (None if net is None else net.report.public_address) or {}
     public = seen.get("public") if seen.get("local") == address else None
     return mobile_warning(address, public)
 
@@ -253,9 +252,9 @@ class HealthApp:
             "version": __version__,
             "versions": self._versions,
             "active_uplink": None if net is None else net.active_uplink,
-            "inbound_warning": _inbound_warning(uplinks, parts),
+            "inbound_warning": _inbound_warning(net),
             "uplinks": uplinks,
-            "modem": None if parts.get(MODEM) is None else modem_view(parts[MODEM]),
+            "modem": parts.get(MODEM),
             "data": None if net is None or net.data is None else jsonable(net.data),
             "failovers_total": 0 if net is None else net.failovers_total,
             "events": [] if net is None else [jsonable(e) for e in net.events],

@@ -1,0 +1,162 @@
+"""What the typed parts report (`failberry.status.Status.publish`): frozen dataclasses whose JSON
+form is the part's `/status` detail, and `parse`, which reads that JSON back strictly (every
+key known, every required key present): the check that the document real parts serve has the
+shape the readers and the tests' fake parts use."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class UplinkReport:
+    """One uplink as the network part sees it after a probe round."""
+
+    up: bool | None  # the probes pass (after hysteresis); None: no probe round yet
+    reason: str = ""  # why, in a few words ("3/3 targets answer", "carrier lost")
+    interface: str = ""
+    carrier: bool | None = None  # the link layer, when known
+    address: str | None = None
+    gateway: str | None = None
+    latency_ms: float | None = None
+    loss_pct: float | None = None
+    rx_bytes: int | None = None
+    tx_bytes: int | None = None
+    link: bool | None = None  # the interface exists, is up and has what the plan needs
+
+
+@dataclass(frozen=True)
+class FailoverEvent:
+    """One switch of the active uplink (the failover policy's decision), wall-clock time."""
+
+    at: float
+    uplink: str | None  # the new active uplink; None: none works
+    previous: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class DataUsage:
+    """Mobile data used this period against the cap (0: no cap)."""
+
+    used_bytes: int
+    cap_bytes: int = 0
+    devices: Mapping[str, int] = field(default_factory=dict)  # LAN device -> bytes
+    period_start: float | None = None  # wall clock
+    capped: bool = False  # the cap is reached: only critical devices pass
+
+
+@dataclass(frozen=True)
+class NetworkReport:
+    """The network part's report."""
+
+    active_uplink: str | None
+    uplinks: Mapping[str, UplinkReport]
+    events: tuple[FailoverEvent, ...] = ()
+    failovers_total: int = 0
+    data: DataUsage | None = None
+    health_check_bytes: int = 0  # mobile bytes the probes themselves used
+    errors: tuple[str, ...] = ()  # configuration errors (an interface that does not exist)
+    apply_error: str | None = None
+    forwards: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # counters
+    public_address: Mapping[str, str | None] | None = None  # {"local": ..., "public": ...}
+    forced: Mapping[str, Any] | None = None  # a forced uplink, its end
+
+
+@dataclass(frozen=True)
+class DyndnsReport:
+    """The dynamic DNS part's facts (times are wall clock)."""
+
+    name: str = ""
+    provider: str = ""
+    address: str | None = None  # what the record says now, as far as we know
+    last_success: float | None = None
+    last_confirmed: float | None = None  # the periodic check saw the record right
+    last_error: str | None = None
+    next_retry: float | None = None
+    record: str = ""  # "name A" / "name AAAA"
+    published: str | None = None
+    following: str = ""
+    records: tuple[Mapping[str, Any], ...] = ()  # every record's own view
+    waiting_for: str | None = None
+
+
+@dataclass(frozen=True)
+class ModemReport:
+    """The modem's facts, with exactly the keys `modem/driver.py` writes."""
+
+    reason: str | None = None
+    port: str | None = None  # the AT port
+    data_path: str | None = None  # ppp, ncm, ecm, hilink
+    manufacturer: str | None = None
+    model: str | None = None
+    sim: str | None = None
+    signal_dbm: int | None = None
+    operator: str | None = None
+    access_tech: str | None = None  # GSM, UMTS, LTE, ...
+    registration: str | None = None  # home, roaming, searching, denied, ...
+    interface: str | None = None  # ppp0 when connected
+    address: str | None = None
+    private_address: bool | None = None  # NATed (HiLink, CGNAT): no inbound without forwarding
+    bytes_in: int | None = None
+    bytes_out: int | None = None
+    ladder_rung: str | None = None  # the recovery ladder's pending rung
+    ladder_counts: Mapping[str, int] = field(default_factory=dict)  # rung -> steps taken
+    last_error: str | None = None
+
+
+def parse(cls: type[T], raw: object, where: str = "") -> T:
+    """`raw` (JSON) as `cls`; ValueError naming the first key that does not fit."""
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{where or cls.__name__}: not an object")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ValueError(f"{where or cls.__name__}: unknown keys {unknown}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ValueError(f"{where}.{name}: missing")
+            continue
+        kwargs[name] = _value(hints[name], raw[name], f"{where}.{name}")
+    return cls(**kwargs)
+
+
+def _value(tp: Any, raw: object, where: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if raw is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _value(arg, raw, where)
+            except ValueError as e:
+                errors.append(str(e))
+        raise ValueError("; ".join(errors))
+    if dataclasses.is_dataclass(tp):
+        return parse(tp, raw, where)  # type: ignore[arg-type]
+    if origin is tuple:
+        if not isinstance(raw, list):
+            raise ValueError(f"{where}: not a list")
+        return tuple(_value(args[0], v, f"{where}[{i}]") for i, v in enumerate(raw))
+    if origin in (Mapping, dict):
+        if not isinstance(raw, Mapping):
+            raise ValueError(f"{where}: not an object")
+        return {k: _value(args[1], v, f"{where}.{k}") for k, v in raw.items()}
+    if tp is Any:
+        return raw
+    if tp is float and isinstance(raw, int | float) and not isinstance(raw, bool):
+        return float(raw)
+    if tp in (int, str, bool) and type(raw) is tp:
+        return raw
+    raise ValueError(f"{where}: {raw!r} is not {getattr(tp, '__name__', tp)}")

@@ -1,0 +1,1 @@
+"""The HTTP side: the server (httpserver), /health and /status (health), /metrics (metrics)."""
