@@ -131,7 +131,10 @@ def test_sim_problems_are_rechecked_without_hardware_rungs(tmp_path: Path, sim: 
     async def go() -> None:
         opts = {"sim_retry": 0.1, "sim_retries": 3}
         async with Rig(tmp_path, {"sim": sim}, machine_opts=opts) as rig:
-            await rig.wait_phase(Phase.SIM_FAILED)
+            # The phase moves between sim_failed and sim_check on every recheck (0.1 s here):
+            # wait for the recorded transition, not a sample of the phase that can miss it.
+            await rig.wait_for(lambda: any(c.state == Phase.SIM_FAILED.value
+                                           for c in rig.history), timeout=30)
             watch = CpuWatch()
             await asyncio.sleep(2)
             assert rig.phase in (Phase.SIM_FAILED, Phase.SIM_CHECK)
