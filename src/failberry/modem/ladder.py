@@ -1,11 +1,22 @@
 """The recovery ladder's vocabulary and the tables it climbs by: the rungs, what each pppd
-exit status means (man pppd, EXIT STATUS), and the clock the machine reads time from."""
+exit status means (man pppd, EXIT STATUS). The machine's clock is `failberry.clock`'s,
+re-exported here for the modem modules that import it from this one."""
 
 from __future__ import annotations
 
 import enum
-import time
-from typing import Protocol
+
+from failberry.clock import Clock, SystemClock
+
+__all__ = [
+    "PPP_EXIT",
+    "RUNGS",
+    "Clock",
+    "PppOutcome",
+    "Rung",
+    "SystemClock",
+    "describe_ppp_exit",
+]
 
 
 class Rung(enum.StrEnum):
@@ -58,25 +69,3 @@ def describe_ppp_exit(status: int) -> str:
     """`pppd exited 16: the modem hung up`."""
     text = PPP_EXIT.get(status, ("an undocumented status", PppOutcome.RETRY))[0]
     return f"pppd exited {status}: {text}"
-
-
-class Clock(Protocol):
-    """Monotonic time for timeouts, wall time for "reboots per day" (kept across reboots)."""
-
-    def monotonic(self) -> float:
-        """Seconds on a clock that never jumps."""
-
-    def time(self) -> float:
-        """Seconds since the epoch."""
-
-
-class SystemClock:
-    """The real clock."""
-
-    def monotonic(self) -> float:
-        """`time.monotonic()`."""
-        return time.monotonic()
-
-    def time(self) -> float:
-        """`time.time()`."""
-        return time.time()
