@@ -97,6 +97,12 @@ def summary(cfg: Config) -> list[str]:
                      f"mobile {cfg.uplink.mobile.interface} backup")
     else:
         lines.append(f"mode:     sidecar: LAN traffic NATed out of {cfg.uplink.mobile.interface}")
+        if cfg.uplink.wired.interface:
+            # The main router owns the wired link in sidecar mode: failberry neither routes
+            # nor firewalls it, which a user who set it would not expect without being told.
+            lines.append(f"note:     uplink.wired.interface = {cfg.uplink.wired.interface!r} is "
+                         "ignored in sidecar mode (not routed, not firewalled); use "
+                         "failover.mode = \"gateway\" if the Pi owns that link")
     pin = "PIN set" if cfg.modem.pin is not None else "no PIN"
     if cfg.modem.enabled:
         lines.append(f"modem:    {cfg.modem.device}, APN {cfg.modem.apn}, "
