@@ -66,10 +66,11 @@ def build_parts(cfg: Config, status: Status, bus: Bus, *,
             from failberry.modem.smsport import DriverSmsProvider
             sms_provider = DriverSmsProvider(modem.driver)
     else:
-        from failberry.status import MODEM
-        status.report(MODEM, "not managed", interface=cfg.uplink.mobile.interface,
-                      reason="modem.enabled = false: the mobile interface is brought up by "
-                             "something else")
+        from failberry.status import ModemReport, report_modem
+        report_modem(status, "not managed", ModemReport(
+            interface=cfg.uplink.mobile.interface,
+            reason="modem.enabled = false: the mobile interface is brought up by something "
+                   "else"))
     # -- end modem --
     # -- dynamic DNS --
     from failberry.config import DnsProvider

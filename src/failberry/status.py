@@ -10,8 +10,10 @@ form is the part's `/status` detail. The dataclasses live in `failberry.reports`
   verdict after hysteresis, the fact `/health` decides on), failover `events`, `data` usage,
   forwards, configuration errors.
 - `dyndns` (`DyndnsReport`): record, published address, last success/error, next retry.
-- `modem` (`ModemReport`): exactly the keys `modem/driver.py` writes (still through
-  `Status.report(name, state, **detail)`, as `pihealth` and `alerts` do)."""
+- `modem` (`ModemReport`): the modem driver's facts (signal, operator, registration, ladder);
+  `parts.py` reports "not managed" the same way when `modem.enabled = false`.
+
+`pihealth` and `alerts` still report untyped (`Status.report(name, state, **detail)`)."""
 
 from __future__ import annotations
 
@@ -38,8 +40,8 @@ PIHEALTH = "pihealth"  # the Pi's own health: failberry.pihealth.part.PiHealthPa
 UPLINKS = ("wired", "mobile")
 __all__ = ["DYNDNS", "MAX_EVENTS", "MODEM", "NETWORK", "PIHEALTH", "UPLINKS", "DataUsage",
            "DyndnsReport", "FailoverEvent", "ModemReport", "NetworkReport", "NetworkView",
-           "PartReport", "Status", "UplinkReport", "jsonable", "network_view", "report_dyndns",
-           "report_modem", "report_network"]
+           "PartReport", "Status", "UplinkReport", "jsonable", "modem_view", "network_view",
+           "report_dyndns", "report_modem", "report_network"]
 MAX_EVENTS = 20
 
 
@@ -198,5 +200,14 @@ def report_dyndns(status: Status, state: str, report: DyndnsReport) -> None:
 
 
 def report_modem(status: Status, state: str, report: ModemReport) -> None:
-    """A modem report (the driver itself still writes the same keys through `report`)."""
+    """The modem part's report (or "not managed" when something else runs the modem)."""
     status.publish(MODEM, state, report)
+
+
+def modem_view(status: Status) -> tuple[str, ModemReport] | None:
+    """The modem's state and last report, or None when nothing reported about the modem.
+    Before its first typed report the report is empty."""
+    part = status.parts.get(MODEM)
+    if part is None:
+        return None
+    return part.state, part.report if isinstance(part.report, ModemReport) else ModemReport()

@@ -33,7 +33,7 @@ from failberry.logsetup import redact_secrets
 from failberry.parts import Part, build_parts
 from failberry.runfile import RunFile
 from failberry.sdnotify import Notifier, watchdog_interval
-from failberry.status import MODEM, Status, network_view
+from failberry.status import Status, modem_view, network_view
 from failberry.web.health import HealthApp
 from failberry.web.httpserver import HttpServer, HttpStats, Limits
 
@@ -337,10 +337,11 @@ class Supervisor:
         net = network_view(self.status)
         if net is not None:
             words.append(f"active {net.active_uplink or 'none'}")
-        modem = self.status.parts.get(MODEM)
+        modem = modem_view(self.status)
         if modem is not None:
-            dbm = modem.detail.get("signal_dbm")
-            words.append(f"modem {modem.state}" + (f" {dbm} dBm" if dbm is not None else ""))
+            state, report = modem
+            dbm = report.signal_dbm
+            words.append(f"modem {state}" + (f" {dbm} dBm" if dbm is not None else ""))
         return "; ".join(words)
 
     async def _heartbeat(self) -> None:

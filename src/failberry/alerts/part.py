@@ -26,7 +26,7 @@ from failberry.bus import ActiveUplinkChanged, Bus, DyndnsBlocked, ModemStateCha
 from failberry.config import Config
 from failberry.errors import FailberryError
 from failberry.pihealth.events import HealthAlert
-from failberry.status import Status, network_view
+from failberry.status import Status, jsonable, modem_view, network_view
 
 LOG = logging.getLogger(__name__)
 
@@ -202,12 +202,12 @@ class AlertsPart:
         from failberry.web.health import decide
 
         net = network_view(self.status)
-        modem = self.status.parts.get("modem")
+        modem = modem_view(self.status)
         v = decide(self.status, self.cfg.failover.mode)
         return {"status": "ok" if v.ok else "fail",
                 "active_uplink": net.active_uplink if net else None,
                 "uplinks": {n: {"up": u.up} for n, u in net.uplinks.items()} if net else {},
-                "modem": None if modem is None else {"state": modem.state, **modem.detail},
+                "modem": None if modem is None else {"state": modem[0], **jsonable(modem[1])},
                 "data": None if net is None or net.data is None
                 else {"used_bytes": net.data.used_bytes + self._health_bytes(),
                       "cap_bytes": net.data.cap_bytes}}

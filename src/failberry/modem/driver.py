@@ -31,14 +31,13 @@ from failberry.modem.parsers import REG_PREFIXES, Registration, RegStat, parse_r
 from failberry.modem.parsers import parse_vendor_access_tech as vendor_access_tech
 from failberry.modem.session import PinOutcome, Session, command_mode, command_mode_within
 from failberry.modem.state import ModemState, Phase
-from failberry.status import Status
+from failberry.status import ModemReport, Status, report_modem
 from failberry.usbpower import PowerRefused, UsbPower
 
 __all__ = ["CommandReboot", "Driver", "RebootLog", "Rebooter", "read_counters"]
 
 LOG = logging.getLogger(__name__)
 
-PART = "modem"
 HILINK_ACTIONS = (ev.OpenPort, ev.QuerySim, ev.EnterPin, ev.QueryRegistration, ev.ResetModem)
 POLLED = (Phase.REGISTERING, Phase.DENIED, Phase.DIALING, Phase.CONNECTED)
 # On stop, the time for stopping pppd and bringing the data port back to command mode: the
@@ -429,14 +428,12 @@ class Driver:
         s = self.state
         rx, tx = self.counters(s.interface) if s.interface else (None, None)
         rung = s.pending_rung.value if s.pending_rung else None
-        self.status.report(
-            PART, s.phase.value, reason=s.reason, port=s.port,
-            data_path=self.info.get("data_path"),
+        report_modem(self.status, s.phase.value, ModemReport(
+            reason=s.reason, port=s.port, data_path=self.info.get("data_path"),
             manufacturer=self.info.get("manufacturer"), model=self.info.get("model"),
             sim=self.info.get("sim"), signal_dbm=self.info.get("signal_dbm"),
             operator=self.info.get("operator"), access_tech=self.info.get("access_tech"),
             registration=self.info.get("registration"), interface=s.interface,
             address=s.address, private_address=private_address(s.address), bytes_in=rx,
-            bytes_out=tx, ladder_rung=rung,
-            ladder_counts=s.ladder_counts, last_error=s.last_error or self.info.get(
-                "last_error"))
+            bytes_out=tx, ladder_rung=rung, ladder_counts=s.ladder_counts,
+            last_error=s.last_error or self.info.get("last_error")))
