@@ -112,8 +112,8 @@ def test_part_from_config_uses_the_real_seams() -> None:
     from failberry.modem.hilink import HilinkRunner
     from failberry.modem.part import ModemPart
     from failberry.modem.ppp import PppRunner
+    from failberry.modem.usbpower import SysfsUsbPower
     from failberry.status import Status
-    from failberry.usbpower import SysfsUsbPower
 
     auto = ModemPart.from_config(Config(modem=ModemConfig(apn="internet")), Status(), Bus())
     assert auto.name == "modem" and auto.deadline >= 60

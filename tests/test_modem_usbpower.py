@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from failberry.modem.errors import UsbPowerError
-from failberry.usbpower import PowerRefused, SysfsUsbPower, hub_and_port, usb_network_devices
+from failberry.modem.usbpower import PowerRefused, SysfsUsbPower, hub_and_port, usb_network_devices
 from modem_fakes.usbfake import RecordingBackend, fake_sysfs
 
 

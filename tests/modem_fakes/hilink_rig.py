@@ -30,8 +30,8 @@ from failberry.modem.events import DeviceAdded, DeviceRemoved
 from failberry.modem.hilink import HilinkApi, HilinkBackend, HilinkRunner
 from failberry.modem.machine import Machine, Phase
 from failberry.modem.part import ModemPart
+from failberry.modem.usbpower import SysfsUsbPower
 from failberry.status import Status
-from failberry.usbpower import SysfsUsbPower
 from modem_fakes.rig import FAKES, FAST, PING, RebootRecorder
 from modem_fakes.usbfake import RecordingBackend, fake_sysfs
 

@@ -31,8 +31,8 @@ from failberry.modem.driver import Driver, RebootLog
 from failberry.modem.machine import Machine, Phase
 from failberry.modem.part import ModemPart
 from failberry.modem.ppp import PppRunner
+from failberry.modem.usbpower import SysfsUsbPower
 from failberry.status import Status
-from failberry.usbpower import SysfsUsbPower
 from modem_fakes.usbfake import RecordingBackend, fake_sysfs
 
 FAKES = Path(__file__).resolve().parent

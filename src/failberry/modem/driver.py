@@ -31,8 +31,8 @@ from failberry.modem.parsers import REG_PREFIXES, Registration, RegStat, parse_r
 from failberry.modem.parsers import parse_vendor_access_tech as vendor_access_tech
 from failberry.modem.session import PinOutcome, Session, command_mode, command_mode_within
 from failberry.modem.state import ModemState, Phase
+from failberry.modem.usbpower import PowerRefused, UsbPower
 from failberry.status import ModemReport, Status, report_modem
-from failberry.usbpower import PowerRefused, UsbPower
 
 __all__ = ["CommandReboot", "Driver", "RebootLog", "Rebooter", "read_counters"]
 

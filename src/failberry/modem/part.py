@@ -25,8 +25,8 @@ from failberry.modem.hilink import HilinkApi, HilinkBackend, HilinkRunner
 from failberry.modem.machine import Machine
 from failberry.modem.ppp import PppRunner
 from failberry.modem.state import ModemState
+from failberry.modem.usbpower import SysfsUsbPower
 from failberry.status import Status
-from failberry.usbpower import SysfsUsbPower
 
 LOG = logging.getLogger(__name__)
 
