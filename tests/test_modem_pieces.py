@@ -103,6 +103,20 @@ def test_reboot_log_round_trip(tmp_path: Path) -> None:
     assert log.load() == ()
 
 
+def test_reboot_log_save_replaces_the_file_whole(tmp_path: Path) -> None:
+    """A power cut during `save` must leave the old log or the new one, never a truncated
+    file: the new log is written beside it and renamed over it (a reader holding the old
+    file still reads the old times; rewriting in place would show it the new ones)."""
+    path = tmp_path / "reboots.json"
+    log = RebootLog(path)
+    log.save((1.0,))
+    with path.open() as old:
+        log.save((1.0, 2.0))
+        assert old.read() == "[1.0]"
+    assert log.load() == (1.0, 2.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reboots.json"]
+
+
 def test_part_from_config_uses_the_real_seams() -> None:
     from failberry.bus import Bus
     from failberry.config import Config

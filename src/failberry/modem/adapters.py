@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Protocol
 
 from failberry.errors import CommandFailed
+from failberry.fileio import write_atomic
 from failberry.modem.errors import ModemError
 
 LOG = logging.getLogger(__name__)
@@ -84,9 +85,8 @@ class RebootLog:
             return ()
 
     def save(self, times: tuple[float, ...]) -> None:
-        """Record the times (the last few are enough)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(list(times[-50:])))
+        """Record the times (the last few are enough), replacing the file whole."""
+        write_atomic(self.path, json.dumps(list(times[-50:])))
 
 
 def read_counters(interface: str, sysroot: Path = Path("/sys")) -> tuple[int | None, int | None]:
