@@ -19,3 +19,11 @@ def jittered(attempt: int, initial: float, maximum: float, rng: random.Random) -
     at once do not come back in step."""
     delay = exponential(attempt, initial, maximum)
     return delay / 2 + rng.uniform(0, delay / 2)
+
+
+def scattered(attempt: int, initial: float, maximum: float, u: float,
+              spread: float = 0.25) -> float:
+    """`exponential` scattered by ±`spread` and still never above `maximum`; `u` is a draw
+    uniform in [0, 1) (the modem machine is pure: its randomness comes from a seam)."""
+    delay = exponential(attempt, initial, maximum)
+    return min(maximum, delay * (1 - spread + 2 * spread * u))

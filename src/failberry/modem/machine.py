@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 
+from failberry.backoff import scattered
 from failberry.config import RecoveryConfig
 from failberry.modem import link, simcheck
 from failberry.modem.events import (
@@ -149,9 +150,9 @@ class Machine:
         return True
 
     def backoff(self, attempts: int) -> float:
-        """Exponential backoff with jitter: about initial * 2^attempts, never above max."""
-        base = min(self.cfg.backoff_max, self.cfg.backoff_initial * 2.0 ** min(attempts, 30))
-        return min(self.cfg.backoff_max, base * (0.75 + 0.5 * self.rand()))
+        """initial * 2^attempts ± 25 %, never above max (`attempts` counts from 0)."""
+        return scattered(attempts + 1, self.cfg.backoff_initial, self.cfg.backoff_max,
+                         self.rand())
 
     def fail(self, state: ModemState, reason: str) -> Result:
         """A fault: stop pppd if it runs, then wait out the backoff before the next rung."""
