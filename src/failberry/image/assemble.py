@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import lzma
 import os
 import shutil
 import time
@@ -222,16 +221,6 @@ def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> st
     return h.hexdigest()
 
 
-def write_sha256(image: Path, final_name: str) -> Path:
-    """Write `IMAGE.sha256` in `sha256sum` format naming the final file."""
-    digest = sha256_file(image)
-    out = image.with_name(final_name + ".sha256")
-    tmp = out.with_name(out.name + f".partial-{os.getpid()}")
-    tmp.write_text(f"{digest}  {final_name}\n")
-    os.replace(tmp, out)
-    return out
-
-
 class Throughput:
     """Logs bytes written per second every few seconds."""
 
@@ -271,14 +260,3 @@ def make_bmap(runner: Runner, image: Path, dest: Path) -> None:
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def xz_check(path: Path) -> bool:
-    """True when `path` is a complete xz stream (used by tests and the benchmark)."""
-    try:
-        with lzma.open(path) as f:
-            while f.read(16 * MiB):
-                pass
-    except (lzma.LZMAError, EOFError):
-        return False
-    return True
