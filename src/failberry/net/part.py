@@ -28,7 +28,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -46,36 +46,26 @@ from failberry.config import Config
 from failberry.errors import FailberryError
 from failberry.modem.follow import follow, resolve_mobile
 from failberry.net import plan as netplan
+from failberry.net import readback
 from failberry.net.apply_routes import ApplyError, Netlink, RouteApplier
 from failberry.net.conntrack import FlowFlusher
 from failberry.net.failover import Failover, UplinkView
 from failberry.net.firewall import Firewall
 from failberry.net.monitor import LinkChanged, LinkMonitor
 from failberry.net.probes import Binding, HealthTracker, Prober, Thresholds, Verdict, parse_target
+from failberry.net.readback import Uplink
 from failberry.net.sysctl import Sysctl, SysctlManager
 from failberry.net.usage import HEALTH_KEY, Usage
-from failberry.reports import DataUsage, NetworkReport, UplinkReport
+from failberry.reports import DataUsage, NetworkReport
 from failberry.status import Status, report_network
 
 LOG = logging.getLogger(__name__)
 
 RECONCILE_EVERY = 5.0
 SAMPLE_EVERY = 10.0
-PUBLIC_EVERY = 600.0  # how often uplink.mobile.public_address_url is asked
 RETRY_FIRST = 0.25  # a failed apply is tried again after this, doubling up to RECONCILE_EVERY
 STATE_DIR = Path("/run/failberry")
 USAGE_FILE = Path("/var/lib/failberry/mobile-usage.json")
-
-
-@dataclass
-class _Uplink:
-    spec: netplan.UplinkSpec
-    targets: list[Any]
-    interval: float
-    tracker: HealthTracker
-    link: netplan.LinkState = field(default_factory=netplan.LinkState)
-    last: Verdict | None = None
-    address: str | None = None  # last address seen, kept after it goes (for the flush)
 
 
 @dataclass(frozen=True)
@@ -124,12 +114,12 @@ class NetworkPart:
         self.sysctls = SysctlManager(seams.sysctl, state_dir)
         self.failover = Failover(cfg.failover.hold_down)
         self.usage = Usage(usage_path, cfg.failover.cap_reset_day, cfg.failover.data_cap)
-        self.uplinks: dict[str, _Uplink] = {}
+        self.uplinks: dict[str, Uplink] = {}
         f = cfg.failover
         for spec in netplan.uplinks(cfg):
             c = cfg.uplink.wired if spec.name == "wired" else cfg.uplink.mobile
             th = Thresholds(c.down, c.up, f.quorum, f.latency_threshold, f.loss_threshold)
-            self.uplinks[spec.name] = _Uplink(spec, [parse_target(t) for t in c.probe_targets],
+            self.uplinks[spec.name] = Uplink(spec, [parse_target(t) for t in c.probe_targets],
                                               c.probe_interval, HealthTracker(th))
         self._lock = asyncio.Lock()
         self._published: str | None = None
@@ -144,7 +134,7 @@ class NetworkPart:
         self._missing: dict[str, str] = {}  # config key -> error, for required interfaces
         self._background: set[asyncio.Task[None]] = set()
         self._forwards: dict[str, dict[str, int]] = {}  # [[forward]] name -> its counters
-        self._public: dict[str, str] | None = None  # the mobile address as the outside sees it
+        self._public = readback.PublicAddress()  # the mobile address as the outside sees it
         # One thread for every blocking netlink/iptables call, so they never run at once.
         # Made by `run`, which shuts it down on the way out.
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -187,7 +177,9 @@ class NetworkPart:
                       asyncio.create_task(follow(self.bus, self.cfg, self._follow_mobile),
                                           name="net-follow-mobile")]
             if "mobile" in self.uplinks and self.cfg.uplink.mobile.public_address_url:
-                tasks.append(asyncio.create_task(self._public_address_loop(), name="net-public"))
+                tasks.append(asyncio.create_task(self._public.run(
+                    self.cfg.uplink.mobile.public_address_url, self.uplinks["mobile"],
+                    self.s.clock), name="net-public"))
             await asyncio.gather(*tasks)
         except asyncio.CancelledError:
             stopping = True
@@ -311,7 +303,7 @@ class NetworkPart:
             await self._blocking(self._sample_forwards)
             await self._reconcile("periodic check")
 
-    async def _probe_loop(self, up: _Uplink) -> None:
+    async def _probe_loop(self, up: Uplink) -> None:
         while True:
             start = self.s.clock()
             link = up.link
@@ -327,7 +319,7 @@ class NetworkPart:
                         await self._reconcile(f"{up.spec.name} probes")
             await asyncio.sleep(max(0.0, start + up.interval - self.s.clock()))
 
-    def _publish_health(self, up: _Uplink, v: Verdict) -> None:
+    def _publish_health(self, up: Uplink, v: Verdict) -> None:
         LOG.info("uplink %s %s: %s", up.spec.name, "up" if v.up else "down", v.reason)
         self.bus.publish(UplinkHealth(up.spec.name, bool(v.up), v.reason, v.latency_ms,
                                       v.loss_pct))
@@ -335,73 +327,14 @@ class NetworkPart:
     def _sample_usage(self) -> None:
         if "mobile" not in self.uplinks:
             return
-        keys = {**netplan.counter_keys(self.cfg, self._over_cap),
-                HEALTH_KEY: (netplan.HEALTH_COUNTER,)}  # kept apart from the devices
-        chains: dict[str, list[tuple[int, int]]] = {}
-        counts: dict[str, int] = {}
-        for dev, where in keys.items():
-            total = 0
-            for chain, idx in where:
-                if chain not in chains:
-                    try:
-                        chains[chain] = self.s.firewall.counters("filter", chain)
-                    except FailberryError as e:  # counted at the next sample
-                        LOG.warning("could not read the data counters: %s", e)
-                        return
-                rules = chains[chain]
-                if idx < len(rules):
-                    total += rules[idx][1]
-            counts[dev] = total
-        self.usage.sample(counts, dt.date.fromtimestamp(self.s.wall()))
-
-    async def _public_address_loop(self) -> None:
-        """Ask `uplink.mobile.public_address_url` over the mobile link when its address
-        changes and every PUBLIC_EVERY seconds; a different answer is NAT (logged once per
-        pair, shown in status)."""
-        from failberry.net.publicaddr import PublicAddressError, fetch
-
-        url = self.cfg.uplink.mobile.public_address_url
-        up = self.uplinks["mobile"]
-        asked: str | None = None
-        next_at = 0.0
-        while True:
-            local = up.link.address if up.link.usable else None
-            if local is not None and (local != asked or self.s.clock() >= next_at):
-                asked, next_at = local, self.s.clock() + PUBLIC_EVERY
-                try:
-                    seen = await asyncio.to_thread(fetch, url, local)
-                except (PublicAddressError, ValueError) as e:
-                    LOG.warning("could not learn the mobile link's public address: %s", e)
-                else:
-                    new = {"local": local, "public": seen}
-                    if seen != local and new != self._public:
-                        LOG.warning("the mobile link's address %s is seen outside as %s (the "
-                                    "operator NATs it): inbound through it will not work; ask "
-                                    "for a public-IP APN", local, seen)
-                    self._public = new
-            await asyncio.sleep(RECONCILE_EVERY)
+        counts = readback.usage_counts(self.cfg, self.s.firewall, self._over_cap)
+        if counts is not None:
+            self.usage.sample(counts, dt.date.fromtimestamp(self.s.wall()))
 
     def _sample_forwards(self) -> None:
-        """Each `[[forward]]`'s packets and bytes in (to the LAN host) and out (its replies),
-        from its rules in `fb-inbound`."""
-        from failberry.net import inbound
-
-        where = inbound.forward_counters(self.cfg, netplan.uplinks(self.cfg))
-        if not where:
-            return
-        try:
-            rules = self.s.firewall.counters("filter", inbound.CHAIN_FORWARDS)
-        except FailberryError as e:  # counted at the next sample
-            LOG.warning("could not read the port forward counters: %s", e)
-            return
-        out: dict[str, dict[str, int]] = {}
-        for name, places in where.items():
-            c = out[name] = {"packets_in": 0, "bytes_in": 0, "packets_out": 0, "bytes_out": 0}
-            for idx, direction in places:
-                if idx < len(rules):
-                    c[f"packets_{direction}"] += rules[idx][0]
-                    c[f"bytes_{direction}"] += rules[idx][1]
-        self._forwards = out
+        out = readback.forward_counters(self.cfg, self.s.firewall)
+        if out is not None:
+            self._forwards = out
 
     async def _reconcile(self, why: str) -> None:
         async with self._lock:
@@ -575,16 +508,7 @@ class NetworkPart:
             raise failed
 
     def _report(self, active: str | None) -> None:
-        ups = {}
-        for name, up in self.uplinks.items():
-            v = up.last
-            ups[name] = UplinkReport(
-                up=up.tracker.up, reason=v.reason if v else "no probe yet",
-                interface=up.spec.interface, carrier=up.link.carrier, address=up.link.address,
-                gateway=netplan.next_hop(up.spec, up.link) if up.link.usable else None,
-                rx_bytes=up.link.rx_bytes, tx_bytes=up.link.tx_bytes,
-                latency_ms=None if v is None or v.latency_ms is None else round(v.latency_ms, 2),
-                loss_pct=v.loss_pct if v else None, link=up.link.usable)
+        ups = readback.uplink_reports(self.uplinks)
         healthy = active is not None and self.uplinks[active].tracker.up is True
         state = "ok" if healthy else ("degraded" if active else "down")
         devices = self.usage.totals()
@@ -595,7 +519,7 @@ class NetworkPart:
                            devices=devices, capped=self._over_cap),
             health_check_bytes=self.usage.total(HEALTH_KEY),
             errors=tuple(self._missing.values()), apply_error=self._apply_error,
-            forwards=self._forwards, public_address=self._public,
+            forwards=self._forwards, public_address=self._public.value,
             forced=None if self.failover.forced is None
             else self.failover.forced.as_dict(self.s.clock())))
 
