@@ -10,16 +10,15 @@ udhcpc keeps the lease (renewals, rebinding, a new discovery after losing it); w
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import shlex
-import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from failberry.modem.errors import ModemError
+from failberry.modem.ppp import terminate
 
 LOG = logging.getLogger(__name__)
 
@@ -130,21 +129,12 @@ class DhcpClient:
             return await proc.wait()
         finally:
             if proc.returncode is None:
-                await self._terminate(proc)
+                await terminate(proc, self.stop_grace, "udhcpc", group=True)
             self._proc = None
             self.lease = None
 
     async def stop(self) -> None:
         """SIGTERM udhcpc (it releases the lease with -R); SIGKILL if it lingers."""
         if self._proc is not None and self._proc.returncode is None:
-            await self._terminate(self._proc)
+            await terminate(self._proc, self.stop_grace, "udhcpc", group=True)
 
-    async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), self.stop_grace)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()

@@ -150,7 +150,7 @@ class PppRunner:
             return await proc.wait()
         finally:
             if proc.returncode is None:
-                await self._terminate(proc)
+                await terminate(proc, self.stop_grace, "pppd")
             self._proc = None
 
     def attach(self, session: object) -> None:
@@ -165,15 +165,22 @@ class PppRunner:
     async def stop(self) -> None:
         """SIGTERM pppd (it hangs up and exits 5); SIGKILL if it lingers."""
         if self._proc is not None and self._proc.returncode is None:
-            await self._terminate(self._proc)
+            await terminate(self._proc, self.stop_grace, "pppd")
 
-    async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
+
+async def terminate(proc: asyncio.subprocess.Process, grace: float, name: str, *,
+                    group: bool = False) -> None:
+    """SIGTERM `proc`, wait `grace` seconds, then SIGKILL it (its whole process group with
+    `group`, for a program started in its own session that forks helpers)."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), grace)
+    except TimeoutError:
+        LOG.warning("%s ignored SIGTERM for %gs; killing it", name, grace)
         with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), self.stop_grace)
-        except TimeoutError:
-            LOG.warning("pppd ignored SIGTERM for %gs; killing it", self.stop_grace)
-            with contextlib.suppress(ProcessLookupError):
+            if group:
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
                 proc.kill()
-            await proc.wait()
+        await proc.wait()
