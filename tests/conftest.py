@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -44,3 +47,38 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "root" in item.keywords:
             item.add_marker(skip)
+
+
+# Test namespaces are named fb-<area>-<pid of the test process>-...; one whose process is gone
+# was left by a run killed with SIGKILL (a timeout), which could not clean up after itself.
+_TEST_NETNS = re.compile(r"^fb-[a-z0-9]+-(\d+)(?:-|$)")
+
+
+def stale_test_namespaces(names: Sequence[str]) -> list[str]:
+    """The test namespaces in `names` whose creating process no longer runs."""
+    stale = []
+    for name in names:
+        m = _TEST_NETNS.match(name)
+        if m and not Path(f"/proc/{m.group(1)}").exists():
+            stale.append(name)
+    return stale
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Remove namespaces left by killed test runs (their processes first), so a rerun starts
+    clean and a leftover never shadows a new test's names."""
+    if os.geteuid() != 0:
+        return
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+    names = [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
+    for ns in stale_test_namespaces(names):
+        pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
+                              text=True).stdout.split()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+# The slow image tier's session fixtures: one image built per session, shared by every module.
+from slow_image import admin_key, built, slow_dir  # noqa: E402,F401

@@ -21,10 +21,9 @@ from conftest import ROOT, run_cli
 from failberry import config
 from failberry.image import assemble, commands, rootfs
 from failberry.image.runner import Runner
-from test_image_build import ISOLATED
+from slow_image import CACHE, ISOLATED
 
 # The same cache as tests/test_image_build.py: the base tarball is shared with that test.
-CACHE = Path(os.environ.get("FAILBERRY_TEST_CACHE", "/var/cache/failberry-test"))
 TOOLS = ("mmdebstrap", "mke2fs", "mkfs.vfat", "mcopy", "sfdisk", "debugfs", "openssl",
          "ssh-keygen", "qemu-system-aarch64")
 MiB = 1024 * 1024

@@ -25,11 +25,7 @@ from failberry import config
 from failberry.errors import CommandFailed, UsageError
 from failberry.image import assemble, boottest, pipeline, qemu, rootfs
 from failberry.image.runner import Runner
-
-# The slow tier shares one cache, kept between runs on the same machine so reruns are warm.
-CACHE = Path(os.environ.get("FAILBERRY_TEST_CACHE", "/var/cache/failberry-test"))
-HAVE_BUILD_TOOLS = all(shutil.which(t) for t in ("mmdebstrap", "mke2fs", "mkfs.vfat", "mcopy",
-                                                  "sfdisk", "debugfs", "qemu-system-aarch64"))
+from slow_image import CACHE, build_image
 
 # ----------------------------------------------------------------------------- pipeline
 
@@ -450,59 +446,6 @@ def test_a_root_tree_too_big_for_the_image_is_refused_with_the_numbers(tmp_path:
 # ----------------------------------------------------------------------- slow: real images
 
 
-def _keypair(where: Path) -> Path:
-    key = where / "admin_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "test@failberry",
-                    "-f", key], check=True)
-    return key
-
-
-# boot-test isolates the guest (QEMU's restrict=on): its resolvers and probe targets are
-# QEMU's own address on the guest's LAN, so nothing it sends is meant for the outside.
-ISOLATED = ('[lan]\ndns = ["192.168.1.1"]\n\n'
-            '[uplink.wired]\nprobe_targets = ["icmp:192.168.1.1"]\n\n'
-            '[uplink.mobile]\nprobe_targets = ["icmp:192.168.1.1"]\n')
-
-
-def _write_config(where: Path, key: Path, hostname: str = "fbtest", board: str = "rpi3") -> Path:
-    pub = key.with_name(key.name + ".pub").read_text().strip()
-    path = where / f"{hostname}.toml"
-    path.write_text(f'[image]\nboard = "{board}"\nhostname = "{hostname}"\n\n'
-                    f'[admin]\nssh_authorized_keys = ["{pub}"]\n\n[modem]\napn = "internet"\n\n'
-                    + ISOLATED)
-    return path
-
-
-def _build(cfg: Path, out: Path, timeout: float = 1500) -> subprocess.CompletedProcess[str]:
-    res = run_cli(["build", "-c", str(cfg), "-o", str(out), "--cache-dir", str(CACHE)],
-                  timeout=timeout)
-    assert res.returncode == 0, res.stderr[-4000:]
-    return res
-
-
-@pytest.fixture(scope="session")
-def slow_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("image")
-
-
-@pytest.fixture(scope="session")
-def admin_key(slow_dir: Path) -> Path:
-    return _keypair(slow_dir)
-
-
-@pytest.fixture(scope="session")
-def built(slow_dir: Path, admin_key: Path) -> tuple[Path, str]:
-    """One rpi3 image from the test config (cold the first time on a machine, then warm)."""
-    if os.geteuid() != 0 or not HAVE_BUILD_TOOLS:
-        pytest.skip("needs root and the build tools (scripts/apt/build.txt)")
-    cfg = _write_config(slow_dir, admin_key)
-    out = slow_dir / "first" / "fbtest.img"
-    res = _build(cfg, out)
-    return out, res.stdout
-
-
-
-
 @pytest.mark.slow
 @pytest.mark.root
 @pytest.mark.timeout(1800)
@@ -538,7 +481,7 @@ def test_second_build_from_the_same_inputs_is_byte_identical(built: tuple[Path, 
     out, _ = built
     cfg = slow_dir / "fbtest.toml"
     again = slow_dir / "second" / "fbtest.img"
-    _build(cfg, again, timeout=600)
+    build_image(cfg, again, timeout=600)
     first = out.with_name(out.name + ".sha256").read_text().split()[0]
     assert again.with_name(again.name + ".sha256").read_text().split()[0] == first
     assert hashlib.sha256(again.read_bytes()).hexdigest() == first
@@ -665,5 +608,5 @@ def test_interrupted_build_leaves_nothing_and_a_rerun_succeeds(built: tuple[Path
         assert _processes_mentioning(str(interrupted_dir)) == []
     assert _mmdebstrap_dirs() <= scratch_before, "mmdebstrap left a scratch directory in /tmp"
     assert not any(cold_cache.glob("base-*.tar")), "an interrupted bootstrap is not cached"
-    _build(cfg, out, timeout=600)
+    build_image(cfg, out, timeout=600)
     assert out.with_name(out.name + ".sha256").is_file()

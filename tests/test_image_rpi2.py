@@ -16,7 +16,7 @@ import pytest
 from conftest import run_cli
 from failberry.image import boottest, qemu
 from failberry.image.runner import Runner
-from test_image_build import HAVE_BUILD_TOOLS, _build, _keypair, _write_config
+from slow_image import HAVE_BUILD_TOOLS, build_image, keypair, write_config
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +26,7 @@ def rpi2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def rpi2_key(rpi2_dir: Path) -> Path:
-    return _keypair(rpi2_dir)
+    return keypair(rpi2_dir)
 
 
 @pytest.fixture(scope="session")
@@ -34,9 +34,9 @@ def rpi2_built(rpi2_dir: Path, rpi2_key: Path) -> Path:
     """One rpi2 image (its armhf base cold the first time on a machine, then warm)."""
     if os.geteuid() != 0 or not HAVE_BUILD_TOOLS or not shutil.which("qemu-system-arm"):
         pytest.skip("needs root and the build tools (scripts/apt/build.txt)")
-    cfg = _write_config(rpi2_dir, rpi2_key, hostname="fbpi2", board="rpi2")
+    cfg = write_config(rpi2_dir, rpi2_key, hostname="fbpi2", board="rpi2")
     out = rpi2_dir / "out" / "fbpi2.img"
-    _build(cfg, out)
+    build_image(cfg, out)
     return out
 
 

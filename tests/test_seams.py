@@ -90,3 +90,12 @@ def test_address_choice() -> None:
     assert Chooser("ppp0", ups).choose(book, 4)[0] == "100.64.0.2"
     book.reset([AddressChanged("ppp0", "100.64.0.3")])
     assert Chooser("", ups, network=False).choose(book, 4)[0] == "100.64.0.3"
+
+
+def test_only_namespaces_of_dead_test_processes_are_stale() -> None:
+    from conftest import stale_test_namespaces
+    alive, dead = os.getpid(), 2 ** 22 + 7  # above pid_max's default: never a live pid
+    names = [f"fb-modem-{alive}-1", f"fb-modem-{dead}-3", f"fb-run-{dead}-abc123",
+             f"fb-health-{dead}", "fb-modem-x-1", "mynamespace", f"other-{dead}"]
+    assert stale_test_namespaces(names) == [f"fb-modem-{dead}-3", f"fb-run-{dead}-abc123",
+                                            f"fb-health-{dead}"]
