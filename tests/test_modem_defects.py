@@ -125,7 +125,7 @@ def test_hanging_reboot_command_is_bounded_and_does_not_block(tmp_path: Path) ->
 # -- 4 and 5. SIM answers that are no reason to touch the hardware, and no reason to give up
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(90)
 @pytest.mark.parametrize("sim", ["error", "bare", "not_ready"])
 def test_sim_problems_are_rechecked_without_hardware_rungs(tmp_path: Path, sim: str) -> None:
     async def go() -> None:

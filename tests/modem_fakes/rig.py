@@ -168,13 +168,23 @@ class Rig:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for task in (self.task, self._recorder):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        try:
+            for task in (self.task, self._recorder):
+                if task is not None:
+                    task.cancel()
+                    await self._finish(task)
+        finally:
+            self._remove()
+
+    def _remove(self) -> None:
+        """The fake modem, and the namespaces with anything still running in them."""
         if self.modem is not None:
             self.modem.send_signal(signal.SIGTERM)
-            self.modem.wait(10)
+            try:
+                self.modem.wait(10)
+            except subprocess.TimeoutExpired:
+                self.modem.kill()
+                self.modem.wait(10)
         # pppd stand-ins are stopped by the part; anything left in the namespace dies here
         for ns in (self.ns, self.isp) if self.bearer else (self.ns,):
             pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
@@ -183,6 +193,24 @@ class Rig:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(pid), signal.SIGKILL)
             subprocess.run(["ip", "netns", "del", ns], check=False)
+
+    @staticmethod
+    async def _finish(task: asyncio.Task[None], limit: float = 20.0) -> None:
+        """Wait for a cancelled task; one that does not end within `limit` is a defect in the
+        part's stop: fail saying where every task of the loop is stuck, not as a bare timeout
+        of the whole test."""
+        done, _ = await asyncio.wait([task], timeout=limit)
+        if done:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                task.result()
+            return
+        stacks = []
+        for t in asyncio.all_tasks():
+            frames = t.get_stack()
+            where = " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in reversed(frames))
+            stacks.append(f"{t.get_name()}: {where}")
+        raise AssertionError(f"{task.get_name()} did not stop within {limit:g}s of its "
+                             "cancellation; tasks:\n" + "\n".join(stacks))
 
     def _make_isp(self) -> None:
         """The stick's Ethernet side: wwan0 in the Pi namespace, isp0 in the ISP one."""
