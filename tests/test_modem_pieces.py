@@ -7,8 +7,10 @@ import functools
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,7 +27,7 @@ from failberry.modem.discovery import (
 )
 from failberry.modem.driver import RebootLog
 from failberry.modem.events import DeviceAdded, DeviceRemoved
-from failberry.modem.ppp import chat_script, write_ppp_files
+from failberry.modem.ppp import chat_script, terminate, write_ppp_files
 from modem_fakes.rig import FAKES
 
 
@@ -218,3 +220,36 @@ def test_part_from_config_takes_programs_and_directories_from_the_config() -> No
     assert part.driver.rebooter.argv == ["/bin/echo", "reboot"]
     assert isinstance(part.discovery, PathWatcher)
     assert (part.discovery.path, part.discovery.data_path) == ("/dev/ttyUSB1", "/dev/ttyUSB2")
+
+
+# A pppd that ignores SIGTERM and left a helper holding its output pipe: the helper's pid is
+# printed first, so the test can end it.
+_STUBBORN = """
+import signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+print(helper.pid, flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.timeout(30)
+def test_stopping_a_program_whose_helper_holds_its_output_is_bounded() -> None:
+    async def go() -> float:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _STUBBORN, stdout=asyncio.subprocess.PIPE)
+        assert proc.stdout is not None
+        helper = int(await proc.stdout.readline())
+        try:
+            start = time.monotonic()
+            await terminate(proc, 0.5, "pppd")
+            took = time.monotonic() - start
+            assert proc.returncode == -signal.SIGKILL
+            return took
+        finally:
+            os.kill(helper, signal.SIGKILL)
+            await asyncio.wait_for(proc.stdout.read(), 10)  # the pipe closes with the helper
+
+    # SIGTERM ignored for the grace, SIGKILL, then at most the grace again for the reaping:
+    # asyncio's wait() alone would wait the helper's 60 s for the pipe to close.
+    assert asyncio.run(go()) < 5

@@ -183,4 +183,18 @@ async def terminate(proc: asyncio.subprocess.Process, grace: float, name: str, *
                 os.killpg(proc.pid, signal.SIGKILL)
             else:
                 proc.kill()
-        await proc.wait()
+        await _reaped(proc, grace, name)
+
+
+async def _reaped(proc: asyncio.subprocess.Process, limit: float, name: str) -> None:
+    """Wait for a killed `proc`, at most `limit` seconds. asyncio's `wait()` (Python 3.11)
+    also waits for the child's output pipe to close, which a grandchild that inherited it
+    can hold open for ever: the exit status alone is what counts here."""
+    try:
+        await asyncio.wait_for(proc.wait(), limit)
+    except TimeoutError:
+        if proc.returncode is None:
+            LOG.error("%s (pid %d) did not end %gs after SIGKILL", name, proc.pid, limit)
+        else:
+            LOG.warning("%s exited, but a program it started still holds its output open",
+                        name)
