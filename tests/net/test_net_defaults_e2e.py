@@ -8,7 +8,6 @@ interfaces, addresses, mode and paths; everything about probing is the example's
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -55,18 +54,8 @@ class Supervisor:
         self.started = time.monotonic()
 
     def get(self, path: str) -> tuple[int, dict[str, Any]]:
-        """GET a health-server path over loopback in the Pi namespace; status and JSON."""
-        with self.topo.inside("pi"):
-            s = socket.socket()
-        with s:
-            s.settimeout(2)
-            s.connect(("127.0.0.1", PORT))
-            s.sendall(f"GET {path} HTTP/1.1\r\nHost: pi\r\nConnection: close\r\n\r\n".encode())
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        return int(head.split()[1]), json.loads(body)
+        """One request to the health endpoint on the Pi's loopback: (code, JSON body)."""
+        return self.topo.get_json("pi", PORT, path, timeout=2)
 
     def net(self) -> dict[str, Any]:
         """The network part's section of /status ({} until it reports)."""

@@ -6,7 +6,6 @@ Real supervisor, real routes and iptables, real packets, in namespaces."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import signal
@@ -55,17 +54,7 @@ class Supervised:
 
     def get(self, path: str) -> tuple[int, dict[str, Any]]:
         """One request to the health endpoint on the Pi's loopback: (code, JSON body)."""
-        with self.topo.inside("pi"):
-            s = socket.socket()
-        with s:
-            s.settimeout(3)
-            s.connect(("127.0.0.1", HEALTH_PORT))
-            s.sendall(f"GET {path} HTTP/1.1\r\nHost: pi\r\nConnection: close\r\n\r\n".encode())
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        return int(head.split()[1]), json.loads(body)
+        return self.topo.get_json("pi", HEALTH_PORT, path, timeout=3)
 
     def status(self) -> dict[str, Any]:
         """/status, or {} while the server is not up yet."""

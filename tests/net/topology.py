@@ -19,6 +19,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -221,6 +222,22 @@ class Topology:
             yield
         finally:
             netns.popns()
+
+    def get_json(self, ns: str, port: int, path: str,
+                 timeout: float = 3.0) -> tuple[int, dict[str, Any]]:
+        """One HTTP GET to `port` on the loopback of namespace `ns`: (code, JSON body)."""
+        with self.inside(ns):
+            s = socket.socket()
+        with s:
+            s.settimeout(timeout)
+            s.connect(("127.0.0.1", port))
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: {ns}\r\nConnection: close\r\n\r\n"
+                      .encode())
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        return int(head.split()[1]), json.loads(body)
 
     def snapshot(self, ns: str = "pi") -> dict[str, str]:
         """Rules, every routing table and the legacy iptables, without counters or dates."""
