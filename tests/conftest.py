@@ -72,12 +72,17 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
     names = [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
     for ns in stale_test_namespaces(names):
-        pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
-                              text=True).stdout.split()
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, ValueError):
-                os.kill(int(pid), signal.SIGKILL)
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+        remove_namespace(ns)
+
+
+def remove_namespace(ns: str) -> None:
+    """Kill whatever still runs in network namespace `ns`, then delete it."""
+    pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
+                          text=True).stdout.split()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid), signal.SIGKILL)
+    subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
 
 
 # The slow image tier's session fixtures: one image built per session, shared by every module.

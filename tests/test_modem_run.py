@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from conftest import SSH_KEY, free_port
+from conftest import SSH_KEY, free_port, remove_namespace
+from modem_fakes.control import ctl
 from modem_fakes.rig import FAKES
 
 pytestmark = [pytest.mark.root]
@@ -38,11 +38,7 @@ class Stick:
     tmp: Path
 
     def ctl(self, **order: Any) -> Any:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(10)
-            s.connect(str(self.dev / "ctl"))
-            s.sendall((json.dumps(order) + "\n").encode())
-            return json.loads(s.makefile().readline())
+        return ctl(self.dev / "ctl", order)
 
     def ppp0_up(self) -> bool:
         out = subprocess.run(["ip", "-n", self.ns, "-j", "addr", "show", "dev", "ppp0"],
@@ -70,11 +66,7 @@ def stick(tmp: Path, scenario: dict[str, Any]) -> Iterator[Stick]:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
-        for pid in subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
-                                  text=True).stdout.split():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid), signal.SIGKILL)
-        subprocess.run(["ip", "netns", "del", ns], check=False)
+        remove_namespace(ns)
         shutil.rmtree(dev, ignore_errors=True)
 
 

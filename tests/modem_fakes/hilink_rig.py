@@ -13,7 +13,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from conftest import remove_namespace
 from failberry.bus import Bus
 from failberry.config import ModemConfig
 from failberry.modem.at import open_serial
@@ -32,6 +32,7 @@ from failberry.modem.machine import Machine, Phase
 from failberry.modem.part import ModemPart
 from failberry.modem.usbpower import SysfsUsbPower
 from failberry.status import Status
+from modem_fakes.control import ctl
 from modem_fakes.rig import FAKES, FAST, PING, RebootRecorder
 from modem_fakes.usbfake import RecordingBackend, fake_sysfs
 
@@ -114,24 +115,10 @@ class HilinkRig:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(5)
         for ns in (self.ns, self.stick_ns):
-            for pid in subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
-                                      text=True).stdout.split():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGKILL)
-            subprocess.run(["ip", "netns", "del", ns], check=False)
+            remove_namespace(ns)
 
     def ctl(self, **order: Any) -> Any:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(10)
-            s.connect(str(self.tmp / "hilink.ctl"))
-            s.sendall((json.dumps(order) + "\n").encode())
-            buf = b""
-            while not buf.endswith(b"\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                buf += chunk
-        return json.loads(buf)
+        return ctl(self.tmp / "hilink.ctl", order)
 
     @property
     def phase(self) -> Phase:

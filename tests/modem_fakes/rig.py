@@ -11,7 +11,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from conftest import remove_namespace
 from failberry.bus import Bus, ModemStateChanged
 from failberry.config import ModemConfig, RecoveryConfig, Secret
 from failberry.modem.adapters import Rebooter
@@ -33,6 +33,7 @@ from failberry.modem.part import ModemPart
 from failberry.modem.ppp import PppRunner
 from failberry.modem.usbpower import SysfsUsbPower
 from failberry.status import Status
+from modem_fakes.control import ctl
 from modem_fakes.usbfake import RecordingBackend, fake_sysfs
 
 FAKES = Path(__file__).resolve().parent
@@ -187,12 +188,7 @@ class Rig:
                 self.modem.wait(10)
         # pppd stand-ins are stopped by the part; anything left in the namespace dies here
         for ns in (self.ns, self.isp) if self.bearer else (self.ns,):
-            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
-                                  text=True).stdout.split()
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGKILL)
-            subprocess.run(["ip", "netns", "del", ns], check=False)
+            remove_namespace(ns)
 
     @staticmethod
     async def _finish(task: asyncio.Task[None], limit: float = 20.0) -> None:
@@ -257,17 +253,7 @@ class Rig:
     # -- helpers
 
     def ctl(self, **order: Any) -> Any:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(10)
-            s.connect(str(self.dev / "ctl"))
-            s.sendall((json.dumps(order) + "\n").encode())
-            buf = b""
-            while not buf.endswith(b"\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                buf += chunk
-        return json.loads(buf)
+        return ctl(self.dev / "ctl", order)
 
     @property
     def phase(self) -> Phase:
