@@ -17,20 +17,15 @@ Gateway: no router; [inet] w0 203.0.113.254 -- eth1 203.0.113.2 [pi] eth0 -- eth
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import http.client
-import os
 import re
-import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-from pyroute2 import netns
-from topology import PY, run, unique_prefix
+from topology import PY, Namespaces, run, unique_prefix
 
 HERE = Path(__file__).resolve().parent
 OUTSIDE = "192.0.2.50"
@@ -97,19 +92,14 @@ def config_text(mode: str, tmp: Path) -> str:
                                'gateway = "203.0.113.254"')
 
 
-class Inbound:
+class Inbound(Namespaces):
     """Build with `up()`, always `down()`."""
 
     def __init__(self, mode: str) -> None:
-        self.mode = mode
         prefix = unique_prefix("in")
         names = ["inet", "pi", "host"] + (["router"] if mode == "sidecar" else [])
-        self.ns = {k: f"{prefix}{k}" for k in names}
-        self.procs: list[subprocess.Popen[str]] = []
-
-    def sh(self, ns: str, cmd: str, check: bool = True) -> str:
-        """A shell command in one of our namespaces."""
-        return run(["ip", "netns", "exec", self.ns[ns], "sh", "-c", cmd], check=check)
+        super().__init__({k: f"{prefix}{k}" for k in names})
+        self.mode = mode
 
     def _veth(self, a: str, ai: str, b: str, bi: str) -> None:
         run(["ip", "-n", self.ns[a], "link", "add", ai, "type", "veth", "peer", "name", bi,
@@ -168,36 +158,6 @@ class Inbound:
         p = self.spawn("inet", [PY, str(HERE / "inbound_topo.py"), "myip", *nat],
                        stdout=subprocess.PIPE)
         assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-
-    def spawn(self, ns: str, argv: list[str], **kw: object) -> subprocess.Popen[str]:
-        """A process in a namespace, killed by `down()`."""
-        p = subprocess.Popen(["ip", "netns", "exec", self.ns[ns], *argv], text=True,
-                             start_new_session=True, **kw)  # type: ignore[call-overload]
-        self.procs.append(p)
-        return p
-
-    def down(self) -> None:
-        """Kill our processes, delete our namespaces."""
-        for p in self.procs:
-            if p.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGTERM)
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(p.pid, signal.SIGKILL)
-                    p.wait(5)
-        for name in self.ns.values():
-            run(["ip", "netns", "del", name], check=False)
-
-    @contextlib.contextmanager
-    def inside(self, ns: str = "inet") -> Iterator[None]:
-        """Sockets made inside this block are in that namespace (the outside host's)."""
-        netns.pushns(self.ns[ns])
-        try:
-            yield
-        finally:
-            netns.popns()
 
     def snapshot(self) -> dict[str, str]:
         """The Pi's rules, every routing table, and both legacy iptables, without counters."""

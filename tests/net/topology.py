@@ -120,18 +120,72 @@ def run(argv: list[str], check: bool = True, timeout: float = 30) -> str:
     return p.stdout
 
 
-class Topology:
-    """Build with `up()`, always `down()`."""
+class Namespaces:
+    """Network namespaces named `self.ns` (role -> name) and the processes run in them; a
+    subclass builds them in `up()`, and `down()` always removes both."""
 
-    def __init__(self, prefix: str, delay_ms: float = 0) -> None:
-        self.prefix = prefix
-        self.delay_ms = delay_ms
-        self.ns = {k: f"{prefix}{k}" for k in ("lan", "pi", "wisp", "misp", "inet")}
+    def __init__(self, ns: dict[str, str]) -> None:
+        self.ns = ns
         self.procs: list[subprocess.Popen[str]] = []
 
     def sh(self, ns: str, cmd: str, check: bool = True) -> str:
         """A shell command inside one of our namespaces."""
         return run(["ip", "netns", "exec", self.ns[ns], "sh", "-c", cmd], check=check)
+
+    def spawn(self, ns: str, argv: list[str], **kw: Any) -> subprocess.Popen[str]:
+        """A process inside a namespace, killed by `down()`."""
+        p = subprocess.Popen(["ip", "netns", "exec", self.ns[ns], *argv], text=True,
+                             start_new_session=True, **kw)
+        self.procs.append(p)
+        return p
+
+    def down(self) -> None:
+        """Kill our processes, delete our namespaces."""
+        for p in self.procs:
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGTERM)
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait(5)
+        for name in self.ns.values():
+            run(["ip", "netns", "del", name], check=False)
+
+    @contextlib.contextmanager
+    def inside(self, ns: str = "inet") -> Iterator[None]:
+        """Make sockets in a namespace from this process (they stay there once made); by
+        default the outside host's."""
+        netns.pushns(self.ns[ns])
+        try:
+            yield
+        finally:
+            netns.popns()
+
+    def get_json(self, ns: str, port: int, path: str,
+                 timeout: float = 3.0) -> tuple[int, dict[str, Any]]:
+        """One HTTP GET to `port` on the loopback of namespace `ns`: (code, JSON body)."""
+        with self.inside(ns):
+            s = socket.socket()
+        with s:
+            s.settimeout(timeout)
+            s.connect(("127.0.0.1", port))
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: {ns}\r\nConnection: close\r\n\r\n"
+                      .encode())
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        return int(head.split()[1]), json.loads(body)
+
+class Topology(Namespaces):
+    """Build with `up()`, always `down()`."""
+
+    def __init__(self, prefix: str, delay_ms: float = 0) -> None:
+        super().__init__({k: f"{prefix}{k}" for k in ("lan", "pi", "wisp", "misp", "inet")})
+        self.prefix = prefix
+        self.delay_ms = delay_ms
 
     def up(self) -> None:
         """Create every namespace, link and address."""
@@ -185,13 +239,6 @@ class Topology:
         self.sh("pi", "for t in filter nat mangle raw security; do "
                       "iptables-legacy -t $t -S >/dev/null; done")
 
-    def spawn(self, ns: str, argv: list[str], **kw: Any) -> subprocess.Popen[str]:
-        """A process inside a namespace, killed by `down()`."""
-        p = subprocess.Popen(["ip", "netns", "exec", self.ns[ns], *argv], text=True,
-                             start_new_session=True, **kw)
-        self.procs.append(p)
-        return p
-
     def server(self, kind: str = "tcp", port: int = 8080) -> subprocess.Popen[str]:
         """peer.py in the internet namespace, once it says ready."""
         p = self.spawn("inet", [PY, str(HERE / "peer.py"), kind, SERVER, str(port)],
@@ -199,45 +246,6 @@ class Topology:
         assert p.stdout is not None
         assert p.stdout.readline().strip() == "ready"
         return p
-
-    def down(self) -> None:
-        """Kill our processes, delete our namespaces."""
-        for p in self.procs:
-            if p.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGTERM)
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(p.pid, signal.SIGKILL)
-                    p.wait(5)
-        for name in self.ns.values():
-            run(["ip", "netns", "del", name], check=False)
-
-    @contextlib.contextmanager
-    def inside(self, ns: str) -> Iterator[None]:
-        """Make sockets in a namespace from this process (they stay there once made)."""
-        netns.pushns(self.ns[ns])
-        try:
-            yield
-        finally:
-            netns.popns()
-
-    def get_json(self, ns: str, port: int, path: str,
-                 timeout: float = 3.0) -> tuple[int, dict[str, Any]]:
-        """One HTTP GET to `port` on the loopback of namespace `ns`: (code, JSON body)."""
-        with self.inside(ns):
-            s = socket.socket()
-        with s:
-            s.settimeout(timeout)
-            s.connect(("127.0.0.1", port))
-            s.sendall(f"GET {path} HTTP/1.1\r\nHost: {ns}\r\nConnection: close\r\n\r\n"
-                      .encode())
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        return int(head.split()[1]), json.loads(body)
 
     def snapshot(self, ns: str = "pi") -> dict[str, str]:
         """Rules, every routing table and the legacy iptables, without counters or dates."""
