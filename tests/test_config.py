@@ -71,6 +71,12 @@ BAD: list[tuple[str, str, str]] = [
      "failover.allowed_devices"),
     ("probe-target", MINIMAL + '[uplink.mobile]\nprobe_targets = ["ping 1.1.1.1"]\n',
      "uplink.mobile.probe_targets"),
+    # probes go over IPv4: an IPv6 target would fail every round and hold the uplink down
+    ("probe-target-ipv6", MINIMAL + '[uplink.mobile]\nprobe_targets = ["icmp:2606:4700::1111"]\n',
+     "uplink.mobile.probe_targets"),
+    ("probe-target-ipv6-tcp",
+     MINIMAL + '[uplink.mobile]\nprobe_targets = ["tcp:[2606:4700::1111]:443"]\n',
+     "uplink.mobile.probe_targets"),
     ("ssh-type", MINIMAL + '[admin]\nssh_authorized_keys = ["ssh-foo AAAA"]\n',
      "admin.ssh_authorized_keys"),
     ("ssh-base64", MINIMAL + '[admin]\nssh_authorized_keys = ["ssh-ed25519 !!!notbase64"]\n',

@@ -231,22 +231,38 @@ def lan_device(value: str) -> str:
         raise ValueError(f"{value!r} is neither a MAC address nor an IP address") from None
 
 
+def _ipv4_probe_host(value: str, h: str) -> None:
+    """Probes go out over IPv4 only (the uplinks' IPv4 routes): an IPv6 address would fail
+    every round, so it is refused here instead of taking the uplink down."""
+    try:
+        addr = ipaddress.ip_address(h)
+    except ValueError:
+        host(h)
+        return
+    if addr.version == 6:
+        raise ValueError(f"{value!r}: probes go over IPv4; use an IPv4 address or a name "
+                         "(e.g. \"icmp:1.1.1.1\")")
+
+
 def probe_target(value: str) -> str:
-    """`icmp:HOST`, `tcp:HOST:PORT`, `dns:SERVER`, or an http(s) URL."""
+    """`icmp:HOST`, `tcp:HOST:PORT`, `dns:SERVER`, or an http(s) URL; IPv4 or a name."""
     if value.startswith(("http://", "https://")):
-        return http_url(value)
+        http_url(value)
+        _ipv4_probe_host(value, urlsplit(value).hostname or "")
+        return value
     kind, _, rest = value.partition(":")
     if kind == "icmp":
-        host(rest)
+        _ipv4_probe_host(value, rest)
         return value
     if kind == "dns":
         ip_address(rest)
+        _ipv4_probe_host(value, rest)
         return value
     if kind == "tcp":
         h, sep, p = rest.rpartition(":")
         if not sep or not p.isdigit():
             raise ValueError(f"{value!r}: a TCP probe needs a port, like \"tcp:1.1.1.1:443\"")
-        host(h.strip("[]"))
+        _ipv4_probe_host(value, h.strip("[]"))
         port(int(p))
         return value
     raise ValueError(
