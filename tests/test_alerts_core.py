@@ -26,6 +26,7 @@ from failberry.bus import (
     ModemStateChanged,
     PublishedAddressChanged,
 )
+from failberry.parts import Seams
 from failberry.pihealth.events import AlertKind, HealthAlert
 from failberry.pihealth.events import Severity as PiSeverity
 from failberry.status import DataUsage, NetworkReport, Status, report_network
@@ -286,7 +287,7 @@ def test_part_reports_data_cap_from_the_network_status(tmp_path: Path) -> None:
     clocks = Clocks(wall=lambda: T0, boot_time=lambda: None)
 
     async def scenario() -> None:
-        part = build(cfg, status, bus, clocks=clocks, tick=0.05, data_every=0.05)
+        part = build(cfg, Seams(status, bus), clocks=clocks, tick=0.05, data_every=0.05)
         task = asyncio.create_task(part.run())
         try:
             for _ in range(100):

@@ -234,10 +234,10 @@ def test_config_check_accepts_the_section(tmp_path: Path) -> None:
 
 
 def test_build_parts_includes_pi_health() -> None:
-    from failberry.parts import build_parts
+    from failberry.parts import build_first
 
     cfg = config.parse('[modem]\napn = "x"\n[pihealth]\ntemperature_warning = 70\n')
-    [pih] = [p for p in build_parts(cfg, Status(), Bus(), manage_network=False)
+    [pih] = [p for p in build_first(cfg, Status(), Bus(), manage_network=False)
              if p.name == "pihealth"]
     assert isinstance(pih, PiHealthPart) and pih.cfg.temperature_warning == 70.0
 

@@ -30,7 +30,7 @@ from failberry.bus import Bus
 from failberry.config import Config
 from failberry.errors import ConfigError, FailberryError
 from failberry.logsetup import redact_secrets
-from failberry.parts import Part, build_parts
+from failberry.parts import Part, Recipe, Seams, build_parts
 from failberry.runfile import RunFile
 from failberry.sdnotify import Notifier, watchdog_interval
 from failberry.status import Status, modem_view, network_view
@@ -42,7 +42,7 @@ LOG = logging.getLogger(__name__)
 LOOP_PART = "loop"
 WANT_NOFILE = 8192  # 1,024 HTTP connections plus parts, with room
 
-PartsFactory = Callable[[Config, Status, Bus], Sequence[Part]]
+PartsFactory = Callable[[Config, Status, Bus], Sequence[Part | Recipe]]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -132,20 +132,10 @@ class Timing:
     stop_grace: float = 1.5  # parts get this long to clean up; SIGTERM must end within 2 s
 
 
-def _fresh(part: Part) -> Part:
-    """The new object a crashed part builds to run in its place."""
-    fresh: Callable[[], Part] = getattr(part, "fresh")  # noqa: B009  optional in Part
-    new = fresh()
-    if new.name != part.name:
-        raise TypeError(f"part {part.name}: fresh() built a part named {new.name!r}")
-    return new
-
-
-def _release(part: Part) -> None:
-    """Let a part that is stopped for good (or replaced) close its bus subscriptions."""
-    release: Callable[[], None] | None = getattr(part, "release", None)  # optional in Part
-    if release is not None:
-        release()
+def _handover(part: Part | None) -> object:
+    """What a crashed part hands the object built in its place (`handover()`, optional)."""
+    handover: Callable[[], object] | None = getattr(part, "handover", None)  # optional in Part
+    return None if handover is None else handover()
 
 
 def raise_nofile(want: int = WANT_NOFILE) -> int:
@@ -184,7 +174,6 @@ class Supervisor:
         self.http = HttpServer(self.app, host, port, limits, self.http_stats)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._scope: Bus | None = None  # the running parts' view of the bus
-        self._current: dict[str, Part] = {}  # the object each part's task runs now
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._background: set[asyncio.Task[Any]] = set()
@@ -206,50 +195,89 @@ class Supervisor:
     # -- parts --
 
     def _start_parts(self) -> None:
-        # What these parts subscribe to ends with them (and with their reload).
+        # What these parts subscribe to ends with them (and with their reload). A recipe's
+        # part gets a view of its own, which outlives the objects built on it: a crashed
+        # object's queues go to the next one (see _rebuild). A ready-made part (the tests'
+        # fakes) is run again as it is when it crashes.
         self._scope = self.bus.scope()
-        for part in self.parts_factory(self.cfg, self.status, self._scope):
-            if part.name in self._tasks or part.name == LOOP_PART:
-                LOG.error("part name %r used twice; not starting the second", part.name)
-                _release(part)
+        for item in self.parts_factory(self.cfg, self.status, self._scope):
+            name = item.name
+            if name in self._tasks or name == LOOP_PART:
+                LOG.error("part name %r used twice; not starting the second", name)
                 continue
-            self.status.register(part.name, part.deadline)
-            self.restarts.setdefault(part.name, 0)
-            self._tasks[part.name] = asyncio.create_task(self._keep_running(part),
-                                                         name=f"part-{part.name}")
+            part: Part | None = None
+            error: Exception | None = None
+            if isinstance(item, Recipe):
+                scope = self.bus.scope()
+                try:
+                    part = self._build(item, Seams(self.status, scope))
+                except Exception as e:  # noqa: BLE001  retried like a crash
+                    error = e
+                run = self._keep_running(item, scope, part, error)
+            else:
+                part = item
+                run = self._keep_running(None, self._scope, part, None)
+            self.status.register(name, part.deadline if part else self.timing.stable_after)
+            self.restarts.setdefault(name, 0)
+            self._tasks[name] = asyncio.create_task(run, name=f"part-{name}")
         LOG.info("started %d part(s): %s", len(self._tasks), ", ".join(self._tasks) or "none")
 
-    async def _keep_running(self, part: Part) -> None:
-        """Run `part`; when it crashes (or returns), log it and start it again after a backoff.
-        A part with a `fresh()` method is replaced by the new object it builds (new sockets,
-        threads and state: nothing the crash left half-done is reused); one without is run
-        again as it is (it resets itself in `run`). A part replaced, or stopped for good,
-        is released (its bus subscriptions closed)."""
-        self._current[part.name] = part
-        try:
-            await self._restart_loop(part)
-        finally:
-            _release(self._current.pop(part.name, part))
+    @staticmethod
+    def _build(recipe: Recipe, seams: Seams) -> Part:
+        part = recipe.build(seams)
+        if part.name != recipe.name:
+            raise TypeError(f"part {recipe.name}: its recipe built a part named {part.name!r}")
+        return part
 
-    async def _restart_loop(self, part: Part) -> None:
+    def _rebuild(self, recipe: Recipe, scope: Bus, crashed: Part | None) -> Part:
+        """A fresh object in place of `crashed` (None: none was ever built), handed what it
+        kept and the bus queues it left open."""
+        kept = _handover(crashed)
+        scope.hand_over()
+        part = self._build(recipe, Seams(self.status, scope, kept))
+        scope.taken_over()
+        return part
+
+    async def _keep_running(self, recipe: Recipe | None, scope: Bus, part: Part | None,
+                            error: Exception | None) -> None:
+        """Run the part; when it crashes (or returns), log it and start it again after a
+        backoff. A recipe's part is replaced by a fresh object built from the recipe (new
+        sockets, threads and state: nothing the crash left half-done is reused, only what
+        the crashed one hands over); `error`: the first build failed, try again after the
+        backoff. What the part subscribed through `scope` is closed when it stops for good."""
+        try:
+            await self._restart_loop(recipe, scope, part, error)
+        finally:
+            if recipe is not None:
+                scope.close()
+
+    async def _restart_loop(self, recipe: Recipe | None, scope: Bus, part: Part | None,
+                            error: Exception | None) -> None:
         loop = asyncio.get_running_loop()
         t = self.timing
         failures = 0  # in a row, each after a short run
-        name = part.name
-        current: Part | None = part
+        if recipe is not None:
+            name = recipe.name
+        else:
+            assert part is not None
+            name = part.name
+        current, previous = part, None
         while True:
             started = loop.time()
             try:
+                if error is not None:
+                    e, error = error, None
+                    raise e
                 if current is None:
-                    current = _fresh(part)
-                    _release(part)
-                    part = self._current[name] = current
+                    assert recipe is not None
+                    current = self._rebuild(recipe, scope, previous)
                 await current.run()
                 why, level = "returned", logging.WARNING
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a crashing part must never take the loop down
-                what = "crashed" if current is not None else "could not be rebuilt"
+                what = ("crashed" if current is not None else
+                        "could not be rebuilt" if previous is not None else "could not be built")
                 why, level = f"{what}: {type(e).__name__}: {e}", logging.ERROR
                 LOG.debug("part %s traceback", name, exc_info=True)
             if loop.time() - started >= t.stable_after:
@@ -259,8 +287,9 @@ class Supervisor:
             self.restarts[name] = self.restarts.get(name, 0) + 1
             LOG.log(level, "part %s %s; restarting it in %gs (restart %d)", name, why,
                     backoff, self.restarts[name])
-            if hasattr(part, "fresh"):
-                current = None  # build a new one after the backoff
+            if recipe is not None:
+                previous = current or previous  # built after the backoff
+                current = None
             await asyncio.sleep(backoff)
 
     async def _stop_parts(self) -> None:

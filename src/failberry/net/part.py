@@ -44,7 +44,7 @@ from failberry.bus import (
 )
 from failberry.config import Config
 from failberry.errors import FailberryError
-from failberry.modem.follow import follow, resolve_mobile
+from failberry.modem.follow import AUTO, follow, resolve_mobile
 from failberry.net import plan as netplan
 from failberry.net import readback
 from failberry.net.apply_routes import ApplyError, Netlink, RouteApplier
@@ -56,6 +56,7 @@ from failberry.net.probes import Binding, HealthTracker, Prober, Thresholds, Ver
 from failberry.net.readback import Uplink
 from failberry.net.sysctl import Sysctl, SysctlManager
 from failberry.net.usage import HEALTH_KEY, Usage
+from failberry.parts import Seams as PartSeams
 from failberry.reports import DataUsage, NetworkReport
 from failberry.status import Status, report_network
 
@@ -84,6 +85,13 @@ class Seams:
     routes: Routes | None = None  # the route applier; None: a RouteApplier on `netlink`
 
 
+@dataclass(frozen=True)
+class Kept:
+    """What a crashed network part hands the one built in its place."""
+
+    mobile: str | None  # the interface `uplink.mobile.interface = "auto"` resolved to
+
+
 class Routes(Protocol):
     """What the part needs from the route applier (`RouteApplier`; a fake in unit tests)."""
 
@@ -101,15 +109,13 @@ class NetworkPart:
     deadline = 3 * RECONCILE_EVERY
 
     def __init__(self, cfg: Config, status: Status, bus: Bus, seams: Seams, *,
-                 state_dir: Path = STATE_DIR, usage_path: Path = USAGE_FILE,
-                 rebuild: Callable[[], NetworkPart] | None = None) -> None:
+                 state_dir: Path = STATE_DIR, usage_path: Path = USAGE_FILE) -> None:
         self.cfg = cfg
         self.status = status
         self.bus = bus
         self.s = seams
         self.state_dir = state_dir
         self.usage_path = usage_path
-        self._rebuild = rebuild
         self.routes: Routes = seams.routes or RouteApplier(seams.netlink)
         self.sysctls = SysctlManager(seams.sysctl, state_dir)
         self.failover = Failover(cfg.failover.hold_down)
@@ -139,14 +145,11 @@ class NetworkPart:
         # Made by `run`, which shuts it down on the way out.
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
-    def fresh(self) -> NetworkPart:
-        """A new part to run after this one crashed: new sockets, threads and state. It starts
-        from the routes, NAT and firewall this one left in the kernel. Without `rebuild` it
-        shares these seams (which then must not have a `close`)."""
-        if self._rebuild is not None:
-            return self._rebuild()
-        return NetworkPart(self.cfg, self.status, self.bus, self.s, state_dir=self.state_dir,
-                           usage_path=self.usage_path)
+    def handover(self) -> Kept:
+        """What the part built after this one crashed starts from (besides the routes, NAT
+        and firewall this one left in the kernel): the interface the modem's link is on."""
+        mobile = self.cfg.uplink.mobile.interface
+        return Kept(mobile if mobile != AUTO else None)
 
     async def _blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
         assert self._pool is not None, "only while running"
@@ -155,7 +158,6 @@ class NetworkPart:
     async def run(self) -> None:
         """Run until cancelled. A clean stop (cancel) leaves the uplinks closed and removes the
         rest of what failberry added; a crash leaves everything in place (fail closed)."""
-        self.status.register(self.name, self.deadline)
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="net-apply")
         tasks: list[asyncio.Task[None]] = []
         forces: Subscription[ForceUplink] | None = None
@@ -523,7 +525,7 @@ class NetworkPart:
             forced=None if self.failover.forced is None
             else self.failover.forced.as_dict(self.s.clock())))
 
-def build(cfg: Config, status: Status, bus: Bus, state_dir: Path | None = None,
+def build(cfg: Config, seams: PartSeams, state_dir: Path | None = None,
           usage_path: Path | None = None) -> NetworkPart:
     """The part with real seams: pyroute2, python-iptables, /proc/sys, conntrack, sockets.
     Its files go to `paths.run_dir` and `paths.state_dir` unless given."""
@@ -534,13 +536,16 @@ def build(cfg: Config, status: Status, bus: Bus, state_dir: Path | None = None,
     from failberry.net.probes import SocketProber
     from failberry.net.sysctl import ProcSysctl
 
+    kept = seams.kept
+    if isinstance(kept, Kept) and kept.mobile and cfg.uplink.mobile.interface == AUTO:
+        cfg = resolve_mobile(cfg, kept.mobile)  # where the modem's link was: follow on
     nl = IPRoute()
 
     def links() -> list[tuple[int, str]]:
         return [(m["index"], m.get_attr("IFLA_IFNAME")) for m in nl.get_links()]
 
-    seams = Seams(nl, dual_stack(cfg), ProcSysctl(), NetlinkConntrack(), SocketProber(),
-                  LinkMonitor(IPRoute, links), close=nl.close)
-    return NetworkPart(cfg, status, bus, seams, state_dir=state_dir or Path(cfg.paths.run_dir),
-                       usage_path=usage_path or Path(cfg.paths.state_dir) / USAGE_FILE.name,
-                       rebuild=lambda: build(cfg, status, bus, state_dir, usage_path))
+    io = Seams(nl, dual_stack(cfg), ProcSysctl(), NetlinkConntrack(), SocketProber(),
+               LinkMonitor(IPRoute, links), close=nl.close)
+    return NetworkPart(cfg, seams.status, seams.bus, io,
+                       state_dir=state_dir or Path(cfg.paths.run_dir),
+                       usage_path=usage_path or Path(cfg.paths.state_dir) / USAGE_FILE.name)
