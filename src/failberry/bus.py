@@ -142,7 +142,7 @@ class Bus:
         built on it: each `subscribe(kind)` it makes takes over an open queue of that kind,
         with the events that arrived meanwhile (none is lost between the two objects).
         `taken_over()` then closes the queues nobody took."""
-        self._adoptable = [s for s in self._made if not s.closed]
+        self._adoptable = [s for s in self._adoptable + self._made if not s.closed]
         self._made = []
 
     def taken_over(self) -> None:
