@@ -533,7 +533,7 @@ def build(cfg: Config, seams: PartSeams, state_dir: Path | None = None,
 
     from failberry.net.conntrack import NetlinkConntrack
     from failberry.net.firewall6 import dual_stack
-    from failberry.net.probes import SocketProber
+    from failberry.net.prober import SocketProber
     from failberry.net.sysctl import ProcSysctl
 
     kept = seams.kept
