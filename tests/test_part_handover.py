@@ -207,3 +207,51 @@ def test_events_published_while_a_part_restarts_reach_the_fresh_object(tmp_path:
 
     assert asyncio.run(scenario()) == (1, 0)
     assert heard == ["during the backoff", "later"]
+
+
+class _Steady:
+    name = "steady"
+    deadline = 30.0
+
+    def __init__(self, status: Status) -> None:
+        self.status = status
+
+    async def run(self) -> None:
+        while True:
+            self.status.report(self.name, "running")
+            await asyncio.sleep(0.02)
+
+
+@pytest.mark.timeout(30)
+def test_a_part_whose_first_build_fails_is_built_after_the_backoff(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "f.toml"
+    path.write_text(f'[modem]\napn = "internet"\n[paths]\nrun_dir = "{tmp_path}"\n'
+                    f'state_dir = "{tmp_path}"\n')
+    tries: list[int] = []
+
+    def build(seams: Seams) -> _Steady:
+        tries.append(1)
+        if len(tries) == 1:
+            raise OSError("no netlink socket yet")
+        return _Steady(seams.status)
+
+    async def scenario() -> tuple[str, int]:
+        sup = Supervisor(config.load(path), port=0, host="127.0.0.1",
+                         parts=lambda c, s, b: [Recipe("steady", build)],
+                         timing=Timing(restart_initial=0.05))
+        task = asyncio.create_task(sup.run())
+        end = time.monotonic() + 10
+        while sup.status.parts.get("steady") is None or \
+                sup.status.parts["steady"].state != "running":
+            assert time.monotonic() < end
+            await asyncio.sleep(0.01)
+        state, restarts = sup.status.parts["steady"].state, sup.restarts["steady"]
+        sup.request_stop("test")
+        await task
+        return state, restarts
+
+    with caplog.at_level("INFO", logger="failberry.supervisor"):
+        assert asyncio.run(scenario()) == ("running", 1)
+    assert "part steady could not be built: OSError: no netlink socket yet; restarting it in " \
+        "0.05s (restart 1)" in [r.getMessage() for r in caplog.records]

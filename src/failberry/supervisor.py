@@ -88,6 +88,7 @@ class Supervisor:
         self.http = HttpServer(self.app, host, port, limits, self.http_stats)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._scope: Bus | None = None  # the running parts' view of the bus
+        self._part_scopes: list[Bus] = []  # each recipe's part's own view
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._background: set[asyncio.Task[Any]] = set()
@@ -123,6 +124,7 @@ class Supervisor:
             error: Exception | None = None
             if isinstance(item, Recipe):
                 scope = self.bus.scope()
+                self._part_scopes.append(scope)
                 try:
                     part = self._build(item, Seams(self.status, scope))
                 except Exception as e:  # noqa: BLE001  retried like a crash
@@ -224,6 +226,9 @@ class Supervisor:
         if self._scope is not None:  # what parts subscribed in run() and left open
             self._scope.close()
             self._scope = None
+        for scope in self._part_scopes:  # also of a part still cleaning up
+            scope.close()
+        self._part_scopes.clear()
 
     # -- reload --
 
