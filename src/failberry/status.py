@@ -25,7 +25,7 @@ import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from failberry import __version__
 from failberry.reports import (
@@ -52,6 +52,7 @@ __all__ = ["ALERTS", "DYNDNS", "MAX_EVENTS", "MODEM", "NETWORK", "PIHEALTH", "UP
            "pihealth_view", "report_alerts", "report_dyndns", "report_modem", "report_network",
            "report_pihealth"]
 MAX_EVENTS = 20
+R = TypeVar("R")
 
 
 @dataclass
@@ -228,22 +229,23 @@ def report_pihealth(status: Status, state: str, report: PiHealthReport) -> None:
     status.publish(PIHEALTH, state, report)
 
 
-def pihealth_view(status: Status) -> tuple[str, PiHealthReport] | None:
-    """The Pi health part's state and last report, or None before its first report."""
-    part = status.parts.get(PIHEALTH)
-    if part is None or not isinstance(part.report, PiHealthReport):
-        return None
-    return part.state, part.report
-
-
 def report_alerts(status: Status, state: str, report: AlertsReport) -> None:
     """The alerts part's report."""
     status.publish(ALERTS, state, report)
 
 
-def alerts_view(status: Status) -> tuple[str, AlertsReport] | None:
-    """The alerts part's state and last report, or None before its first report."""
-    part = status.parts.get(ALERTS)
-    if part is None or not isinstance(part.report, AlertsReport):
+def _view(status: Status, name: str, kind: type[R]) -> tuple[str, R] | None:
+    part = status.parts.get(name)
+    if part is None or not isinstance(part.report, kind):
         return None
     return part.state, part.report
+
+
+def pihealth_view(status: Status) -> tuple[str, PiHealthReport] | None:
+    """The Pi health part's state and last report, or None before its first report."""
+    return _view(status, PIHEALTH, PiHealthReport)
+
+
+def alerts_view(status: Status) -> tuple[str, AlertsReport] | None:
+    """The alerts part's state and last report, or None before its first report."""
+    return _view(status, ALERTS, AlertsReport)
