@@ -24,6 +24,7 @@ from failberry.alerts.model import Alert, Event, Severity  # noqa: E402
 from failberry.alerts.outbox import Outbox, Policy  # noqa: E402
 from failberry.bus import ActiveUplinkChanged, Bus  # noqa: E402
 from failberry.modem.at import open_serial  # noqa: E402
+from failberry.parts import Seams  # noqa: E402
 from failberry.status import Status  # noqa: E402
 
 ROUNDS = 20
@@ -37,7 +38,7 @@ async def sms_latency(d: Path) -> tuple[float, float]:
                        f'hooks_dir = "{d}/none"\n')
     bus = Bus()
     provider = SerialSmsProvider(str(fake.path), open_serial)
-    part = build(cfg, Status(), bus, provider=provider, tick=0.5)
+    part = build(cfg, Seams(Status(), bus), provider=provider, tick=0.5)
     task = asyncio.create_task(part.run())
     bus.publish(ActiveUplinkChanged("wired", None, "start"))
     session = await provider.acquire()

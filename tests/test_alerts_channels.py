@@ -24,6 +24,7 @@ from failberry.alerts.outbox import Policy
 from failberry.alerts.spec import parse_webhook
 from failberry.alerts.webhook import WebhookChannel
 from failberry.bus import ActiveUplinkChanged, Bus
+from failberry.parts import Seams
 from failberry.status import Status
 
 ALERT = Alert(Event.FAILOVER, Severity.WARNING, "failover: wired -> mobile: carrier lost",
@@ -104,7 +105,7 @@ def test_webhook_server_failing_then_retried(receiver: Receiver, tmp_path: Path)
     status, bus = Status(), Bus()
 
     async def scenario() -> float:
-        part = build(cfg, status, bus, tick=0.05)
+        part = build(cfg, Seams(status, bus), tick=0.05)
         task = asyncio.create_task(part.run())
         try:
             bus.publish(ActiveUplinkChanged("wired", None, "start"))

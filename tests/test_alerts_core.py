@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import typed_status
 from failberry import config, statuscmd
 from failberry.alerts import forecast as fc
 from failberry.alerts import translate
@@ -26,9 +27,11 @@ from failberry.bus import (
     ModemStateChanged,
     PublishedAddressChanged,
 )
+from failberry.parts import Seams
 from failberry.pihealth.events import AlertKind, HealthAlert
 from failberry.pihealth.events import Severity as PiSeverity
-from failberry.status import DataUsage, NetworkReport, Status, report_network
+from failberry.reports import AlertsReport
+from failberry.status import DataUsage, NetworkReport, Status, alerts_view, report_network
 from failberry.web import metrics
 
 T0 = 1_700_000_000.0
@@ -286,7 +289,7 @@ def test_part_reports_data_cap_from_the_network_status(tmp_path: Path) -> None:
     clocks = Clocks(wall=lambda: T0, boot_time=lambda: None)
 
     async def scenario() -> None:
-        part = build(cfg, status, bus, clocks=clocks, tick=0.05, data_every=0.05)
+        part = build(cfg, Seams(status, bus), clocks=clocks, tick=0.05, data_every=0.05)
         task = asyncio.create_task(part.run())
         try:
             for _ in range(100):
@@ -302,6 +305,9 @@ def test_part_reports_data_cap_from_the_network_status(tmp_path: Path) -> None:
     assert out.read_text() == "data_cap 80\n"  # 8.8 GiB with the health checks: 80 % once
     detail = status.parts["alerts"].detail
     assert detail["health_check_bytes"] == 300 * MiB
+    typed = typed_status.check(status.snapshot())["alerts"]  # the JSON is the dataclass's
+    assert isinstance(typed, AlertsReport) and typed.channels["hooks"].sent == 1
+    assert typed == alerts_view(status)[1]  # type: ignore[index]
     assert detail["recent"][-1]["event"] == "data_cap"
     assert detail["channels"]["hooks"]["sent"] == 1
     lines = statuscmd.render({"parts": {"alerts": {**detail, "forecast": {

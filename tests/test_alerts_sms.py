@@ -21,6 +21,7 @@ from failberry.alerts.sms_pdu import gsm7_septets, pack_septets, submit_pdus
 from failberry.bus import ActiveUplinkChanged, Bus, ForceUplink
 from failberry.modem.at import open_serial
 from failberry.modem.errors import CmsError
+from failberry.parts import Seams
 from failberry.status import Status
 
 ADMIN = "+491701234567"
@@ -126,7 +127,7 @@ async def _failover_is_one_sms_within_5s_and_flapping_one_per_hold_down(
         fake: FakeSmsModem, tmp_path: Path) -> None:
     cfg = cfg_for(fake, tmp_path, 'hold_down = "3s"\n')
     bus, status = Bus(), Status()
-    part = build(cfg, status, bus, provider=provider(fake), tick=0.05)
+    part = build(cfg, Seams(status, bus), provider=provider(fake), tick=0.05)
     task = asyncio.create_task(part.run())
     try:
         bus.publish(ActiveUplinkChanged("wired", None, "start"))  # the first choice: no news
@@ -166,7 +167,8 @@ async def _commands_from_the_allowlist_only(fake: FakeSmsModem, tmp_path: Path,
     bus, status = Bus(), Status()
     forced = bus.subscribe(ForceUplink)
     reboots: list[str] = []
-    part = build(cfg, status, bus, provider=provider(fake), reboot=reboots.append, tick=0.05)
+    part = build(cfg, Seams(status, bus), provider=provider(fake), reboot=reboots.append,
+                 tick=0.05)
     task = asyncio.create_task(part.run())
     try:
         await asyncio.sleep(0.3)
@@ -204,7 +206,7 @@ async def _sms_waits_in_the_queue_across_a_restart(fake: FakeSmsModem,
     cfg = cfg_for(fake, tmp_path, 'retry_initial = "100ms"\nretry_max = "200ms"\n')
     bus = Bus()
     absent = SerialSmsProvider(str(tmp_path / "ttyGONE"), open_serial)
-    part = build(cfg, Status(), bus, provider=absent, tick=0.05)
+    part = build(cfg, Seams(Status(), bus), provider=absent, tick=0.05)
     task = asyncio.create_task(part.run())
     bus.publish(ActiveUplinkChanged("wired", None, "start"))
     bus.publish(ActiveUplinkChanged(None, "wired", "everything down"))
@@ -214,7 +216,7 @@ async def _sms_waits_in_the_queue_across_a_restart(fake: FakeSmsModem,
     await asyncio.gather(task, return_exceptions=True)
     assert state.stat().st_mode & 0o777 == 0o600
     assert "no uplink works" in state.read_text()
-    part2 = build(cfg, Status(), Bus(), provider=provider(fake), tick=0.05)
+    part2 = build(cfg, Seams(Status(), Bus()), provider=provider(fake), tick=0.05)
     task2 = asyncio.create_task(part2.run())
     try:
         await wait_for(lambda: len(fake.sent) == 1, 5.0)

@@ -26,7 +26,7 @@ from failberry.config import Config
 from failberry.dyndns.base import Record
 from failberry.dyndns.part import DyndnsPart
 from failberry.dyndns.updater import Updater
-from failberry.parts import Part
+from failberry.parts import Part, Recipe, Seams
 from failberry.pihealth.events import HealthAlert
 from failberry.pihealth.part import PiHealthPart
 from failberry.status import Status
@@ -81,7 +81,7 @@ def _parts(tmp: Path, builds: list[int]) -> Callable[[Config, Status, Bus], list
         updater = Updater(_Nobody(), _Nobody(),  # type: ignore[arg-type]
                           [Record("pi.example.org", "A", 60)])
         return [DyndnsPart(updater, status, bus, provider="test"),
-                build_alerts(cfg, status, bus),
+                build_alerts(cfg, Seams(status, bus)),
                 PiHealthPart(status, bus, sys_root=tmp / "sys", kmsg=tmp / "no-kmsg",
                              mounts=tmp / "mounts")]
     return parts
@@ -134,21 +134,19 @@ def test_ten_sighup_reloads_leave_one_subscriber_per_part(
 
 
 class _Crashy:
-    """Subscribes in `__init__`, crashes on its first two runs, rebuilt by `fresh()`."""
+    """Subscribes when built, crashes on its first two runs; the supervisor builds a fresh one
+    from its recipe each time."""
 
     name = "crashy"
     deadline = 30.0
 
-    def __init__(self, bus: Bus, runs: list[int]) -> None:
-        self.bus = bus
+    def __init__(self, seams: Seams, runs: list[int], kept: list[object]) -> None:
         self.runs = runs
-        self.sub = bus.subscribe(DyndnsBlocked)
+        kept.append(seams.kept)
+        self.sub = seams.bus.subscribe(DyndnsBlocked)
 
-    def fresh(self) -> _Crashy:
-        return _Crashy(self.bus, self.runs)
-
-    def release(self) -> None:
-        self.sub.close()
+    def handover(self) -> int:
+        return len(self.runs)
 
     async def run(self) -> None:
         self.runs.append(1)
@@ -163,10 +161,12 @@ def test_a_part_replaced_after_a_crash_leaves_one_subscriber(tmp_path: Path) -> 
 
     path = _cfg_file(tmp_path / "f.toml", tmp_path, "internet")
     runs: list[int] = []
+    kept: list[object] = []
 
     async def scenario() -> tuple[int, int]:
         sup = Supervisor(config.load(path), port=0, host="127.0.0.1",
-                         parts=lambda c, s, b: [_Crashy(b, runs)],
+                         parts=lambda c, s, b: [Recipe("crashy",
+                                                       lambda seams: _Crashy(seams, runs, kept))],
                          timing=Timing(restart_initial=0.01, restart_max=0.02))
         task = asyncio.create_task(sup.run())
         end = time.monotonic() + 10
@@ -179,3 +179,4 @@ def test_a_part_replaced_after_a_crash_leaves_one_subscriber(tmp_path: Path) -> 
         return running, sup.bus.subscribers(DyndnsBlocked)
 
     assert asyncio.run(scenario()) == (1, 0)
+    assert kept == [None, 1, 2]  # each fresh object got what the crashed one handed over

@@ -17,7 +17,8 @@ import pytest
 from dyndns_bind import KEY_NAME, ZONE, Named, free_udp_tcp_port, new_secret
 from failberry.bus import AddressChanged, Bus, PublishedAddressChanged
 from failberry.config import parse
-from failberry.dyndns.part import DyndnsPart
+from failberry.dyndns.part import DyndnsPart, build
+from failberry.parts import Seams
 from failberry.status import Status
 
 pytestmark = pytest.mark.timeout(90)
@@ -63,7 +64,7 @@ def make_part(named: Named, tmp_path: Path, host: str, secret: str,
     secret_file.chmod(0o600)
     cfg = parse(config_text(named, host, secret_file, **kw))  # type: ignore[arg-type]
     status, bus = Status(), Bus()
-    part = DyndnsPart.from_config(cfg, status, bus, state_path=tmp_path / "dyndns-state.json")
+    part = build(cfg, Seams(status, bus), state_path=tmp_path / "dyndns-state.json")
     return part, status, bus
 
 

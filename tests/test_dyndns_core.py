@@ -147,16 +147,16 @@ def test_build_parts_adds_the_dyndns_part_for_a_provider() -> None:
     from failberry.bus import Bus
     from failberry.config import parse
     from failberry.dyndns.part import DyndnsPart
-    from failberry.parts import build_parts
+    from failberry.parts import build_first
     from failberry.status import Status
 
     base = '[modem]\napn = "internet"\n'
-    assert not [p for p in build_parts(parse(base), Status(), Bus(), manage_network=False)
+    assert not [p for p in build_first(parse(base), Status(), Bus(), manage_network=False)
                 if isinstance(p, DyndnsPart)]
     cfg = parse(base + '[dyndns]\nprovider = "dyndns2"\nname = "home.example.org"\n'
                 '[dyndns.dyndns2]\nurl = "https://dyn.example/nic/update"\nusername = "u"\n'
                 'password = "pw-not-logged"\n')
-    parts = [p for p in build_parts(cfg, Status(), Bus(), manage_network=False)
+    parts = [p for p in build_first(cfg, Status(), Bus(), manage_network=False)
              if isinstance(p, DyndnsPart)]
     assert len(parts) == 1 and parts[0].name == "dyndns" and parts[0].provider == "dyndns2"
     assert [str(s.record) for s in parts[0].updater.states.values()] == ["home.example.org A"]

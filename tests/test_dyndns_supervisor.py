@@ -50,7 +50,7 @@ def test_aaaa_follows_a_real_ipv6_address_and_a_restart_sends_nothing(pi: PiNs) 
     wait_for(lambda: pi.status(port)["dyndns"]["state"] == "ok", 5, "dyndns ok")
     # The real parts' /status sections are the dataclasses the readers and fake parts use.
     typed = typed_status.check(pi.status(port))
-    assert set(typed) == {"network", "dyndns", "modem"}, typed
+    assert set(typed) == {"network", "dyndns", "modem", "pihealth", "alerts"}, typed
     net = typed["network"]
     assert isinstance(net, NetworkReport) and net.active_uplink == "wired"
     assert net.uplinks["wired"].link is True and net.failovers_total >= 1

@@ -119,19 +119,20 @@ def test_reboot_log_save_replaces_the_file_whole(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["reboots.json"]
 
 
-def test_part_from_config_uses_the_real_seams() -> None:
+def test_part_build_uses_the_real_seams() -> None:
     from failberry.bus import Bus
     from failberry.config import Config
     from failberry.modem.bearer import BearerRunner
     from failberry.modem.datapath import Switch
     from failberry.modem.discovery import UdevDiscovery
     from failberry.modem.hilink import HilinkRunner
-    from failberry.modem.part import ModemPart
+    from failberry.modem.part import build
     from failberry.modem.ppp import PppRunner
     from failberry.modem.usbpower import SysfsUsbPower
+    from failberry.parts import Seams
     from failberry.status import Status
 
-    auto = ModemPart.from_config(Config(modem=ModemConfig(apn="internet")), Status(), Bus())
+    auto = build(Config(modem=ModemConfig(apn="internet")), Seams(Status(), Bus()))
     assert auto.name == "modem" and auto.deadline >= 60
     assert isinstance(auto.discovery, UdevDiscovery)
     assert isinstance(auto.driver.usb, SysfsUsbPower)
@@ -142,19 +143,19 @@ def test_part_from_config_uses_the_real_seams() -> None:
     assert switch.current is switch.runners["ppp"]
     switch.select("ncm", "wwan0")
     assert switch.current is switch.runners["ncm"] and not switch.exclusive
-    fixed = ModemPart.from_config(
-        Config(modem=ModemConfig(apn="internet", device="/dev/ttyUSB2")), Status(), Bus())
+    fixed = build(Config(modem=ModemConfig(apn="internet", device="/dev/ttyUSB2")),
+                  Seams(Status(), Bus()))
     assert isinstance(fixed.discovery, PathWatcher) and fixed.discovery.path == "/dev/ttyUSB2"
     assert isinstance(fixed.driver.ppp, PppRunner)
-    ncm = ModemPart.from_config(Config(modem=ModemConfig(apn="internet", device="/dev/ttyUSB2",
-                                                         data="ncm")), Status(), Bus())
+    ncm = build(Config(modem=ModemConfig(apn="internet", device="/dev/ttyUSB2", data="ncm")),
+                Seams(Status(), Bus()))
     assert isinstance(ncm.driver.ppp, BearerRunner)
     assert isinstance(ncm.discovery, PathWatcher) and ncm.discovery.data == "ncm"
     assert ncm.discovery.data_path == "/dev/ttyUSB2"  # bearer and monitoring on one port
     assert isinstance(switch.runners["hilink"], HilinkRunner)
     assert auto.driver.hilink is not None and auto.driver.hilink.runner is switch.runners["hilink"]
-    hl = ModemPart.from_config(Config(modem=ModemConfig(apn="internet", data="hilink")),
-                               Status(), Bus())
+    hl = build(Config(modem=ModemConfig(apn="internet", data="hilink")),
+               Seams(Status(), Bus()))
     assert isinstance(hl.driver.ppp, HilinkRunner) and hl.driver.hilink is not None
 
 
@@ -200,18 +201,19 @@ def test_configured_data_port_finds_its_sibling_at_port(tmp_path: Path) -> None:
     asyncio.run(go())
 
 
-def test_part_from_config_takes_programs_and_directories_from_the_config() -> None:
+def test_part_build_takes_programs_and_directories_from_the_config() -> None:
     from failberry.bus import Bus
     from failberry.config import Config, PathsConfig, RecoveryConfig
     from failberry.modem.adapters import CommandReboot
-    from failberry.modem.part import ModemPart
+    from failberry.modem.part import build
+    from failberry.parts import Seams
     from failberry.status import Status
 
     cfg = Config(modem=ModemConfig(apn="internet", device="/dev/ttyUSB2",
                                    at_port="/dev/ttyUSB1", pppd="/opt/test/pppd"),
                  recovery=RecoveryConfig(reboot_command=("/bin/echo", "reboot")),
                  paths=PathsConfig(run_dir="/tmp/fb-run", state_dir="/tmp/fb-state"))
-    part = ModemPart.from_config(cfg, Status(), Bus())
+    part = build(cfg, Seams(Status(), Bus()))
     assert part.driver.ppp.argv == ["/opt/test/pppd"]
     assert part.driver.ppp.directory == Path("/tmp/fb-run/ppp")
     assert part.driver.reboot_log is not None

@@ -1,5 +1,5 @@
 """`failberry run` itself, the real command in a subprocess, with the modem part built by
-`ModemPart.from_config`: the fake ZTE stick on ptys under /dev/shm (the config wants device
+`failberry.modem.part.build`: the fake ZTE stick on ptys under /dev/shm (the config wants device
 paths under /dev), the stand-in pppd through `[modem] pppd`, pppd's files and the reboot log
 in `[paths]` directories of the test, and `[recovery] reboot_command` a harmless command."""
 

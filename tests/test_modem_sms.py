@@ -21,6 +21,7 @@ from failberry.modem.at import AtChannel, open_serial
 from failberry.modem.errors import AtTimeout, CmsError
 from failberry.modem.machine import Phase
 from failberry.modem.smsport import CNMI, DriverSmsProvider
+from failberry.parts import Seams
 from modem_fakes.rig import Rig
 
 ADMIN = "+491701234567"
@@ -127,7 +128,7 @@ def test_failover_is_one_sms_via_the_monitoring_port_while_pppd_holds_data(
     async def go() -> None:
         async with Rig(tmp_path, start_part=False) as rig:
             provider = await start(rig)
-            part = build(alerts_cfg(tmp_path), rig.status, rig.bus, provider=provider,
+            part = build(alerts_cfg(tmp_path), Seams(rig.status, rig.bus), provider=provider,
                          tick=0.05)
             task = asyncio.create_task(part.run())
             try:
@@ -170,7 +171,7 @@ def test_status_sms_via_cmti_is_answered_and_a_stranger_ignored(tmp_path: Path) 
     async def go() -> None:
         async with Rig(tmp_path, start_part=False) as rig:
             provider = await start(rig)
-            part = build(alerts_cfg(tmp_path), rig.status, rig.bus, provider=provider,
+            part = build(alerts_cfg(tmp_path), Seams(rig.status, rig.bus), provider=provider,
                          tick=0.05)
             task = asyncio.create_task(part.run())
             try:
@@ -204,7 +205,7 @@ def test_sms_waits_while_the_only_port_is_pppds(tmp_path: Path) -> None:
         async with Rig(tmp_path, single_port=True, start_part=False) as rig:
             provider = await start(rig)
             assert await provider.acquire() is None  # pppd holds the one port: queue
-            part = build(alerts_cfg(tmp_path), rig.status, rig.bus, provider=provider,
+            part = build(alerts_cfg(tmp_path), Seams(rig.status, rig.bus), provider=provider,
                          tick=0.05)
             task = asyncio.create_task(part.run())
             try:
@@ -304,7 +305,7 @@ def test_build_parts_hands_the_modem_parts_port_to_the_sms_code(tmp_path: Path) 
     from failberry.alerts.part import AlertsPart
     from failberry.bus import Bus
     from failberry.modem.part import ModemPart
-    from failberry.parts import build_parts
+    from failberry.parts import build_first
     from failberry.status import Status
 
     def parts(extra: str) -> tuple[ModemPart, AlertsPart]:
@@ -313,7 +314,7 @@ def test_build_parts_hands_the_modem_parts_port_to_the_sms_code(tmp_path: Path) 
                            f'run_dir = "{tmp_path}/run"\n'
                            f'[alerts]\nsms_to = ["{ADMIN}"]\nsms_commands_from = ["{ADMIN}"]\n'
                            f'hooks_dir = "{tmp_path}/hooks"\n{extra}')
-        built = build_parts(cfg, Status(), Bus(), manage_network=False)
+        built = build_first(cfg, Status(), Bus(), manage_network=False)
         [m] = [p for p in built if isinstance(p, ModemPart)]
         [a] = [p for p in built if isinstance(p, AlertsPart)]
         return m, a

@@ -150,3 +150,49 @@ def _drain(q: asyncio.Queue[Any]) -> list[Any]:
     while not q.empty():
         out.append(q.get_nowait())
     return out
+
+
+class _Monitor:
+    def __init__(self) -> None:
+        self.events: asyncio.Queue[object] = asyncio.Queue()
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+class _SilentProber:
+    async def round(self, *args: object) -> list[object]:
+        await asyncio.Event().wait()
+        return []
+
+
+def test_the_running_part_leaves_its_registration_to_the_supervisor(tmp_path: Path) -> None:
+    """It used to register itself in run(): each rebuild after a crash reset its deadline and
+    state, so a part crashing in a loop never went stale and the watchdog kept pinging."""
+    cfg = config.parse(CONFIG.format(tmp=tmp_path))
+    routes = FakeRoutes()
+    routes.links = {"eth0": up("192.168.1.2"), "eth1": up("203.0.113.2"),
+                    "ppp0": up("10.64.0.7")}
+    seams = Seams(netlink=None, firewall=FakeFirewall(), sysctl=FakeSysctl(),  # type: ignore[arg-type]
+                  flusher=FakeFlusher(), prober=_SilentProber(),  # type: ignore[arg-type]
+                  monitor=_Monitor(), routes=routes)  # type: ignore[arg-type]
+    status = Status(state="running")
+    status.register("network", 999.0)  # as the supervisor did when it built the first object
+    part = NetworkPart(cfg, status, Bus(), seams, state_dir=tmp_path / "run",
+                       usage_path=tmp_path / "usage.json")
+
+    async def scenario() -> None:
+        task = asyncio.create_task(part.run())
+        for _ in range(200):
+            if network_view(status) is not None and network_view(status).active_uplink:  # type: ignore[union-attr]
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
+    assert status.parts["network"].deadline == 999.0
+    assert status.parts["network"].state in ("ok", "degraded")  # it did report

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import typed_status
 from conftest import run_cli
 from failberry import config, statuscmd
 from failberry.bus import Bus, ModemStateChanged
@@ -18,6 +19,7 @@ from failberry.errors import ConfigError
 from failberry.parts import Part
 from failberry.pihealth.events import AlertKind, HealthAlert
 from failberry.pihealth.part import PiHealthPart
+from failberry.reports import PiHealthReport
 from failberry.status import Status
 from failberry.supervisor import Supervisor
 from failberry.web import metrics
@@ -98,6 +100,9 @@ def test_supervisor_serves_pi_health_in_status_and_metrics(tmp_path: Path) -> No
     doc, text, alerts = _serve(cfg, make)
     pih = doc["parts"]["pihealth"]  # type: ignore[index]
     assert pih["state"] == "ok" and not pih["stale"]
+    typed = typed_status.check(doc)["pihealth"]  # the JSON is the dataclass's, key for key
+    assert isinstance(typed, PiHealthReport) and typed.power is not None
+    assert typed.power.events_total == 2 and typed.kernel_log is None
     assert pih["power"]["events_total"] == 2
     assert pih["power"]["seconds_total"] == pytest.approx(6.0, abs=0.2)
     assert pih["temperature"]["zones"] == {"cpu-thermal": 51.5, "gpu-thermal": 49.0}
@@ -132,6 +137,8 @@ def test_supervisor_on_a_board_without_the_files(tmp_path: Path) -> None:
     doc, text, alerts = _serve(cfg, make)
     pih = doc["parts"]["pihealth"]  # type: ignore[index]
     assert pih["state"] == "ok" and pih["alerts"] == [] and alerts == []
+    assert typed_status.check(doc)["pihealth"] == PiHealthReport(
+        warnings=(), kernel_log=pih["kernel_log"])
     for absent in ("power", "temperature", "throttle", "storage"):
         assert absent not in pih
     check = promtool(text)
@@ -234,10 +241,10 @@ def test_config_check_accepts_the_section(tmp_path: Path) -> None:
 
 
 def test_build_parts_includes_pi_health() -> None:
-    from failberry.parts import build_parts
+    from failberry.parts import build_first
 
     cfg = config.parse('[modem]\napn = "x"\n[pihealth]\ntemperature_warning = 70\n')
-    [pih] = [p for p in build_parts(cfg, Status(), Bus(), manage_network=False)
+    [pih] = [p for p in build_first(cfg, Status(), Bus(), manage_network=False)
              if p.name == "pihealth"]
     assert isinstance(pih, PiHealthPart) and pih.cfg.temperature_warning == 70.0
 

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
+from failberry.net.prober import NameCache, SocketProber, _checksum, echo_request, is_echo_reply
 from failberry.net.probes import (
     MIN_TIMEOUT,
     Binding,
     HealthTracker,
-    NameCache,
     ProbeResult,
-    SocketProber,
     Target,
     Thresholds,
-    _checksum,
-    echo_request,
-    is_echo_reply,
     parse_target,
 )
 

@@ -13,7 +13,7 @@ from failberry import statuscmd
 from failberry.bus import AddressChanged, Bus
 from failberry.config import parse
 from failberry.dyndns.addresses import AddressBook, Chooser
-from failberry.parts import build_parts
+from failberry.parts import build_first
 from failberry.runfile import RunFile
 from failberry.status import Status
 
@@ -25,11 +25,11 @@ def test_modem_disabled_builds_no_modem_part_and_says_so() -> None:
 
     status = Status()
     cfg = parse(BASE + "enabled = false\n")
-    parts = build_parts(cfg, status, Bus(), manage_network=False)
+    parts = build_first(cfg, status, Bus(), manage_network=False)
     assert not [p for p in parts if isinstance(p, ModemPart)]
     assert status.parts["modem"].state == "not managed"
     assert status.stale_parts() == []
-    assert [p for p in build_parts(parse(BASE), Status(), Bus(), manage_network=False)
+    assert [p for p in build_first(parse(BASE), Status(), Bus(), manage_network=False)
             if isinstance(p, ModemPart)]
     lines = statuscmd.render({"modem": {"state": "not managed",
                                         "reason": "modem.enabled = false: something else"}})
@@ -37,16 +37,17 @@ def test_modem_disabled_builds_no_modem_part_and_says_so() -> None:
 
 
 def test_parts_put_their_files_under_the_configured_paths(tmp_path: Path) -> None:
-    from failberry.dyndns.part import DyndnsPart
+    from failberry.dyndns.part import build as build_dyndns
     from failberry.net.part import build
+    from failberry.parts import Seams
 
     cfg = parse(BASE + f'[paths]\nrun_dir = "{tmp_path}/run"\nstate_dir = "{tmp_path}/st"\n'
                 '[dyndns]\nprovider = "dyndns2"\nname = "h.example.org"\n[dyndns.dyndns2]\n'
                 'url = "https://x.example/nic/update"\nusername = "u"\npassword = "p"\n')
-    net = build(cfg, Status(), Bus())
+    net = build(cfg, Seams(Status(), Bus()))
     assert net.sysctls.path == tmp_path / "run" / "sysctl-saved.json"
     assert net.usage.path == tmp_path / "st" / "mobile-usage.json"
-    dyn = DyndnsPart.from_config(cfg, Status(), Bus())
+    dyn = build_dyndns(cfg, Seams(Status(), Bus()))
     assert dyn.state is not None and dyn.state.path == tmp_path / "st" / "dyndns-state.json"
 
 

@@ -22,7 +22,7 @@ from conftest import EXAMPLES, free_port
 from failberry import config, logsetup
 from failberry.bus import Bus
 from failberry.config import Config
-from failberry.parts import Part
+from failberry.parts import Part, Recipe, Seams
 from failberry.status import Status
 from failberry.supervisor import IoExecutor, Supervisor, Timing
 from test_health import supervisor, wait_for
@@ -228,25 +228,21 @@ def test_a_crashing_part_is_restarted_with_backoff(tmp_path: Path,
 
 
 class _Fresh:
-    """A part that crashes while `crashes` says so; `fresh()` builds the next object (failing
+    """A part that crashes while `crashes` says so; its recipe builds each object (failing
     while `build_failures` says so), as the network part's does."""
 
     name = "fresh"
     deadline = 5.0
 
-    def __init__(self, status: Status, made: list[_Fresh], crashes: list[bool],
-                 build_failures: list[bool]) -> None:
+    def __init__(self, status: Status, made: list[_Fresh], crashes: list[bool]) -> None:
         self.status = status
         self.made = made
         self.crashes = crashes
-        self.build_failures = build_failures
         self.runs = 0
         made.append(self)
 
-    def fresh(self) -> _Fresh:
-        if self.build_failures and self.build_failures.pop(0):
-            raise OSError("no netlink socket")
-        return _Fresh(self.status, self.made, self.crashes, self.build_failures)
+    def handover(self) -> int:
+        return len(self.made)
 
     async def run(self) -> None:
         self.runs += 1
@@ -263,8 +259,17 @@ def test_a_crashed_part_is_rebuilt_fresh(tmp_path: Path,
     cfg = config.load(_cfg_file(tmp_path / "f.toml"))
     made: list[_Fresh] = []
 
-    def parts(_cfg: Config, status: Status, _bus: Bus) -> list[Part]:
-        return [_Fresh(status, made, crashes=[True, True], build_failures=[False, True])]
+    crashes, build_failures = [True, True], [False, False, True, False]
+    kept: list[object] = []
+
+    def build(seams: Seams) -> _Fresh:
+        kept.append(seams.kept)
+        if build_failures.pop(0):
+            raise OSError("no netlink socket")
+        return _Fresh(seams.status, made, crashes)
+
+    def parts(_cfg: Config, _status: Status, _bus: Bus) -> list[Recipe]:
+        return [Recipe("fresh", build)]
 
     async def scenario() -> None:
         sup = Supervisor(cfg, port=0, host="127.0.0.1", parts=parts,
@@ -276,6 +281,7 @@ def test_a_crashed_part_is_rebuilt_fresh(tmp_path: Path,
         # Two crashes, one failed build: three objects, each run exactly once.
         assert [m.runs for m in made] == [1, 1, 1]
         assert sup.restarts["fresh"] == 3
+        assert kept == [None, 1, 2, 2]  # the failed build's handover goes to the next one
         sup.request_stop("test")
         await task
 

@@ -10,7 +10,8 @@ from failberry import reports
 
 _PART_KEYS = ("state", "age_s", "stale")  # the snapshot's own keys beside the report
 TYPED = {"network": reports.NetworkReport, "dyndns": reports.DyndnsReport,
-         "modem": reports.ModemReport}
+         "modem": reports.ModemReport, "pihealth": reports.PiHealthReport,
+         "alerts": reports.AlertsReport}
 
 
 def detail(section: Mapping[str, Any]) -> dict[str, Any]:

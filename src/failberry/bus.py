@@ -122,13 +122,34 @@ class Bus:
         self.maxsize = maxsize
         self._subs: dict[type[Any], list[Subscription[Any]]] = {} if _subs is None else _subs
         self._made: list[Subscription[Any]] = []
+        self._adoptable: list[Subscription[Any]] = []
 
     def subscribe(self, kind: type[E]) -> Subscription[E]:
-        """A queue that receives every later event of `kind` until it is closed."""
+        """A queue that receives every later event of `kind` until it is closed (after
+        `hand_over`, the open queue of that kind, with what it holds, if there is one)."""
+        for sub in self._adoptable:
+            if sub.kind is kind and not sub.closed:
+                self._adoptable.remove(sub)
+                self._made.append(sub)
+                return sub
         sub = Subscription(self._subs.setdefault(kind, []), kind, self.maxsize)
         self._made = [s for s in self._made if not s.closed]
         self._made.append(sub)
         return sub
+
+    def hand_over(self) -> None:
+        """The part that subscribed through this view crashed and a fresh one is about to be
+        built on it: each `subscribe(kind)` it makes takes over an open queue of that kind,
+        with the events that arrived meanwhile (none is lost between the two objects).
+        `taken_over()` then closes the queues nobody took."""
+        self._adoptable = [s for s in self._adoptable + self._made if not s.closed]
+        self._made = []
+
+    def taken_over(self) -> None:
+        """Close the queues `hand_over` offered and nobody took."""
+        left, self._adoptable = self._adoptable, []
+        for sub in left:
+            sub.close()
 
     def subscribers(self, kind: type[Any]) -> int:
         """How many open subscriptions `kind` has."""
@@ -143,6 +164,7 @@ class Bus:
         made, self._made = self._made, []
         for sub in made:
             sub.close()
+        self.taken_over()
 
     def publish(self, event: object) -> None:
         """Deliver to every subscriber of the event's type; never blocks."""

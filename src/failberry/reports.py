@@ -112,6 +112,117 @@ class ModemReport:
     last_error: str | None = None
 
 
+# Pi health and alerts: a value the board lacks (or the part has not seen yet) is left out of
+# the JSON, not null (`OMIT`: `failberry.status.jsonable` skips the field while it is None).
+OMIT = {"omit_none": True}
+
+
+def _opt() -> Any:
+    return field(default=None, metadata=OMIT)
+
+
+@dataclass(frozen=True)
+class PowerReport:
+    """Under-voltage since boot (rpi_volt alarm, firmware, kernel log)."""
+
+    undervoltage: bool
+    events_total: int
+    seconds_total: float
+    events_last_hour: int
+    seconds_last_hour: float
+    last_seen_at: float | None = None  # wall clock
+
+
+@dataclass(frozen=True)
+class TemperatureReport:
+    """The thermal zones, in degrees Celsius."""
+
+    zones: Mapping[str, float]
+    max_celsius: float
+    warning_celsius: float
+    hot: bool
+
+
+@dataclass(frozen=True)
+class StorageReport:
+    """The root file system and the SD card errors in the kernel log."""
+
+    root_readonly: bool | None = _opt()
+    root_device: str | None = _opt()
+    errors_total: int | None = _opt()  # absent when the kernel log cannot be read
+    errors_last_hour: int | None = _opt()
+    last_error: str | None = _opt()
+    last_error_at: float | None = _opt()
+
+
+@dataclass(frozen=True)
+class PiAlert:
+    """One alert the Pi health part published (wall clock)."""
+
+    kind: str
+    severity: str
+    message: str
+    at: float
+    held_back: int = 0
+
+
+@dataclass(frozen=True)
+class PiHealthReport:
+    """The Pi health part's report: what is wrong now, and each family the board has."""
+
+    warnings: tuple[str, ...] = ()
+    power: PowerReport | None = _opt()
+    throttle: Mapping[str, bool] | None = _opt()  # vcgencmd get_throttled's flags
+    temperature: TemperatureReport | None = _opt()
+    kernel_log: str | None = _opt()  # why the kernel log is not read
+    storage: StorageReport | None = _opt()
+    alerts: tuple[PiAlert, ...] = ()
+
+
+@dataclass(frozen=True)
+class ChannelReport:
+    """One alert channel's outbox."""
+
+    sent: int = 0
+    failed: int = 0
+    dropped: int = 0
+    queued: int = 0
+    held: int = 0
+    last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class RecentAlert:
+    """An alert offered to the channels (wall clock)."""
+
+    at: float
+    event: str
+    severity: str
+    message: str
+
+
+@dataclass(frozen=True)
+class DataForecast:
+    """Where this period's mobile data is heading."""
+
+    projected_bytes: int
+    reach_at: float | None  # when the cap is reached, if before the reset
+    period_end: float
+    bytes_per_day: int
+    health_bytes_per_day: int
+
+
+@dataclass(frozen=True)
+class AlertsReport:
+    """The alerts part's report."""
+
+    channels: Mapping[str, ChannelReport] = field(default_factory=dict)
+    recent: tuple[RecentAlert, ...] = ()
+    health_check_bytes: int = 0
+    forecast: DataForecast | None = None
+    sms_commands: Mapping[str, int] | None = _opt()  # only with SMS commands
+
+
 def parse(cls: type[T], raw: object, where: str = "") -> T:
     """`raw` (JSON) as `cls`; ValueError naming the first key that does not fit."""
     if not isinstance(raw, Mapping):

@@ -2,9 +2,10 @@
 (HTTP, `failberry status`, metrics, systemd STATUS=) reads the same object.
 
 Writers call the loop's thread. Typed parts report one frozen dataclass through
-`Status.publish(name, state, report)` (`report_network`, `report_dyndns`, `report_modem`); the
-object is kept (`PartReport.report`, read back by `network_view`/`dyndns_view`) and its JSON
-form is the part's `/status` detail. The dataclasses live in `failberry.reports`:
+`Status.publish(name, state, report)` (`report_network`, `report_dyndns`, `report_modem`,
+`report_pihealth`, `report_alerts`); the object is kept (`PartReport.report`, read back by
+`network_view`, `modem_view`, `pihealth_view`, `alerts_view`) and its JSON form is the part's
+`/status` detail. The dataclasses live in `failberry.reports`:
 
 - `network` (`NetworkReport`): active uplink, `uplinks` (`UplinkReport`: `up` is the probes'
   verdict after hysteresis, the fact `/health` decides on), failover `events`, `data` usage,
@@ -12,8 +13,11 @@ form is the part's `/status` detail. The dataclasses live in `failberry.reports`
 - `dyndns` (`DyndnsReport`): record, published address, last success/error, next retry.
 - `modem` (`ModemReport`): the modem driver's facts (signal, operator, registration, ladder);
   `parts.py` reports "not managed" the same way when `modem.enabled = false`.
+- `pihealth` (`PiHealthReport`): power, throttle, temperature, storage, the last alerts; a
+  family the board lacks is left out of the JSON.
+- `alerts` (`AlertsReport`): each channel's outbox, the recent alerts, the data forecast.
 
-`pihealth` and `alerts` still report untyped (`Status.report(name, state, **detail)`)."""
+`Status.report(name, state, **detail)` is left for the supervisor's own `loop` entry."""
 
 from __future__ import annotations
 
@@ -21,28 +25,34 @@ import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from failberry import __version__
 from failberry.reports import (
+    AlertsReport,
     DataUsage,
     DyndnsReport,
     FailoverEvent,
     ModemReport,
     NetworkReport,
+    PiHealthReport,
     UplinkReport,
 )
 
 NETWORK = "network"
 MODEM = "modem"
 DYNDNS = "dyndns"
-PIHEALTH = "pihealth"  # the Pi's own health: failberry.pihealth.part.PiHealthPart.detail
+PIHEALTH = "pihealth"  # the Pi's own health: failberry.pihealth.part.PiHealthPart
+ALERTS = "alerts"
 UPLINKS = ("wired", "mobile")
-__all__ = ["DYNDNS", "MAX_EVENTS", "MODEM", "NETWORK", "PIHEALTH", "UPLINKS", "DataUsage",
-           "DyndnsReport", "FailoverEvent", "ModemReport", "NetworkReport", "NetworkView",
-           "PartReport", "Status", "UplinkReport", "jsonable", "modem_view", "network_view",
-           "report_dyndns", "report_modem", "report_network"]
+__all__ = ["ALERTS", "DYNDNS", "MAX_EVENTS", "MODEM", "NETWORK", "PIHEALTH", "UPLINKS",
+           "AlertsReport", "DataUsage", "DyndnsReport", "FailoverEvent", "ModemReport",
+           "NetworkReport", "NetworkView", "PartReport", "PiHealthReport", "Status",
+           "UplinkReport", "alerts_view", "jsonable", "modem_view", "network_view",
+           "pihealth_view", "report_alerts", "report_dyndns", "report_modem", "report_network",
+           "report_pihealth"]
 MAX_EVENTS = 20
+R = TypeVar("R")
 
 
 @dataclass
@@ -133,7 +143,8 @@ def jsonable(value: Any) -> Any:
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return jsonable(dataclasses.asdict(value))
+        return {f.name: jsonable(v) for f in dataclasses.fields(value)
+                if (v := getattr(value, f.name)) is not None or not f.metadata.get("omit_none")}
     if isinstance(value, Mapping):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
@@ -211,3 +222,30 @@ def modem_view(status: Status) -> tuple[str, ModemReport] | None:
     if part is None:
         return None
     return part.state, part.report if isinstance(part.report, ModemReport) else ModemReport()
+
+
+def report_pihealth(status: Status, state: str, report: PiHealthReport) -> None:
+    """The Pi health part's report, every poll and on every alert."""
+    status.publish(PIHEALTH, state, report)
+
+
+def report_alerts(status: Status, state: str, report: AlertsReport) -> None:
+    """The alerts part's report."""
+    status.publish(ALERTS, state, report)
+
+
+def _view(status: Status, name: str, kind: type[R]) -> tuple[str, R] | None:
+    part = status.parts.get(name)
+    if part is None or not isinstance(part.report, kind):
+        return None
+    return part.state, part.report
+
+
+def pihealth_view(status: Status) -> tuple[str, PiHealthReport] | None:
+    """The Pi health part's state and last report, or None before its first report."""
+    return _view(status, PIHEALTH, PiHealthReport)
+
+
+def alerts_view(status: Status) -> tuple[str, AlertsReport] | None:
+    """The alerts part's state and last report, or None before its first report."""
+    return _view(status, ALERTS, AlertsReport)

@@ -10,27 +10,24 @@ the loop owns."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import functools
 import gc
 import logging
 import os
-import queue
-import resource
 import signal
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 from failberry import __version__, config
 from failberry.backoff import exponential
 from failberry.bus import Bus
 from failberry.config import Config
 from failberry.errors import ConfigError, FailberryError
+from failberry.ioexec import IoExecutor, raise_nofile
 from failberry.logsetup import redact_secrets
-from failberry.parts import Part, build_parts
+from failberry.parts import Part, Recipe, Seams, build_parts
 from failberry.runfile import RunFile
 from failberry.sdnotify import Notifier, watchdog_interval
 from failberry.status import Status, modem_view, network_view
@@ -40,84 +37,12 @@ from failberry.web.httpserver import HttpServer, HttpStats, Limits
 LOG = logging.getLogger(__name__)
 
 LOOP_PART = "loop"
-WANT_NOFILE = 8192  # 1,024 HTTP connections plus parts, with room
 
-PartsFactory = Callable[[Config, Status, Bus], Sequence[Part]]
-
-P = ParamSpec("P")
-T = TypeVar("T")
+PartsFactory = Callable[[Config, Status, Bus], Sequence[Part | Recipe]]
 
 
 class ListenError(FailberryError):
     """The health endpoint cannot bind its address."""
-
-
-class IoExecutor(concurrent.futures.ThreadPoolExecutor):
-    """The loop's threads for blocking libraries (serial, netlink, DNS, HTTP clients).
-
-    Unlike ThreadPoolExecutor's, its threads are daemons and shutdown waits only briefly: a
-    call wedged in the kernel (a USB modem in D state) must not keep the process from exiting
-    when systemd asks it to stop. It subclasses ThreadPoolExecutor only because
-    `loop.set_default_executor` insists on one; `submit` and `shutdown` are its own."""
-
-    def __init__(self, max_workers: int = 8, join_timeout: float = 0.2) -> None:
-        super().__init__(max_workers, thread_name_prefix="failberry-io")  # starts no thread
-        self.max_workers = max_workers
-        self.join_timeout = join_timeout
-        self._work: queue.SimpleQueue[tuple[concurrent.futures.Future[Any],
-                                            Callable[[], Any]] | None] = queue.SimpleQueue()
-        self._daemons: list[threading.Thread] = []
-        self._idle = threading.Semaphore(0)
-        self._lock = threading.Lock()
-        self._closed = False
-
-    def submit(self, fn: Callable[P, T], /, *args: P.args,
-               **kwargs: P.kwargs) -> concurrent.futures.Future[T]:
-        """Run `fn(*args, **kwargs)` on one of the threads."""
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("cannot schedule new work after shutdown")
-            fut: concurrent.futures.Future[T] = concurrent.futures.Future()
-            self._work.put((fut, lambda: fn(*args, **kwargs)))
-            if not self._idle.acquire(blocking=False) and len(self._daemons) < self.max_workers:
-                t = threading.Thread(target=self._worker, daemon=True,
-                                     name=f"failberry-io-{len(self._daemons)}")
-                t.start()
-                self._daemons.append(t)
-            return fut
-
-    def _worker(self) -> None:
-        while True:
-            item = self._work.get()
-            if item is None:
-                return
-            fut, call = item
-            if fut.set_running_or_notify_cancel():
-                try:
-                    fut.set_result(call())
-                except BaseException as e:  # noqa: BLE001 -- handed to the awaiting coroutine
-                    fut.set_exception(e)
-            self._idle.release()
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop the threads; wait at most `join_timeout` for each that is busy."""
-        with self._lock:
-            self._closed = True
-            if cancel_futures:
-                while True:
-                    try:
-                        item = self._work.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is not None:
-                        item[0].cancel()
-            for _ in self._daemons:
-                self._work.put(None)
-        if wait:
-            for t in self._daemons:
-                t.join(self.join_timeout)
-                if t.is_alive():
-                    LOG.warning("thread %s is still busy at exit; leaving it", t.name)
 
 
 @dataclass(frozen=True)
@@ -132,31 +57,10 @@ class Timing:
     stop_grace: float = 1.5  # parts get this long to clean up; SIGTERM must end within 2 s
 
 
-def _fresh(part: Part) -> Part:
-    """The new object a crashed part builds to run in its place."""
-    fresh: Callable[[], Part] = getattr(part, "fresh")  # noqa: B009  optional in Part
-    new = fresh()
-    if new.name != part.name:
-        raise TypeError(f"part {part.name}: fresh() built a part named {new.name!r}")
-    return new
-
-
-def _release(part: Part) -> None:
-    """Let a part that is stopped for good (or replaced) close its bus subscriptions."""
-    release: Callable[[], None] | None = getattr(part, "release", None)  # optional in Part
-    if release is not None:
-        release()
-
-
-def raise_nofile(want: int = WANT_NOFILE) -> int:
-    """Raise the soft open-file limit toward `want` (within the hard limit); the new limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        LOG.debug("open-file limit raised from %d to %d", soft, target)
-        return target
-    return soft
+def _handover(part: Part | None) -> object:
+    """What a crashed part hands the object built in its place (`handover()`, optional)."""
+    handover: Callable[[], object] | None = getattr(part, "handover", None)  # optional in Part
+    return None if handover is None else handover()
 
 
 class Supervisor:
@@ -184,7 +88,7 @@ class Supervisor:
         self.http = HttpServer(self.app, host, port, limits, self.http_stats)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._scope: Bus | None = None  # the running parts' view of the bus
-        self._current: dict[str, Part] = {}  # the object each part's task runs now
+        self._part_scopes: list[Bus] = []  # each recipe's part's own view
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._background: set[asyncio.Task[Any]] = set()
@@ -206,50 +110,90 @@ class Supervisor:
     # -- parts --
 
     def _start_parts(self) -> None:
-        # What these parts subscribe to ends with them (and with their reload).
+        # What these parts subscribe to ends with them (and with their reload). A recipe's
+        # part gets a view of its own, which outlives the objects built on it: a crashed
+        # object's queues go to the next one (see _rebuild). A ready-made part (the tests'
+        # fakes) is run again as it is when it crashes.
         self._scope = self.bus.scope()
-        for part in self.parts_factory(self.cfg, self.status, self._scope):
-            if part.name in self._tasks or part.name == LOOP_PART:
-                LOG.error("part name %r used twice; not starting the second", part.name)
-                _release(part)
+        for item in self.parts_factory(self.cfg, self.status, self._scope):
+            name = item.name
+            if name in self._tasks or name == LOOP_PART:
+                LOG.error("part name %r used twice; not starting the second", name)
                 continue
-            self.status.register(part.name, part.deadline)
-            self.restarts.setdefault(part.name, 0)
-            self._tasks[part.name] = asyncio.create_task(self._keep_running(part),
-                                                         name=f"part-{part.name}")
+            part: Part | None = None
+            error: Exception | None = None
+            if isinstance(item, Recipe):
+                scope = self.bus.scope()
+                self._part_scopes.append(scope)
+                try:
+                    part = self._build(item, Seams(self.status, scope))
+                except Exception as e:  # noqa: BLE001  retried like a crash
+                    error = e
+                run = self._keep_running(item, scope, part, error)
+            else:
+                part = item
+                run = self._keep_running(None, self._scope, part, None)
+            self.status.register(name, part.deadline if part else self.timing.stable_after)
+            self.restarts.setdefault(name, 0)
+            self._tasks[name] = asyncio.create_task(run, name=f"part-{name}")
         LOG.info("started %d part(s): %s", len(self._tasks), ", ".join(self._tasks) or "none")
 
-    async def _keep_running(self, part: Part) -> None:
-        """Run `part`; when it crashes (or returns), log it and start it again after a backoff.
-        A part with a `fresh()` method is replaced by the new object it builds (new sockets,
-        threads and state: nothing the crash left half-done is reused); one without is run
-        again as it is (it resets itself in `run`). A part replaced, or stopped for good,
-        is released (its bus subscriptions closed)."""
-        self._current[part.name] = part
-        try:
-            await self._restart_loop(part)
-        finally:
-            _release(self._current.pop(part.name, part))
+    @staticmethod
+    def _build(recipe: Recipe, seams: Seams) -> Part:
+        part = recipe.build(seams)
+        if part.name != recipe.name:
+            raise TypeError(f"part {recipe.name}: its recipe built a part named {part.name!r}")
+        return part
 
-    async def _restart_loop(self, part: Part) -> None:
+    def _rebuild(self, recipe: Recipe, scope: Bus, crashed: Part | None) -> Part:
+        """A fresh object in place of `crashed` (None: none was ever built), handed what it
+        kept and the bus queues it left open."""
+        kept = _handover(crashed)
+        scope.hand_over()
+        part = self._build(recipe, Seams(self.status, scope, kept))
+        scope.taken_over()
+        return part
+
+    async def _keep_running(self, recipe: Recipe | None, scope: Bus, part: Part | None,
+                            error: Exception | None) -> None:
+        """Run the part; when it crashes (or returns), log it and start it again after a
+        backoff. A recipe's part is replaced by a fresh object built from the recipe (new
+        sockets, threads and state: nothing the crash left half-done is reused, only what
+        the crashed one hands over); `error`: the first build failed, try again after the
+        backoff. What the part subscribed through `scope` is closed when it stops for good."""
+        try:
+            await self._restart_loop(recipe, scope, part, error)
+        finally:
+            if recipe is not None:
+                scope.close()
+
+    async def _restart_loop(self, recipe: Recipe | None, scope: Bus, part: Part | None,
+                            error: Exception | None) -> None:
         loop = asyncio.get_running_loop()
         t = self.timing
         failures = 0  # in a row, each after a short run
-        name = part.name
-        current: Part | None = part
+        if recipe is not None:
+            name = recipe.name
+        else:
+            assert part is not None
+            name = part.name
+        current, previous = part, None
         while True:
             started = loop.time()
             try:
+                if error is not None:
+                    e, error = error, None
+                    raise e
                 if current is None:
-                    current = _fresh(part)
-                    _release(part)
-                    part = self._current[name] = current
+                    assert recipe is not None
+                    current = self._rebuild(recipe, scope, previous)
                 await current.run()
                 why, level = "returned", logging.WARNING
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a crashing part must never take the loop down
-                what = "crashed" if current is not None else "could not be rebuilt"
+                what = ("crashed" if current is not None else
+                        "could not be rebuilt" if previous is not None else "could not be built")
                 why, level = f"{what}: {type(e).__name__}: {e}", logging.ERROR
                 LOG.debug("part %s traceback", name, exc_info=True)
             if loop.time() - started >= t.stable_after:
@@ -259,8 +203,9 @@ class Supervisor:
             self.restarts[name] = self.restarts.get(name, 0) + 1
             LOG.log(level, "part %s %s; restarting it in %gs (restart %d)", name, why,
                     backoff, self.restarts[name])
-            if hasattr(part, "fresh"):
-                current = None  # build a new one after the backoff
+            if recipe is not None:
+                previous = current or previous  # built after the backoff
+                current = None
             await asyncio.sleep(backoff)
 
     async def _stop_parts(self) -> None:
@@ -281,6 +226,9 @@ class Supervisor:
         if self._scope is not None:  # what parts subscribed in run() and left open
             self._scope.close()
             self._scope = None
+        for scope in self._part_scopes:  # also of a part still cleaning up
+            scope.close()
+        self._part_scopes.clear()
 
     # -- reload --
 

@@ -21,7 +21,7 @@ from failberry import config, logsetup
 from failberry.bus import ActiveUplinkChanged, Bus, ForceUplink
 from failberry.config import Config
 from failberry.net import part as netpart
-from failberry.parts import Part
+from failberry.parts import Part, Recipe
 from failberry.status import Status
 from failberry.supervisor import Supervisor
 
@@ -86,8 +86,9 @@ def main(argv: Sequence[str]) -> int:
     cfg = config.load(cfg_path)
     state = Path(cfg.paths.state_dir)
 
-    def parts(c: Config, status: Status, bus: Bus) -> list[Part]:
-        return [netpart.build(c, status, bus, Path(c.paths.run_dir), state / "usage.json"),
+    def parts(c: Config, status: Status, bus: Bus) -> list[Part | Recipe]:
+        return [Recipe("network", lambda s: netpart.build(c, s, Path(c.paths.run_dir),
+                                                          state / "usage.json")),
                 Console(status, bus, status_file)]
 
     asyncio.run(Supervisor(cfg, config_path=cfg_path, parts=parts).run())

@@ -247,15 +247,16 @@ def _run(cfg_path: Path, state_dir: Path) -> None:
     from failberry import config, logsetup
     from failberry.bus import Bus
     from failberry.net import part as netpart
-    from failberry.parts import Part
+    from failberry.parts import Recipe
     from failberry.status import Status
     from failberry.supervisor import Supervisor
 
     logsetup.setup()
     cfg = config.load(cfg_path)
 
-    def parts(c: config.Config, status: Status, bus: Bus) -> list[Part]:
-        return [netpart.build(c, status, bus, state_dir, state_dir / "usage.json")]
+    def parts(c: config.Config, status: Status, bus: Bus) -> list[Recipe]:
+        return [Recipe("network",
+                       lambda s: netpart.build(c, s, state_dir, state_dir / "usage.json"))]
 
     sup = Supervisor(cfg, port=cfg.health.port, host="0.0.0.0", config_path=cfg_path,
                      parts=parts)

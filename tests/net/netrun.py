@@ -17,6 +17,7 @@ from failberry import config
 from failberry.bus import Bus
 from failberry.fileio import write_atomic
 from failberry.net.part import build
+from failberry.parts import Seams
 from failberry.status import Status
 
 
@@ -25,7 +26,7 @@ async def run(cfg_path: Path, state_dir: Path, usage: Path, status_file: Path | 
     cfg = config.load(cfg_path)
     status = Status()
     status.state = "running"
-    part = build(cfg, status, Bus(), state_dir, usage)
+    part = build(cfg, Seams(status, Bus()), state_dir, usage)
     task = asyncio.create_task(part.run())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -8,6 +8,7 @@ routes, NAT and firewall. The health endpoint listens on 127.0.0.1:PORT (in the 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from failberry.bus import Bus
 from failberry.config import Config
 from failberry.net import part as netpart
 from failberry.net.probes import Binding, Prober, ProbeResult, Target
-from failberry.parts import Part
+from failberry.parts import Recipe, Seams
 from failberry.status import Status
 from failberry.supervisor import Supervisor, Timing
 
@@ -41,16 +42,13 @@ class CrashingProber:
         return await self.real.round(binding, targets, timeout)
 
 
-def build(cfg: Config, status: Status, bus: Bus, state_dir: Path,
+def build(cfg: Config, seams: Seams, state_dir: Path,
           crash_file: Path | None) -> netpart.NetworkPart:
-    """`failberry.net.part.build`, with the prober wrapped; rebuilt the same way."""
-    part = netpart.build(cfg, status, bus, state_dir, state_dir / "usage.json")
-    s = part.s
-    seams = netpart.Seams(s.netlink, s.firewall, s.sysctl, s.flusher,
-                          CrashingProber(s.prober, crash_file), s.monitor, close=s.close)
-    return netpart.NetworkPart(cfg, status, bus, seams, state_dir=state_dir,
-                               usage_path=state_dir / "usage.json",
-                               rebuild=lambda: build(cfg, status, bus, state_dir, crash_file))
+    """`failberry.net.part.build`, with the prober wrapped (the supervisor rebuilds it the
+    same way after a crash)."""
+    part = netpart.build(cfg, seams, state_dir, state_dir / "usage.json")
+    part.s = dataclasses.replace(part.s, prober=CrashingProber(part.s.prober, crash_file))
+    return part
 
 
 def main(argv: Sequence[str]) -> int:
@@ -61,8 +59,8 @@ def main(argv: Sequence[str]) -> int:
     logging.getLogger().setLevel(logging.INFO)
     cfg = config.load(cfg_path)
 
-    def parts(c: Config, status: Status, bus: Bus) -> list[Part]:
-        return [build(c, status, bus, state_dir, crash_file)]
+    def parts(c: Config, _status: Status, _bus: Bus) -> list[Recipe]:
+        return [Recipe("network", lambda s: build(c, s, state_dir, crash_file))]
 
     sup = Supervisor(cfg, port=port, host="127.0.0.1", config_path=cfg_path, parts=parts,
                      timing=Timing(restart_initial=RESTART_AFTER))

@@ -19,7 +19,8 @@ from topology import (
     topology_fixture,
 )
 
-from failberry.net.probes import Binding, ProbeResult, SocketProber, parse_target
+from failberry.net.prober import SocketProber
+from failberry.net.probes import Binding, ProbeResult, parse_target
 
 pytestmark = [pytest.mark.root]
 

@@ -12,14 +12,13 @@ from failberry.alerts.at_session import AtSession, AtSessionProvider, SerialSmsP
 from failberry.alerts.channel import Channel
 from failberry.alerts.hooks import HookChannel
 from failberry.alerts.outbox import Policy
-from failberry.alerts.part import AlertsPart, Clocks
+from failberry.alerts.part import AlertsPart, Clocks, Kept
 from failberry.alerts.sms import SmsChannel, SmsModem
 from failberry.alerts.spec import parse_quiet_hours, parse_webhook
 from failberry.alerts.store import FILE_NAME
 from failberry.alerts.webhook import HttpPost, WebhookChannel
-from failberry.bus import Bus
 from failberry.config import AlertsConfig, Config
-from failberry.status import Status
+from failberry.parts import Seams
 
 LOG = logging.getLogger(__name__)
 
@@ -75,11 +74,11 @@ def run_reboot(argv: tuple[str, ...]) -> Callable[[str], None]:
     return reboot
 
 
-def build(cfg: Config, status: Status, bus: Bus, *, provider: AtSessionProvider | None = None,
+def build(cfg: Config, seams: Seams, *, provider: AtSessionProvider | None = None,
           http: HttpPost | None = None, reboot: Callable[[str], None] | None = None,
           clocks: Clocks | None = None, tick: float = 1.0,
           data_every: float = 30.0) -> AlertsPart:
-    """The part; `provider` is the SMS port (the lead hands in the modem part's)."""
+    """The part; `provider` is the SMS port (`build_parts` hands in the modem part's)."""
     a = cfg.alerts
     sms = None
     if a.sms_to or a.sms_commands_from:
@@ -88,7 +87,8 @@ def build(cfg: Config, status: Status, bus: Bus, *, provider: AtSessionProvider 
 
             provider = SerialSmsProvider(a.sms_port, open_serial) if a.sms_port else NoSmsPort()
         sms = SmsModem(provider)
-    return AlertsPart(cfg, status, bus, channels(cfg, sms, http),
+    return AlertsPart(cfg, seams.status, seams.bus, channels(cfg, sms, http),
                       state_path=Path(cfg.paths.state_dir) / FILE_NAME, sms=sms,
                       reboot=reboot or run_reboot(cfg.recovery.reboot_command),
-                      clocks=clocks, tick=tick, data_every=data_every)
+                      clocks=clocks, tick=tick, data_every=data_every,
+                      kept=seams.kept if isinstance(seams.kept, Kept) else None)

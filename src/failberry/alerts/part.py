@@ -9,7 +9,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,8 @@ from failberry.bus import ActiveUplinkChanged, Bus, DyndnsBlocked, ModemStateCha
 from failberry.config import Config
 from failberry.errors import FailberryError
 from failberry.pihealth.events import HealthAlert
-from failberry.status import Status, jsonable, modem_view, network_view
+from failberry.reports import AlertsReport, ChannelReport, DataForecast, RecentAlert
+from failberry.status import Status, jsonable, modem_view, network_view, report_alerts
 
 LOG = logging.getLogger(__name__)
 
@@ -45,6 +46,15 @@ class Clocks:
     boot_time: Callable[[], float | None] = translate.boot_time
 
 
+@dataclass(frozen=True)
+class Kept:
+    """What a crashed alerts part hands the one built in its place."""
+
+    translator: translate.Translator
+    errors: Mapping[str, str]  # channel -> its last error
+    sms_commands: Mapping[str, int]
+
+
 class AlertsPart:
     """Tells the admin; reports as `alerts`."""
 
@@ -54,7 +64,8 @@ class AlertsPart:
     def __init__(self, cfg: Config, status: Status, bus: Bus, channels: Sequence[Channel], *,
                  state_path: Path, sms: SmsModem | None = None,
                  reboot: Callable[[str], None] | None = None, clocks: Clocks | None = None,
-                 tick: float = TICK, data_every: float = DATA_EVERY) -> None:
+                 tick: float = TICK, data_every: float = DATA_EVERY,
+                 kept: Kept | None = None) -> None:
         self.cfg = cfg
         self.status = status
         self.bus = bus
@@ -66,24 +77,32 @@ class AlertsPart:
         self.outboxes = {c.name: Outbox(c.policy, self.clocks.minutes) for c in self.channels}
         self._wake = {c.name: asyncio.Event() for c in self.channels}
         self._errors: dict[str, str] = {}
-        self.translator = translate.Translator(cfg.alerts.link_lost_after)
+        self.translator = (kept.translator if kept else
+                           translate.Translator(cfg.alerts.link_lost_after))
         self.data = DataWatch(cfg.alerts.cap_warnings, cfg.failover.cap_reset_day)
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
         self.reboot_told: float | None = None
         self.inbox = (Inbox(sms, cfg.alerts.sms_commands_from, bus, self._summary_doc,
                             reboot=reboot, force_for=cfg.alerts.sms_force_for)
                       if sms is not None else None)
-        # Subscribe now, not in run(): events published before the loop starts us count.
+        # Subscribe now, not in run(): events published before the loop starts us count (the
+        # supervisor closes them when the part stops, or hands them to its successor).
         self._uplinks = bus.subscribe(ActiveUplinkChanged)
         self._modem = bus.subscribe(ModemStateChanged)
         self._health = bus.subscribe(HealthAlert)
         self._dyndns = bus.subscribe(DyndnsBlocked)
         self._load()
+        if kept is not None:
+            self._errors = dict(kept.errors)
+            if self.inbox is not None:
+                self.inbox.counts.update(kept.sms_commands)
 
-    def release(self) -> None:
-        """Close the bus subscriptions: the part is stopped for good."""
-        for sub in (self._uplinks, self._modem, self._health, self._dyndns):
-            sub.close()
+    def handover(self) -> Kept:
+        """What the part built after this one crashed keeps besides the state file: what the
+        translation knows (since when the mobile link is lost), the channels' last errors and
+        the SMS command counts."""
+        return Kept(self.translator, dict(self._errors),
+                    dict(self.inbox.counts) if self.inbox is not None else {})
 
     # -- state
 
@@ -216,23 +235,24 @@ class AlertsPart:
 
     def report(self) -> None:
         """The status snapshot's `alerts` entry."""
-        channels = {}
-        for name, box in self.outboxes.items():
-            channels[name] = {"sent": box.counts.sent, "failed": box.counts.failed,
-                              "dropped": box.counts.dropped, "queued": len(box.ready),
-                              "held": len(box.held), "last_error": self._errors.get(name)}
+        channels = {name: ChannelReport(
+            sent=box.counts.sent, failed=box.counts.failed, dropped=box.counts.dropped,
+            queued=len(box.ready), held=len(box.held), last_error=self._errors.get(name))
+            for name, box in self.outboxes.items()}
         fc = self.data.last
-        detail: dict[str, Any] = {
-            "channels": channels, "recent": list(self.recent)[-10:],
-            "health_check_bytes": self._health_bytes(),
-            "forecast": None if fc is None else {
-                "projected_bytes": fc.projected, "reach_at": fc.reach_at,
-                "period_end": fc.period_end, "bytes_per_day": round(fc.rate * 86400),
-                "health_bytes_per_day": round(fc.health_rate * 86400)}}
-        if self.inbox is not None:
-            detail["sms_commands"] = dict(self.inbox.counts)
-        waiting = any(c["queued"] or c["held"] for c in channels.values())
-        self.status.report(NAME, "sending" if waiting else "ok", **detail)
+        report = AlertsReport(
+            channels=channels,
+            recent=tuple(RecentAlert(float(r.get("at") or 0.0), str(r.get("event", "")),
+                                     str(r.get("severity", "")), str(r.get("message", "")))
+                         for r in list(self.recent)[-10:]),
+            health_check_bytes=self._health_bytes(),
+            forecast=None if fc is None else DataForecast(
+                projected_bytes=fc.projected, reach_at=fc.reach_at, period_end=fc.period_end,
+                bytes_per_day=round(fc.rate * 86400),
+                health_bytes_per_day=round(fc.health_rate * 86400)),
+            sms_commands=dict(self.inbox.counts) if self.inbox is not None else None)
+        waiting = any(c.queued or c.held for c in channels.values())
+        report_alerts(self.status, "sending" if waiting else "ok", report)
 
     async def run(self) -> None:
         """Run until cancelled."""

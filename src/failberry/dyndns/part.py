@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +34,17 @@ from failberry.dyndns.persist import STATE_FILE, StateFile
 from failberry.dyndns.rfc2136 import Rfc2136Provider
 from failberry.dyndns.route53 import Route53Provider
 from failberry.dyndns.route53_lambda import Route53LambdaProvider
-from failberry.dyndns.updater import Timing, Updater
+from failberry.dyndns.updater import RecordState, Timing, Updater
 from failberry.dyndns.verify import AuthoritativeVerifier
 from failberry.inbound import not_public
 from failberry.net.monitor import LinkMonitor
+from failberry.parts import Seams
 from failberry.reports import DyndnsReport
 from failberry.status import DYNDNS, Status, report_dyndns
 
 LOG = logging.getLogger(__name__)
 
-__all__ = ["DyndnsPart", "usable"]
+__all__ = ["DyndnsPart", "Kept", "build", "usable"]
 
 Lister = Callable[[], list[AddressChanged]]
 
@@ -75,6 +78,16 @@ def records(d: DyndnsConfig) -> list[Record]:
     return out
 
 
+@dataclass(frozen=True)
+class Kept:
+    """What a crashed dyndns part hands the one built in its place."""
+
+    records: Mapping[str, RecordState]  # by record type
+    active: str | None  # the active uplink
+    blocked: frozenset[str]  # records whose block was published on the bus
+    refused: frozenset[str]  # unreachable addresses already logged
+
+
 class DyndnsPart:
     """Keeps `dyndns.name` pointing at the published address."""
 
@@ -85,7 +98,7 @@ class DyndnsPart:
                  interface: str = "", report_every: float = 5.0,
                  state: StateFile | None = None, lister: Lister | None = None,
                  uplinks: Sequence[tuple[str, str]] = (), network: bool = True,
-                 monitor: LinkMonitor | None = None) -> None:
+                 monitor: LinkMonitor | None = None, kept: Kept | None = None) -> None:
         self.updater = updater
         self.status = status
         self.provider = provider
@@ -95,7 +108,8 @@ class DyndnsPart:
         self.monitor = monitor
         self.book = AddressBook()
         self.chooser = Chooser(interface, uplinks, network)
-        # Subscribe now, not in run(): events published before the loop starts us still count.
+        # Subscribe now, not in run(): events published before the loop starts us still count
+        # (the supervisor closes them when the part stops, or hands them to its successor).
         self._published = bus.subscribe(PublishedAddressChanged)
         # With its own link monitor the part reads netlink, not the bus's addresses.
         self._addresses = bus.subscribe(AddressChanged) if monitor is None else None
@@ -105,15 +119,27 @@ class DyndnsPart:
         self._blocked: set[str] = set()  # records whose block was published (alerts)
         self._refused: set[str] = set()  # CGNAT/private addresses not published (logged)
         self.state = state
-        if state is not None:
+        if kept is not None:
+            self._take(kept)
+        elif state is not None:
             updater.restore(state.load())
         updater.on_change = self._changed
 
-    def release(self) -> None:
-        """Close the bus subscriptions: the part is stopped for good."""
-        for sub in (self._published, self._addresses, self._active):
-            if sub is not None:
-                sub.close()
+    def handover(self) -> Kept:
+        """What the part built after this one crashed must not forget: each record's state
+        (blocked, backing off, what was sent and published, the address it should hold: the
+        network part says an address only when it changes) and the active uplink."""
+        return Kept({t: dataclasses.replace(st, in_flight=False)
+                     for t, st in self.updater.states.items()},
+                    self.chooser.active, frozenset(self._blocked), frozenset(self._refused))
+
+    def _take(self, kept: Kept) -> None:
+        for t, st in kept.records.items():
+            if t in self.updater.states and st.record == self.updater.states[t].record:
+                self.updater.states[t] = dataclasses.replace(st)
+        self.chooser.active = kept.active
+        self._blocked = set(kept.blocked)  # published once, not again by each new part
+        self._refused = set(kept.refused)
 
     def _changed(self) -> None:
         self._report_now.set()
@@ -123,44 +149,6 @@ class DyndnsPart:
                 self.bus.publish(DyndnsBlocked(str(st.record), st.blocked))
         if self.state is not None:
             self.state.save(self.updater.holds())
-
-    @classmethod
-    def from_config(cls, cfg: Config, status: Status, bus: Bus,
-                    http: HttpClient | None = None, *, state_path: Path | None = None,
-                    watch: bool = False) -> DyndnsPart:
-        """The part with real providers for `cfg.dyndns`; its state file in
-        `paths.state_dir` unless `state_path` says otherwise. `watch`: no network part runs,
-        so read netlink itself."""
-        from pyroute2 import IPRoute
-        from pyroute2.netlink.exceptions import NetlinkError
-
-        from failberry.net.monitor import addresses
-        from failberry.net.plan import uplinks
-
-        d = cfg.dyndns
-        timing = Timing(check_interval=d.check_interval, retry_initial=d.retry_initial,
-                        retry_max=d.retry_max)
-        updater = Updater(make_provider(d, http or RequestsClient()), make_verifier(d),
-                          records(d), timing=timing)
-        state = StateFile(state_path or Path(cfg.paths.state_dir) / STATE_FILE, d)
-
-        def lister() -> list[AddressChanged]:
-            try:
-                with IPRoute() as nl:
-                    return addresses(nl)
-            except NetlinkError as e:  # an OSError in all but name
-                raise OSError(e.code, str(e)) from None
-
-        monitor = None
-        if watch:
-            def links() -> list[tuple[int, str]]:
-                with IPRoute() as nl:
-                    return [(m["index"], m.get_attr("IFLA_IFNAME")) for m in nl.get_links()]
-            monitor = LinkMonitor(IPRoute, links)
-        return cls(updater, status, bus, provider=d.provider.value, interface=d.interface,
-                   state=state, lister=lister,
-                   uplinks=[(u.name, u.interface) for u in uplinks(cfg)],
-                   network=not watch, monitor=monitor)
 
     def on_published(self, ev: PublishedAddressChanged) -> None:
         """The network part chose a new address to publish (the A record's source)."""
@@ -300,3 +288,41 @@ class DyndnsPart:
             await asyncio.gather(*tasks, return_exceptions=True)
             if self.monitor is not None:
                 self.monitor.stop()
+
+
+def build(cfg: Config, seams: Seams, http: HttpClient | None = None, *,
+          state_path: Path | None = None, watch: bool = False) -> DyndnsPart:
+    """The part with real providers for `cfg.dyndns`; its state file in `paths.state_dir`
+    unless `state_path` says otherwise. `watch`: no network part runs, so read netlink
+    itself."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    from failberry.net.monitor import addresses
+    from failberry.net.plan import uplinks
+
+    d = cfg.dyndns
+    timing = Timing(check_interval=d.check_interval, retry_initial=d.retry_initial,
+                    retry_max=d.retry_max)
+    updater = Updater(make_provider(d, http or RequestsClient()), make_verifier(d),
+                      records(d), timing=timing)
+    state = StateFile(state_path or Path(cfg.paths.state_dir) / STATE_FILE, d)
+
+    def lister() -> list[AddressChanged]:
+        try:
+            with IPRoute() as nl:
+                return addresses(nl)
+        except NetlinkError as e:  # an OSError in all but name
+            raise OSError(e.code, str(e)) from None
+
+    monitor = None
+    if watch:
+        def links() -> list[tuple[int, str]]:
+            with IPRoute() as nl:
+                return [(m["index"], m.get_attr("IFLA_IFNAME")) for m in nl.get_links()]
+        monitor = LinkMonitor(IPRoute, links)
+    return DyndnsPart(updater, seams.status, seams.bus, provider=d.provider.value,
+                      interface=d.interface, state=state, lister=lister,
+                      uplinks=[(u.name, u.interface) for u in uplinks(cfg)],
+                      network=not watch, monitor=monitor,
+                      kept=seams.kept if isinstance(seams.kept, Kept) else None)

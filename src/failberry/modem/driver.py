@@ -22,14 +22,14 @@ from failberry.modem.adapters import (  # re-exported: the seams' old home
     read_counters,
 )
 from failberry.modem.at import AtChannel, SerialPort
+from failberry.modem.attasks import AtTasks
 from failberry.modem.datapath import DataRunner
 from failberry.modem.errors import AtError, AtTimeout, ModemError, PortGone, UsbPowerError
 from failberry.modem.follow import private_address
 from failberry.modem.hilink import HilinkBackend
 from failberry.modem.machine import Machine
-from failberry.modem.parsers import REG_PREFIXES, Registration, RegStat, parse_registration
-from failberry.modem.parsers import parse_vendor_access_tech as vendor_access_tech
-from failberry.modem.session import PinOutcome, Session, command_mode, command_mode_within
+from failberry.modem.parsers import RegStat
+from failberry.modem.session import Session, command_mode, command_mode_within
 from failberry.modem.state import ModemState, Phase
 from failberry.modem.usbpower import PowerRefused, UsbPower
 from failberry.status import ModemReport, Status, report_modem
@@ -48,7 +48,7 @@ POLLED = (Phase.REGISTERING, Phase.DENIED, Phase.DIALING, Phase.CONNECTED)
 STOP_BUDGET = 1.3
 
 
-class Driver:
+class Driver(AtTasks):
     """Runs the machine; `post(event)` from anywhere in the loop, `run()` until cancelled."""
 
     def __init__(self, cfg: ModemConfig, machine: Machine, *, status: Status, bus: Bus,
@@ -235,108 +235,6 @@ class Driver:
         if self.channel is not None:
             self.channel.close()
             self.channel = None
-
-    async def _open(self, port: str, gen: int) -> None:
-        try:
-            serial = self.opener(port)
-        except (PortGone, OSError) as exc:
-            self._post_if(gen, ev.PortLost(exc.reason if isinstance(exc, PortGone)
-                                           else str(exc)))
-            return
-        if gen != self.gen:
-            serial.close()
-            return
-        self.gen += 1
-        gen = self.gen
-        self.last_reg.clear()  # a fresh port: the first URC of each kind counts again
-        channel = AtChannel(serial, port, self._urc,
-                            lambda gone: self._post_if(gen, ev.PortLost(gone.reason)))
-        self.channel = channel
-        channel.start()
-        try:
-            for _ in range(3):  # a stick that just re-enumerated may need a moment
-                if await channel.probe(min(1.0, self.at_timeout)):
-                    break
-            else:
-                self._post_if(gen, ev.AtFailed("AT", "no answer to AT", silent=True))
-                return
-            maker, model = await self.session.setup(port)
-            if gen == self.gen:
-                self.ready_channel = channel
-            self._post_if(gen, ev.PortReady(maker, model))
-        except AtTimeout as exc:
-            self._post_if(gen, ev.AtFailed(exc.command, str(exc), silent=True))
-        except PortGone:
-            pass  # on_gone already posted PortLost
-        except AtError as exc:
-            self._post_if(gen, ev.AtFailed(exc.command, str(exc)))
-
-    async def _query_sim(self, gen: int) -> None:
-        try:
-            sim = await self.session.sim()
-        except AtTimeout as exc:
-            self._post_if(gen, ev.AtFailed(exc.command, str(exc), silent=True))
-            return
-        except PortGone as exc:
-            self._post_if(gen, ev.AtFailed("AT+CPIN?", str(exc)))
-            return
-        self.info["sim"] = sim.value
-        self._post_if(gen, ev.SimReport(sim))
-
-    async def _enter_pin(self, gen: int) -> None:
-        pin = self.cfg.pin.reveal() if self.cfg.pin is not None else ""
-        try:
-            outcome, error = await self.session.enter_pin(pin)
-        except PortGone as exc:
-            outcome, error = PinOutcome.UNSURE, str(exc)
-        if outcome is PinOutcome.ACCEPTED:
-            await asyncio.sleep(1.0)  # the SIM needs a moment before +CPIN? says READY
-            self._post_if(gen, ev.PinAccepted())
-        elif outcome is PinOutcome.REJECTED:
-            self._post_if(gen, ev.PinRejected(16, error))
-        else:
-            self._post_if(gen, ev.PinUnsure(error, seen=None if outcome is PinOutcome.UNSURE
-                                            else False))
-
-    async def _query_registration(self, gen: int, report: bool = True) -> None:
-        try:
-            regs = await self.session.registrations()
-        except AtTimeout as exc:
-            self._post_if(gen, ev.AtFailed(exc.command, str(exc), silent=True))
-            return
-        except PortGone:
-            return
-        if not regs:
-            return
-        best = next((r for r in regs if r.stat.registered),
-                    next((r for r in regs if r.stat is RegStat.DENIED), regs[0]))
-        self._note_registration(best)
-        if report:
-            self._post_if(gen, ev.RegistrationReport(best))
-
-    def _note_registration(self, reg: Registration) -> None:
-        self.info["registration"] = reg.stat.name.lower()
-        if reg.access_tech:
-            self.info["access_tech"] = reg.access_tech
-
-    def _urc(self, line: str) -> None:
-        head = line.partition(":")[0].strip().upper()
-        self.ppp.urc(line)
-        for listener in self.urc_listeners:
-            listener(line)
-        try:
-            if head in REG_PREFIXES:
-                # Both shapes arrive unsolicited: `+CREG: <stat>[,...]` as TS 27.007 says,
-                # and `+CREG: <n>,<stat>[,...]` from firmware that reuses its read reply.
-                reg = parse_registration(line)
-                self._note_registration(reg)
-                if self.last_reg.get(reg.kind) is not reg.stat:  # storms repeat themselves
-                    self.last_reg[reg.kind] = reg.stat
-                    self.post(ev.RegistrationReport(reg))
-            elif head in ("+ZPAS", "^MODE"):
-                self.info["access_tech"] = vendor_access_tech(line)
-        except ValueError as exc:
-            LOG.debug("modem: unreadable URC: %s", exc)
 
     async def _run_ppp(self, port: str) -> None:
         def up(interface: str, address: str) -> None:

@@ -38,15 +38,15 @@ async def follow(bus: Bus, cfg: Config, apply: Callable[[str], Awaitable[None]])
     up on an interface other than the last; otherwise return at once."""
     if cfg.uplink.mobile.interface != AUTO and cfg not in _RESOLVED:
         return
-    changes = bus.subscribe(ModemStateChanged)
     current: str | None = None
-    while True:
-        event = await changes.get()
-        if event.interface and event.interface != current:
-            LOG.info("mobile uplink follows the modem: %s -> %s", current or AUTO,
-                     event.interface)
-            current = event.interface
-            await apply(current)
+    with bus.subscribe(ModemStateChanged) as changes:  # closed when the caller cancels us
+        while True:
+            event = await changes.get()
+            if event.interface and event.interface != current:
+                LOG.info("mobile uplink follows the modem: %s -> %s", current or AUTO,
+                         event.interface)
+                current = event.interface
+                await apply(current)
 
 
 def private_address(address: str | None) -> bool | None:

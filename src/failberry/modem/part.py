@@ -1,5 +1,5 @@
 """The modem as a supervisor part: discovery, the driver, and the probes' verdicts wired
-together; `from_config` builds it with the real seams."""
+together; `build` makes it with the real seams."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import contextlib
 import functools
 import logging
 import random
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from failberry.bus import Bus, UplinkHealth
 from failberry.config import Config
@@ -24,11 +25,14 @@ from failberry.modem.driver import Driver
 from failberry.modem.hilink import HilinkApi, HilinkBackend, HilinkRunner
 from failberry.modem.machine import Machine
 from failberry.modem.ppp import PppRunner
-from failberry.modem.state import ModemState
 from failberry.modem.usbpower import SysfsUsbPower
-from failberry.status import Status
+from failberry.parts import Seams
+
+if TYPE_CHECKING:
+    from failberry.modem.smsport import DriverSmsProvider
 
 LOG = logging.getLogger(__name__)
+
 
 def data_runner(cfg: Config) -> tuple[DataRunner, HilinkBackend]:
     """What carries data for `[modem] data`: pppd, the AT bearer with DHCP, the HiLink API
@@ -52,6 +56,17 @@ def data_runner(cfg: Config) -> tuple[DataRunner, HilinkBackend]:
     return Switch({"ppp": ppp, "ncm": bearer, "ecm": bearer, "hilink": hilink}), backend
 
 
+@dataclass(frozen=True)
+class Kept:
+    """What a crashed modem part hands the one built in its place: the reboots we asked for
+    (the ladder's budget) and what became of the PIN entries (a wrong PIN is never sent
+    again, an unsure one at most twice)."""
+
+    reboots: tuple[float, ...]
+    pin_rejected: bool
+    pin_unsure: int
+
+
 class ModemPart:
     """Keeps the mobile link up; reports as `modem`."""
 
@@ -64,34 +79,11 @@ class ModemPart:
         self.bus = bus
         self.uplink = uplink
         self.deadline = max(60.0, 3 * driver.poll_interval + 4 * driver.at_timeout)
-        self._health_queue: asyncio.Queue[UplinkHealth] | None = None
 
-    @classmethod
-    def from_config(cls, cfg: Config, status: Status, bus: Bus) -> ModemPart:
-        """The part with real seams: pyserial, pyudev, `[modem] pppd`, sysfs/pyusb and
-        `[recovery] reboot_command`; pppd's files under `[paths] run_dir`, the reboot log
-        under `state_dir`. A test swaps the programs and directories through the config."""
-        m = cfg.modem
-        machine = Machine(cfg.recovery, has_pin=m.pin is not None,
-                          rand=random.SystemRandom().random)
-        ppp, hilink = data_runner(cfg)
-        driver = Driver(m, machine, status=status, bus=bus, opener=open_serial, ppp=ppp,
-                        usb=SysfsUsbPower(), rebooter=CommandReboot(cfg.recovery.reboot_command),
-                        reboot_log=RebootLog(Path(cfg.paths.state_dir) / "reboots.json"))
-        driver.hilink = hilink
-        at_port = m.at_port or None
-        discovery: Discovery
-        if m.device == "auto":
-            discovery = UdevDiscovery(open_serial, m.usb_ids, at_port=at_port, data=m.data)
-        elif m.data in ("ncm", "ecm"):  # bearer and monitoring on one AT port
-            port = at_port or m.device
-            discovery = PathWatcher(port, data_path=port, data=m.data)
-        elif at_port:  # set up and monitor on at_port; PPP on the configured device
-            discovery = PathWatcher(at_port, data_path=m.device)
-        else:  # look for another AT port of the same stick in sysfs
-            discovery = PathWatcher(m.device, data_path=m.device,
-                                    locate=functools.partial(find_at_port, opener=open_serial))
-        return cls(driver, discovery, bus)
+    def handover(self) -> Kept:
+        """What the part built after this one crashed must not forget."""
+        st = self.driver.state
+        return Kept(st.reboots, st.pin_rejected, st.pin_unsure)
 
     async def _discover(self) -> None:
         async for event in self.discovery.events():
@@ -106,23 +98,52 @@ class ModemPart:
     async def run(self) -> None:
         """Run until cancelled; pppd is stopped on the way out."""
         d = self.driver
-        # A restarted part starts from scratch but keeps what must survive: the reboot
-        # count and what became of the PIN entries.
-        d.state = replace(ModemState(), reboots=d.state.reboots,
-                          pin_rejected=d.state.pin_rejected, pin_unsure=d.state.pin_unsure)
-        if self._health_queue is None:  # once: the bus has no unsubscribe
-            self._health_queue = self.bus.subscribe(UplinkHealth)
-        queue = self._health_queue
-        tasks = [asyncio.create_task(d.run(), name="modem-driver"),
-                 asyncio.create_task(self._discover(), name="modem-discovery"),
-                 asyncio.create_task(self._health(queue), name="modem-health")]
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for t in done:
-                t.result()  # a crash propagates so the supervisor restarts the part
-        finally:
-            for t in tasks:
-                t.cancel()
-            for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
+        with self.bus.subscribe(UplinkHealth) as health:  # closed when the part ends
+            tasks = [asyncio.create_task(d.run(), name="modem-driver"),
+                     asyncio.create_task(self._discover(), name="modem-discovery"),
+                     asyncio.create_task(self._health(health), name="modem-health")]
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    t.result()  # a crash propagates so the supervisor restarts the part
+            finally:
+                for t in tasks:
+                    t.cancel()
+                for t in tasks:
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await t
+
+
+def build(cfg: Config, seams: Seams, *, sms: DriverSmsProvider | None = None) -> ModemPart:
+    """The part with real seams: pyserial, pyudev, `[modem] pppd`, sysfs/pyusb and
+    `[recovery] reboot_command`; pppd's files under `[paths] run_dir`, the reboot log
+    under `state_dir`. A test swaps the programs and directories through the config. `sms`:
+    the SMS code's port, handed this part's driver."""
+    m = cfg.modem
+    machine = Machine(cfg.recovery, has_pin=m.pin is not None,
+                      rand=random.SystemRandom().random)
+    ppp, hilink = data_runner(cfg)
+    driver = Driver(m, machine, status=seams.status, bus=seams.bus, opener=open_serial,
+                    ppp=ppp, usb=SysfsUsbPower(),
+                    rebooter=CommandReboot(cfg.recovery.reboot_command),
+                    reboot_log=RebootLog(Path(cfg.paths.state_dir) / "reboots.json"))
+    driver.hilink = hilink
+    if isinstance(seams.kept, Kept):
+        k = seams.kept
+        driver.state = replace(driver.state, reboots=k.reboots, pin_rejected=k.pin_rejected,
+                               pin_unsure=k.pin_unsure)
+    if sms is not None:
+        sms.attach(driver)
+    at_port = m.at_port or None
+    discovery: Discovery
+    if m.device == "auto":
+        discovery = UdevDiscovery(open_serial, m.usb_ids, at_port=at_port, data=m.data)
+    elif m.data in ("ncm", "ecm"):  # bearer and monitoring on one AT port
+        port = at_port or m.device
+        discovery = PathWatcher(port, data_path=port, data=m.data)
+    elif at_port:  # set up and monitor on at_port; PPP on the configured device
+        discovery = PathWatcher(at_port, data_path=m.device)
+    else:  # look for another AT port of the same stick in sysfs
+        discovery = PathWatcher(m.device, data_path=m.device,
+                                locate=functools.partial(find_at_port, opener=open_serial))
+    return ModemPart(driver, discovery, seams.bus)

@@ -39,18 +39,28 @@ class SharedSession(ChannelSession):
 class DriverSmsProvider:
     """The driver's AT channel as the SMS code's session; +CMTI URCs passed on."""
 
-    def __init__(self, driver: Driver) -> None:
-        self.driver = driver
+    def __init__(self, driver: Driver | None = None) -> None:
+        self.driver: Driver | None = None
         self._session: SharedSession | None = None
         self._callback: Callable[[str], None] | None = None
+        if driver is not None:
+            self.attach(driver)
+
+    def attach(self, driver: Driver) -> None:
+        """Use `driver`'s port from now on (each modem part built hands over its own)."""
+        self.driver = driver
+        self._session = None
         driver.urc_listeners.append(self._urc)
         if CNMI not in driver.session.extra_setup:
             driver.session.extra_setup.append(CNMI)
 
     async def acquire(self) -> AtSession | None:
         """The driver's set-up channel, or None (the SMS stays queued)."""
-        channel = self.driver.ready_channel
-        if channel is None or channel is not self.driver.channel or channel.gone is not None:
+        driver = self.driver
+        if driver is None:
+            return None
+        channel = driver.ready_channel
+        if channel is None or channel is not driver.channel or channel.gone is not None:
             return None
         if self._session is None or self._session.channel is not channel:
             self._session = SharedSession(channel)  # one per channel: set up once

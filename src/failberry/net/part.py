@@ -2,15 +2,11 @@
 firewall, conntrack and bus events out.
 
 Every change goes through `_reconcile`: observe the links, ask the failover policy, compute
-the plan, apply it, flush the flows NATed through the uplink we left, publish and report.
-Reconciling every few seconds also repairs drift (a rule deleted by hand comes back).
-
-The apply order keeps LAN traffic from ever leaving un-NATed or meeting a stale REJECT: the nat
-table, then the filter, then mangle, then sysctls (forwarding), then routes and rules. On a
-switch the filter written first lets the LAN out through both the old and the new uplink, the
-route moves (one atomic `route replace` in table 2000), then the filter is narrowed to the new
-one. A failed apply (a link that flapped since it was read, a gateway that is not on-link) is
-logged and retried with a backoff; it never ends the part.
+the plan, apply it (`failberry.net.kernel`, in the order that never lets LAN traffic leave
+un-NATed), flush the flows NATed through the uplink we left, publish and report. Reconciling
+every few seconds also repairs drift (a rule deleted by hand comes back). A failed apply (a
+link that flapped since it was read, a gateway that is not on-link) is logged and retried
+with a backoff; it never ends the part.
 
 Fail closed: a part that crashes leaves routes, NAT and the firewall as they are, and the part
 the supervisor builds in its place starts from them (nothing is removed at start), so the
@@ -23,93 +19,66 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import dataclasses
-import datetime as dt
 import logging
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from failberry.backoff import exponential
 from failberry.bus import (
     ActiveUplinkChanged,
-    AddressChanged,
     Bus,
     ForceUplink,
     PublishedAddressChanged,
     Subscription,
-    UplinkHealth,
 )
 from failberry.config import Config
 from failberry.errors import FailberryError
-from failberry.modem.follow import follow, resolve_mobile
+from failberry.modem.follow import AUTO, follow, resolve_mobile
+from failberry.net import kernel, readback
 from failberry.net import plan as netplan
-from failberry.net import readback
-from failberry.net.apply_routes import ApplyError, Netlink, RouteApplier
-from failberry.net.conntrack import FlowFlusher
+from failberry.net.apply_routes import RouteApplier
 from failberry.net.failover import Failover, UplinkView
-from failberry.net.firewall import Firewall
-from failberry.net.monitor import LinkChanged, LinkMonitor
-from failberry.net.probes import Binding, HealthTracker, Prober, Thresholds, Verdict, parse_target
+from failberry.net.inputs import RECONCILE_EVERY, Inputs
+from failberry.net.monitor import LinkMonitor
+from failberry.net.probes import HealthTracker, Thresholds, parse_target
 from failberry.net.readback import Uplink
-from failberry.net.sysctl import Sysctl, SysctlManager
+from failberry.net.seams import Routes, Seams
+from failberry.net.sysctl import SysctlManager
 from failberry.net.usage import HEALTH_KEY, Usage
+from failberry.parts import Seams as PartSeams
 from failberry.reports import DataUsage, NetworkReport
 from failberry.status import Status, report_network
 
 LOG = logging.getLogger(__name__)
 
-RECONCILE_EVERY = 5.0
-SAMPLE_EVERY = 10.0
 RETRY_FIRST = 0.25  # a failed apply is tried again after this, doubling up to RECONCILE_EVERY
 STATE_DIR = Path("/run/failberry")
 USAGE_FILE = Path("/var/lib/failberry/mobile-usage.json")
 
 
 @dataclass(frozen=True)
-class Seams:
-    """Everything the part touches outside the process."""
+class Kept:
+    """What a crashed network part hands the one built in its place."""
 
-    netlink: Netlink
-    firewall: Firewall
-    sysctl: Sysctl
-    flusher: FlowFlusher
-    prober: Prober
-    monitor: LinkMonitor
-    clock: Callable[[], float] = time.monotonic
-    wall: Callable[[], float] = time.time
-    close: Callable[[], None] | None = None  # releases the netlink socket when the part ends
-    routes: Routes | None = None  # the route applier; None: a RouteApplier on `netlink`
+    mobile: str | None  # the interface `uplink.mobile.interface = "auto"` resolved to
 
 
-class Routes(Protocol):
-    """What the part needs from the route applier (`RouteApplier`; a fake in unit tests)."""
-
-    def observe(self, interfaces: Iterable[str]) -> dict[str, netplan.LinkState]: ...
-    def active_interface(self) -> str | None: ...
-    def apply(self, routes: Iterable[netplan.RouteSpec],
-              rules: Iterable[netplan.RuleSpec]) -> list[str]: ...
-    def clean(self) -> list[str]: ...
-
-
-class NetworkPart:
+class NetworkPart(Inputs):
     """Routes, NAT, firewall, link monitor, probes and failover."""
 
     name = "network"
     deadline = 3 * RECONCILE_EVERY
 
     def __init__(self, cfg: Config, status: Status, bus: Bus, seams: Seams, *,
-                 state_dir: Path = STATE_DIR, usage_path: Path = USAGE_FILE,
-                 rebuild: Callable[[], NetworkPart] | None = None) -> None:
+                 state_dir: Path = STATE_DIR, usage_path: Path = USAGE_FILE) -> None:
         self.cfg = cfg
         self.status = status
         self.bus = bus
         self.s = seams
         self.state_dir = state_dir
         self.usage_path = usage_path
-        self._rebuild = rebuild
         self.routes: Routes = seams.routes or RouteApplier(seams.netlink)
         self.sysctls = SysctlManager(seams.sysctl, state_dir)
         self.failover = Failover(cfg.failover.hold_down)
@@ -139,14 +108,11 @@ class NetworkPart:
         # Made by `run`, which shuts it down on the way out.
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
-    def fresh(self) -> NetworkPart:
-        """A new part to run after this one crashed: new sockets, threads and state. It starts
-        from the routes, NAT and firewall this one left in the kernel. Without `rebuild` it
-        shares these seams (which then must not have a `close`)."""
-        if self._rebuild is not None:
-            return self._rebuild()
-        return NetworkPart(self.cfg, self.status, self.bus, self.s, state_dir=self.state_dir,
-                           usage_path=self.usage_path)
+    def handover(self) -> Kept:
+        """What the part built after this one crashed starts from (besides the routes, NAT
+        and firewall this one left in the kernel): the interface the modem's link is on."""
+        mobile = self.cfg.uplink.mobile.interface
+        return Kept(mobile if mobile != AUTO else None)
 
     async def _blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
         assert self._pool is not None, "only while running"
@@ -155,7 +121,6 @@ class NetworkPart:
     async def run(self) -> None:
         """Run until cancelled. A clean stop (cancel) leaves the uplinks closed and removes the
         rest of what failberry added; a crash leaves everything in place (fail closed)."""
-        self.status.register(self.name, self.deadline)
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="net-apply")
         tasks: list[asyncio.Task[None]] = []
         forces: Subscription[ForceUplink] | None = None
@@ -198,7 +163,8 @@ class NetworkPart:
             await self._blocking(self._sample_usage)
             self.usage.maybe_persist(self.s.clock(), force=True)
             if stopping:
-                await self._blocking(self._stop_sync)
+                await self._blocking(kernel.stop, self.cfg, self._over_cap, self.s.firewall,
+                                     self.routes, self.sysctls)
             else:
                 LOG.error("network part failed; routes, NAT and the firewall stay as they are "
                           "(the uplinks stay closed) until it runs again")
@@ -222,119 +188,12 @@ class NetworkPart:
                 self._applied_active = name
                 self._left = name
 
-    def _stop_sync(self) -> None:
-        """A clean stop: close the filter first (no LAN traffic out to any uplink, the uplinks
-        closed as before), then remove routes and rules, restore sysctls, and only then remove
-        NAT (if the filter could not be closed, NAT stays: nothing leaves un-NATed)."""
-        closed = self._step("close the filter", lambda: self.s.firewall.sync(
-            netplan.closed(self.cfg, self._over_cap), ("filter",)))
-        self._step("remove routes and rules", self.routes.clean)
-        self._step("restore sysctls", self.sysctls.restore)
-        if closed:
-            self._step("remove the nat and mangle chains",
-                       lambda: self.s.firewall.clean(("nat", "mangle")))
-
-    @staticmethod
-    def _step(what: str, fn: Callable[[], list[str]]) -> bool:
-        try:
-            changes = fn()
-        except (FailberryError, OSError) as e:
-            LOG.error("stop: could not %s: %s", what, e)
-            return False
-        for change in changes:
-            LOG.info("stop: %s", change)
-        return True
-
     async def _drop_unnated(self) -> None:
         # NAT exists now; LAN flows that went out before it keep their private source.
         try:
             await self.s.flusher.drop_unnated(self.cfg.lan.address)
         except Exception as e:  # noqa: BLE001  a failed clean-up must not stop the part
             LOG.warning("could not delete un-NATed LAN flows: %s", e)
-
-    async def _events(self) -> None:
-        q = self.s.monitor.events
-        while True:
-            event = await q.get()
-            # computed per burst: with `uplink.mobile.interface = "auto"` the mobile one moves
-            watched = {u.spec.interface for u in self.uplinks.values()} | \
-                set(self._required().values())
-            relevant = False
-            while True:  # take the whole burst; one reconcile for all of it
-                if isinstance(event, AddressChanged):
-                    self.bus.publish(event)  # dyndns follows addresses
-                    relevant |= event.interface in watched
-                elif isinstance(event, LinkChanged):
-                    relevant |= event.interface in watched
-                else:
-                    relevant = True
-                if q.empty():
-                    break
-                event = q.get_nowait()
-            if relevant:
-                await self._reconcile("link event")
-
-    async def _follow_mobile(self, interface: str) -> None:
-        """Issue 16 hook: `uplink.mobile.interface = "auto"` and the modem's link is now on
-        `interface`: plan with that name from now on (see failberry.modem.follow)."""
-        self.cfg = resolve_mobile(self.cfg, interface)
-        if "mobile" in self.uplinks:
-            up = self.uplinks["mobile"]
-            up.spec = dataclasses.replace(up.spec, interface=interface)
-        await self._reconcile(f"mobile uplink is on {interface}")
-
-    async def _forces(self, q: asyncio.Queue[ForceUplink]) -> None:
-        """An admin's forced failover/failback (SMS): the policy holds it, from this part's
-        clock, while the uplink's link is usable; a reconcile when it runs out ends it."""
-        while True:
-            event = await q.get()
-            self.failover.force(event.uplink, event.seconds, event.reason, self.s.clock())
-            await self._reconcile(f"force: {event.reason}")
-
-    async def _periodic(self) -> None:
-        last_sample = self.s.clock()
-        while True:
-            await asyncio.sleep(RECONCILE_EVERY)
-            now = self.s.clock()
-            if now - last_sample >= SAMPLE_EVERY:
-                last_sample = now
-                await self._blocking(self._sample_usage)
-                self.usage.maybe_persist(now)
-            await self._blocking(self._sample_forwards)
-            await self._reconcile("periodic check")
-
-    async def _probe_loop(self, up: Uplink) -> None:
-        while True:
-            start = self.s.clock()
-            link = up.link
-            if link.usable and link.address is not None:
-                binding = Binding(up.spec.interface, link.address)
-                results = await self.s.prober.round(binding, up.targets,
-                                                    up.tracker.timeout(up.interval))
-                if up.link.address == link.address and up.link.usable:
-                    verdict = up.tracker.feed(results)
-                    up.last = verdict
-                    if verdict.changed:
-                        self._publish_health(up, verdict)
-                        await self._reconcile(f"{up.spec.name} probes")
-            await asyncio.sleep(max(0.0, start + up.interval - self.s.clock()))
-
-    def _publish_health(self, up: Uplink, v: Verdict) -> None:
-        LOG.info("uplink %s %s: %s", up.spec.name, "up" if v.up else "down", v.reason)
-        self.bus.publish(UplinkHealth(up.spec.name, bool(v.up), v.reason, v.latency_ms,
-                                      v.loss_pct))
-
-    def _sample_usage(self) -> None:
-        if "mobile" not in self.uplinks:
-            return
-        counts = readback.usage_counts(self.cfg, self.s.firewall, self._over_cap)
-        if counts is not None:
-            self.usage.sample(counts, dt.date.fromtimestamp(self.s.wall()))
-
-    def _sample_forwards(self) -> None:
-        out = readback.forward_counters(self.cfg, self.s.firewall)
-        if out is not None:
-            self._forwards = out
 
     async def _reconcile(self, why: str) -> None:
         async with self._lock:
@@ -480,32 +339,13 @@ class NetworkPart:
 
     def _apply(self, desired: netplan.NetPlan, active: str | None,
                final: tuple[netplan.ChainSpec, ...] | None, changes: list[str]) -> None:
-        """nat, filter, mangle, sysctls, then routes and rules: NAT and the filter exist before
-        any route sends LAN traffic out. `final`: the filter once the route has moved (a
-        switch); `desired` then lets the LAN out through both uplinks. Appends to `changes` as
-        it goes, so a failure still reports what was done."""
-        if final is not None and self._failures == 0:
-            # A switch after a good apply: NAT, mangle and sysctls do not depend on the active
-            # uplink and are in place, so only the filter goes before the route moves (each
-            # table read costs milliseconds of the switch); the rest is checked right after.
-            changes += self.s.firewall.sync(desired.chains, ("filter",))
-        else:
-            changes += self.s.firewall.sync(desired.chains)
-            changes += self.sysctls.apply(desired.sysctls)
-        failed: ApplyError | None = None
-        try:
-            changes += self.routes.apply(desired.routes, desired.rules)
-        except ApplyError as e:
-            changes += e.changes
-            if e.active_failed:
-                raise  # the route still names the old uplink: keep the filter that allows it
-            failed = e
-        self._applied_active = active
-        if final is not None:
-            changes += self.s.firewall.sync(final)
-            changes += self.sysctls.apply(desired.sysctls)
-        if failed is not None:
-            raise failed
+        """`kernel.apply` (in the part's thread); table 2000 names `active` once the routes
+        are in."""
+        def routed() -> None:
+            self._applied_active = active
+
+        kernel.apply(self.s.firewall, self.sysctls, self.routes, desired, final,
+                     changes=changes, fast=self._failures == 0, routed=routed)
 
     def _report(self, active: str | None) -> None:
         ups = readback.uplink_reports(self.uplinks)
@@ -523,7 +363,7 @@ class NetworkPart:
             forced=None if self.failover.forced is None
             else self.failover.forced.as_dict(self.s.clock())))
 
-def build(cfg: Config, status: Status, bus: Bus, state_dir: Path | None = None,
+def build(cfg: Config, seams: PartSeams, state_dir: Path | None = None,
           usage_path: Path | None = None) -> NetworkPart:
     """The part with real seams: pyroute2, python-iptables, /proc/sys, conntrack, sockets.
     Its files go to `paths.run_dir` and `paths.state_dir` unless given."""
@@ -531,16 +371,19 @@ def build(cfg: Config, status: Status, bus: Bus, state_dir: Path | None = None,
 
     from failberry.net.conntrack import NetlinkConntrack
     from failberry.net.firewall6 import dual_stack
-    from failberry.net.probes import SocketProber
+    from failberry.net.prober import SocketProber
     from failberry.net.sysctl import ProcSysctl
 
+    kept = seams.kept
+    if isinstance(kept, Kept) and kept.mobile and cfg.uplink.mobile.interface == AUTO:
+        cfg = resolve_mobile(cfg, kept.mobile)  # where the modem's link was: follow on
     nl = IPRoute()
 
     def links() -> list[tuple[int, str]]:
         return [(m["index"], m.get_attr("IFLA_IFNAME")) for m in nl.get_links()]
 
-    seams = Seams(nl, dual_stack(cfg), ProcSysctl(), NetlinkConntrack(), SocketProber(),
-                  LinkMonitor(IPRoute, links), close=nl.close)
-    return NetworkPart(cfg, status, bus, seams, state_dir=state_dir or Path(cfg.paths.run_dir),
-                       usage_path=usage_path or Path(cfg.paths.state_dir) / USAGE_FILE.name,
-                       rebuild=lambda: build(cfg, status, bus, state_dir, usage_path))
+    io = Seams(nl, dual_stack(cfg), ProcSysctl(), NetlinkConntrack(), SocketProber(),
+               LinkMonitor(IPRoute, links), close=nl.close)
+    return NetworkPart(cfg, seams.status, seams.bus, io,
+                       state_dir=state_dir or Path(cfg.paths.run_dir),
+                       usage_path=usage_path or Path(cfg.paths.state_dir) / USAGE_FILE.name)

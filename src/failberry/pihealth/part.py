@@ -10,18 +10,28 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from failberry.bus import Bus, ModemStateChanged
 from failberry.clock import Clock, SystemClock
 from failberry.config import Config, PihealthConfig
+from failberry.parts import Seams
 from failberry.pihealth.events import AlertKind, HealthAlert, Severity
 from failberry.pihealth.kmsg import DEV_KMSG, KmsgSource, Record, open_source
 from failberry.pihealth.sysfs import Sysfs, root_mount
 from failberry.pihealth.tracker import ErrorLog, Heat, Line, PowerTracker, RateLimit, classify
-from failberry.status import PIHEALTH, Status
+from failberry.reports import (
+    PiAlert,
+    PiHealthReport,
+    PowerReport,
+    StorageReport,
+    TemperatureReport,
+)
+from failberry.status import PIHEALTH, Status, jsonable, report_pihealth
 
 LOG = logging.getLogger(__name__)
 
@@ -31,6 +41,14 @@ CORRELATE = 60.0  # under-voltage this recent is named when the ladder climbs
 MAX_ALERTS = 5  # kept in the status report
 
 
+@dataclass(frozen=True)
+class Kept:
+    """What a crashed Pi health part hands the one built in its place."""
+
+    limit: RateLimit
+    alerts: tuple[HealthAlert, ...]
+
+
 class PiHealthPart:
     """Under-voltage, temperature and SD card health, from sysfs and the kernel log."""
 
@@ -38,7 +56,8 @@ class PiHealthPart:
 
     def __init__(self, status: Status, bus: Bus, cfg: PihealthConfig | None = None, *,
                  sys_root: Path = Path("/sys"), kmsg: Path = DEV_KMSG,
-                 mounts: Path = Path("/proc/mounts"), clock: Clock | None = None) -> None:
+                 mounts: Path = Path("/proc/mounts"), clock: Clock | None = None,
+                 kept: Kept | None = None) -> None:
         self.status = status
         self.bus = bus
         self.cfg = cfg or PihealthConfig()
@@ -47,9 +66,11 @@ class PiHealthPart:
         self.mounts = mounts
         self.clock = clock or SystemClock()
         self.deadline = max(30.0, 3 * self.cfg.interval)
-        self.limit = RateLimit(self.cfg.alert_interval)  # kept across restarts of run()
-        self.alerts: collections.deque[HealthAlert] = collections.deque(maxlen=MAX_ALERTS)
-        # Subscribe now, not in run(): a climb published before the loop starts us still counts.
+        self.limit = kept.limit if kept else RateLimit(self.cfg.alert_interval)
+        self.alerts: collections.deque[HealthAlert] = collections.deque(
+            kept.alerts if kept else (), maxlen=MAX_ALERTS)
+        # Subscribe now, not in run(): a climb published before the loop starts us still counts
+        # (the supervisor closes it when the part stops, or hands it to its successor).
         self._modem = bus.subscribe(ModemStateChanged)
         self.source: KmsgSource | None = None
         # The printk clock minus ours, measured on records read the moment they arrived. The
@@ -57,11 +78,6 @@ class PiHealthPart:
         # CLOCK_MONOTONIC (minutes apart after weeks up); on x86 VMs it follows MONOTONIC.
         self._offsets: collections.deque[float] = collections.deque(maxlen=16)
         self._fresh()
-
-    @classmethod
-    def from_config(cls, cfg: Config, status: Status, bus: Bus) -> PiHealthPart:
-        """The part reading the real /sys, /dev/kmsg and /proc/mounts."""
-        return cls(status, bus, cfg.pihealth)
 
     def _fresh(self) -> None:
         self.power = PowerTracker()
@@ -117,9 +133,10 @@ class PiHealthPart:
                         f"under-voltage since {now - self.power.since:.0f} s; check the power "
                         "supply")
 
-    def release(self) -> None:
-        """Close the bus subscription: the part is stopped for good."""
-        self._modem.close()
+    def handover(self) -> Kept:
+        """What the part built after this one crashed keeps: the alert rate limit (a crash
+        loop must not repeat an alert) and the last alerts shown in the report."""
+        return Kept(self.limit, tuple(self.alerts))
 
     def close(self) -> None:
         """Let go of the kernel log."""
@@ -236,45 +253,43 @@ class PiHealthPart:
         self.alerts.append(alert)
         self.bus.publish(alert)
 
-    def detail(self) -> dict[str, Any]:
-        """The status report's facts; a field the board lacks is left out."""
+    def snapshot(self) -> PiHealthReport:
+        """The status report; a family the board lacks is left out."""
         now = self.clock.monotonic()
-        d: dict[str, Any] = {}
+        power = None
         if self.power.seen:
-            d["power"] = {
-                "undervoltage": self.power.active,
-                "events_total": self.power.events_total,
-                "seconds_total": self._seconds_total(now),
-                "events_last_hour": self.power.events_within(now),
-                "seconds_last_hour": round(self.power.seconds_within(now), 1),
-                "last_seen_at": self._wall(self.power.last_seen(now)),
-            }
-        if self.throttle is not None:
-            d["throttle"] = dict(self.throttle)
+            power = PowerReport(
+                undervoltage=self.power.active, events_total=self.power.events_total,
+                seconds_total=self._seconds_total(now),
+                events_last_hour=self.power.events_within(now),
+                seconds_last_hour=round(self.power.seconds_within(now), 1),
+                last_seen_at=self._wall(self.power.last_seen(now)))
+        temperature = None
         if self.temperatures:
-            d["temperature"] = {
-                "zones": {k: round(v, 1) for k, v in self.temperatures.items()},
-                "max_celsius": round(max(self.temperatures.values()), 1),
-                "warning_celsius": self.cfg.temperature_warning,
-                "hot": self.heat.hot,
-            }
-        storage: dict[str, Any] = {}
-        if self.root_readonly is not None:
-            storage["root_readonly"] = self.root_readonly
-            storage["root_device"] = self.root_device
+            temperature = TemperatureReport(
+                zones={k: round(v, 1) for k, v in self.temperatures.items()},
+                max_celsius=round(max(self.temperatures.values()), 1),
+                warning_celsius=self.cfg.temperature_warning, hot=self.heat.hot)
+        storage = StorageReport(root_readonly=self.root_readonly,
+                                root_device=self.root_device if self.root_readonly is not None
+                                else None)
         if self.kmsg_problem is None:
-            storage["errors_total"] = self.errors.total
-            storage["errors_last_hour"] = self.errors.within(now)
-            storage["last_error"] = self.errors.last_text
-            storage["last_error_at"] = self._wall(self.errors.last_at)
-        else:
-            d["kernel_log"] = self.kmsg_problem
-        if storage:
-            d["storage"] = storage
-        d["alerts"] = [{"kind": a.kind.value, "severity": a.severity.value,
-                        "message": a.message, "at": a.at, "held_back": a.held_back}
-                       for a in self.alerts]
-        return d
+            storage = dataclasses.replace(
+                storage, errors_total=self.errors.total,
+                errors_last_hour=self.errors.within(now), last_error=self.errors.last_text,
+                last_error_at=self._wall(self.errors.last_at))
+        return PiHealthReport(
+            warnings=tuple(self.warnings()), power=power,
+            throttle=None if self.throttle is None else dict(self.throttle),
+            temperature=temperature, kernel_log=self.kmsg_problem,
+            storage=storage if storage != StorageReport() else None,
+            alerts=tuple(PiAlert(a.kind.value, a.severity.value, a.message, a.at, a.held_back)
+                         for a in self.alerts))
+
+    def detail(self) -> dict[str, Any]:
+        """The report's JSON form (what `/status` shows under `pihealth`)."""
+        out: dict[str, Any] = jsonable(self.snapshot())
+        return out
 
     def _seconds_total(self, now: float) -> float:
         # A counter never goes back, even when a "normalised" line read late ends the
@@ -295,9 +310,8 @@ class PiHealthPart:
 
     def report(self) -> None:
         """Write the status report."""
-        warn = self.warnings()
-        self.status.report(PIHEALTH, "warning" if warn else "ok", warnings=warn,
-                           **self.detail())
+        report = self.snapshot()
+        report_pihealth(self.status, "warning" if report.warnings else "ok", report)
 
     async def run(self) -> None:
         """Poll every interval; answer modem ladder climbs as they come."""
@@ -322,3 +336,9 @@ class PiHealthPart:
             if fd is not None:
                 loop.remove_reader(fd)
             self.close()
+
+
+def build(cfg: Config, seams: Seams) -> PiHealthPart:
+    """The part reading the real /sys, /dev/kmsg and /proc/mounts."""
+    return PiHealthPart(seams.status, seams.bus, cfg.pihealth,
+                        kept=seams.kept if isinstance(seams.kept, Kept) else None)
