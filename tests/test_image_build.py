@@ -23,8 +23,8 @@ import pytest
 from conftest import ROOT, SSH_KEY, run_cli
 from failberry import config
 from failberry.errors import CommandFailed, UsageError
-from failberry.image import assemble, boottest, pipeline, qemu, rootfs
-from failberry.image.runner import Runner
+from failberry.image import assemble, boottest, partimage, pipeline, qemu, rootfs
+from failberry.image.runner import Runner, ToolMissing
 from slow_image import CACHE, build_image
 
 # ----------------------------------------------------------------------------- pipeline
@@ -85,9 +85,27 @@ def test_killed_command_reports_the_signal() -> None:
         Runner().run(["sh", "-c", "kill -9 $$"])
 
 
-def test_missing_program_is_a_command_failure_not_a_traceback() -> None:
-    with pytest.raises(CommandFailed, match="command not found"):
-        Runner().run(["failberry-no-such-program"])
+def test_missing_program_is_one_line_naming_it_not_a_traceback() -> None:
+    with pytest.raises(ToolMissing, match="not installed: failberry-no-such-program; run"):
+        Runner().run(["failberry-no-such-program"], check=False)
+
+
+@pytest.mark.timeout(30)
+def test_a_command_past_its_timeout_is_stopped_and_fails_saying_so() -> None:
+    started = time.monotonic()
+    with pytest.raises(CommandFailed, match=r"timed out after 0\.5s") as info:
+        Runner().run(["sh", "-c", "echo started >&2; exec sleep 60"], timeout=0.5, capture=True)
+    assert "started" in info.value.stderr_tail
+    assert time.monotonic() - started < 20  # stopped, not waited out
+
+
+def test_whole_stderr_keeps_every_line_the_tail_only_the_last() -> None:
+    script = "for i in $(seq 100); do echo line$i >&2; done"
+    whole = Runner().run(["sh", "-c", script], whole_stderr=True)
+    assert whole.stderr.splitlines() == [f"line{i}" for i in range(1, 101)]
+    assert whole.stderr_tail.splitlines() == [f"line{i}" for i in range(61, 101)]
+    tail = Runner().run(["sh", "-c", script])
+    assert tail.stderr == tail.stderr_tail == whole.stderr_tail
 
 
 def test_dry_run_runs_nothing(tmp_path: Path) -> None:
@@ -420,8 +438,8 @@ def test_assembly_is_byte_identical_for_the_same_inputs(tmp_path: Path) -> None:
         time.sleep(1.1)  # a later wall clock for the second build
     assert digests[0] == digests[1]
     img = tmp_path / "1.img"
-    parts = boottest.partitions(runner, img)
-    assert [p.start for p in parts] == [layout.boot_start, layout.root_start]
+    parts = partimage.read_mbr(img)
+    assert [p.offset for p in parts] == [layout.boot_start, layout.root_start]
     stat = runner.run(["debugfs", "-R", "stat /etc/failberry/failberry.toml",
                        f"{img}?offset={layout.root_start}"], capture=True).stdout.decode()
     assert re.search(r"Mode:\s+0600", stat)
@@ -458,8 +476,8 @@ def test_build_writes_a_checked_image_and_says_how_to_use_it(built: tuple[Path, 
     assert "ssh admin@fbtest.local" in stdout
     assert sorted(p.name for p in out.parent.iterdir()) == [out.name, out.name + ".sha256"]
     runner = Runner()
-    boot, root = boottest.partitions(runner, out)
-    fs = f"{out}?offset={root.start}"
+    boot, root = partimage.boot_and_root(out)
+    fs = f"{out}?offset={root.offset}"
 
     def debugfs(cmd: str) -> str:
         return runner.run(["debugfs", "-R", cmd, fs], capture=True).stdout.decode()
@@ -467,7 +485,7 @@ def test_build_writes_a_checked_image_and_says_how_to_use_it(built: tuple[Path, 
     assert re.search(r"Mode:\s+0600", debugfs("stat /etc/failberry/failberry.toml"))
     assert "iptables-legacy" in debugfs("stat /etc/alternatives/iptables")
     assert "ssh_host_" not in debugfs("ls /etc/ssh")
-    cmdline = runner.run(["mtype", "-i", f"{out}@@{boot.start}", "::cmdline.txt"],
+    cmdline = runner.run(["mtype", "-i", f"{out}@@{boot.offset}", "::cmdline.txt"],
                          capture=True, env={"MTOOLS_SKIP_CHECK": "1"}).stdout.decode()
     assert "root=LABEL=fbroot" in cmdline and "console=ttyS1,115200" in cmdline
 

@@ -22,7 +22,7 @@ from failberry.config import Config
 from failberry.image.customise import IDENTITY_FILES, CustomiseResult, customise_rootfs
 from failberry.image.debs import BASE_IMAGE_PACKAGES, DebFetcher, apt_fetch
 from failberry.image.partimage import Ext4, Fat, ImageError, boot_and_root, ext4_commands
-from failberry.image.proc import run
+from failberry.image.runner import run
 
 LOG = logging.getLogger(__name__)
 

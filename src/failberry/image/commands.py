@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING
 from failberry import config as config_mod
 from failberry.config import Config
 from failberry.config_render import dump_toml
-from failberry.errors import FailberryError, NotBuiltYet, UsageError
+from failberry.errors import UsageError
+from failberry.fileio import write_atomic
 from failberry.image import assemble, rootfs
 from failberry.image.pipeline import Step, Timeline, run_steps
-from failberry.image.runner import Runner
+from failberry.image.runner import Runner, ToolMissing
 from failberry.units import human_size
 
 if TYPE_CHECKING:
@@ -36,10 +37,6 @@ BUILD_TOOLS = ("mmdebstrap", "tar", "sfdisk", "mkfs.vfat", "mcopy", "mke2fs", "d
                "e2fsck", "update-binfmts")
 BASE_IMAGE_TOOLS = ("sfdisk", "mcopy", "debugfs", "e2fsck", "xz")
 COMPRESS_TOOLS = ("xz", "bmaptool")
-
-
-class ToolsMissing(FailberryError):
-    """Programs the build needs are not installed."""
 
 
 @dataclass
@@ -92,8 +89,7 @@ def check_tools(ctx: BuildContext) -> None:
         COMPRESS_TOOLS if ctx.compress else ())
     missing = [t for t in needed if shutil.which(t) is None]
     if missing:
-        raise ToolsMissing(f"not installed: {', '.join(missing)}; run `bash scripts/setup.sh` "
-                           "(Debian packages in scripts/apt/build.txt)")
+        raise ToolMissing(missing, "Debian packages in scripts/apt/build.txt")
     if os.geteuid() != 0 and not ctx.base_image:
         raise UsageError("failberry build: run as root (files in the image belong to root and "
                          "other users; the build needs binfmt_misc for qemu-user)")
@@ -155,10 +151,8 @@ def unpack_base(ctx: BuildContext) -> None:
 
 def customise_rootfs(ctx: BuildContext) -> None:
     """failberry's files, units, users and keys (image/customise.py)."""
-    try:
-        from failberry.image import customise
-    except ImportError as e:
-        raise NotBuiltYet(f"image customisation is not available: {e}") from None
+    from failberry.image import customise
+
     ctx.customised = customise.customise_rootfs(ctx.cfg, ctx.root, source_dir=ctx.source_dir,
                                                 out_dir=ctx.output.parent)
 
@@ -195,13 +189,12 @@ def publish_image(ctx: BuildContext) -> None:
     """Checksum, then rename the complete image to the output name."""
     if ctx.runner.dry_run:
         return
-    sha = ctx.workdir / "image.sha256"
+    sha = ctx.output.with_name(ctx.output.name + ".sha256")
     digest = assemble.sha256_file(ctx.partial, assemble.Throughput(
         "sha256", ctx.partial.stat().st_size))
-    sha.write_text(f"{digest}  {ctx.output.name}\n")
     os.replace(ctx.partial, ctx.output)
-    os.replace(sha, ctx.output.with_name(ctx.output.name + ".sha256"))
-    ctx.artefacts += [ctx.output, ctx.output.with_name(ctx.output.name + ".sha256")]
+    write_atomic(sha, f"{digest}  {ctx.output.name}\n")
+    ctx.artefacts += [ctx.output, sha]
     LOG.info("image: %s (sha256 %s)", ctx.output, digest[:16])
 
 

@@ -21,7 +21,7 @@ from failberry.config_render import dump_toml
 from failberry.errors import FailberryError
 from failberry.image import render
 from failberry.image.accounts import ADMIN_GROUPS, AccountDb
-from failberry.image.proc import run
+from failberry.image.runner import run
 
 LOG = logging.getLogger(__name__)
 
