@@ -20,11 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SSH_KEY, run_cli
+from conftest import SSH_KEY, run_cli
 from failberry import config
 from failberry.errors import CommandFailed, UsageError
 from failberry.image import assemble, boottest, partimage, pipeline, qemu, rootfs
 from failberry.image.runner import Runner, ToolMissing
+from failberry.image.sources import INSTALLED
 from slow_image import CACHE, build_image
 
 # ----------------------------------------------------------------------------- pipeline
@@ -159,7 +160,7 @@ def _cfg(extra: str = "") -> config.Config:
 
 
 def test_base_key_follows_packages_and_board_arch_but_not_the_rest_of_the_config() -> None:
-    recipe = ROOT / "image"
+    recipe = INSTALLED.recipe
     plain = rootfs.base_spec(_cfg(), recipe)
     other_host = rootfs.base_spec(_cfg('[image]\nhostname = "other"\n'), recipe)
     extra = rootfs.base_spec(_cfg('[image]\nextra_packages = ["tcpdump"]\n'), recipe)
@@ -179,9 +180,9 @@ def _check_initramfs(tmp_path: Path, listing: str, builtin: str) -> subprocess.C
     """hooks/check-initramfs.sh on an lsinitramfs listing, with the repository's module list
     (as uploaded into the image: names only) and a kernel's modules.builtin."""
     modules = tmp_path / "modules"
-    modules.write_text("\n".join(rootfs.read_list(ROOT / "image" / "initramfs-modules.txt")))
+    modules.write_text("\n".join(rootfs.read_list(INSTALLED.recipe / "initramfs-modules.txt")))
     (tmp_path / "modules.builtin").write_text(builtin)
-    return subprocess.run(["sh", ROOT / "image" / "hooks" / "check-initramfs.sh", modules,
+    return subprocess.run(["sh", INSTALLED.recipe / "hooks" / "check-initramfs.sh", modules,
                            tmp_path / "modules.builtin", "initrd.img-6.1.0-50-armmp"],
                           input=listing, capture_output=True, text=True)
 
@@ -225,14 +226,14 @@ def test_an_initramfs_without_the_pi_2_sd_driver_fails_the_build_naming_it(
 
 
 def test_the_module_list_holds_what_a_pi_2_and_qemu_virt_need_to_find_the_root() -> None:
-    names = set(rootfs.read_list(ROOT / "image" / "initramfs-modules.txt"))
+    names = set(rootfs.read_list(INSTALLED.recipe / "initramfs-modules.txt"))
     # The Pi 2's SD card is on SDHOST (bcm2835), the only SD controller its device tree
     # enables; ext4 is the root; QEMU virt's disk is virtio over PCI.
     assert {"bcm2835", "mmc_block", "ext4", "virtio_pci", "virtio_blk"} <= names
 
 
 def test_every_image_package_is_a_valid_debian_name() -> None:
-    names = rootfs.read_list(ROOT / "image" / "packages.txt")
+    names = rootfs.read_list(INSTALLED.recipe / "packages.txt")
     assert {"openssh-server", "ppp", "iptables", "raspi-firmware", "python3-iptables"} <= set(
         names)
     assert all(re.fullmatch(r"[a-z0-9][a-z0-9+.-]+", n) for n in names)

@@ -25,6 +25,7 @@ from failberry.fileio import write_atomic
 from failberry.image import assemble, rootfs
 from failberry.image.pipeline import Step, Timeline, run_steps
 from failberry.image.runner import Runner, ToolMissing
+from failberry.image.sources import INSTALLED, Sources
 from failberry.units import human_size
 
 if TYPE_CHECKING:
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 
 LOG = logging.getLogger(__name__)
 
-SOURCE_DIR = Path(__file__).resolve().parents[3]
 BUILD_TOOLS = ("mmdebstrap", "tar", "sfdisk", "mkfs.vfat", "mcopy", "mke2fs", "debugfs",
                "e2fsck", "update-binfmts")
 BASE_IMAGE_TOOLS = ("sfdisk", "mcopy", "debugfs", "e2fsck", "xz")
@@ -46,10 +46,10 @@ class BuildContext:
     cfg: Config
     output: Path
     cache_dir: Path
-    source_dir: Path
     runner: Runner
     compress: bool = False
     base_image: Path | None = None
+    sources: Sources = INSTALLED
     epoch: int = 0
     workdir: Path = Path()
     spec: rootfs.BaseSpec | None = None
@@ -122,7 +122,7 @@ def check_binfmt(ctx: BuildContext) -> None:
 
 def bootstrap_base(ctx: BuildContext) -> None:
     """The package-installed base from the cache, or mmdebstrap it into the cache."""
-    ctx.spec = rootfs.base_spec(ctx.cfg, ctx.source_dir / "image")
+    ctx.spec = rootfs.base_spec(ctx.cfg, ctx.sources.recipe)
     ctx.cache_dir.mkdir(parents=True, exist_ok=True)
     ctx.base_tar = rootfs.cached_base(ctx.cache_dir, ctx.spec)
     with _locked(ctx.cache_dir / ".lock"):
@@ -153,8 +153,8 @@ def customise_rootfs(ctx: BuildContext) -> None:
     """failberry's files, units, users and keys (image/customise.py)."""
     from failberry.image import customise
 
-    ctx.customised = customise.customise_rootfs(ctx.cfg, ctx.root, source_dir=ctx.source_dir,
-                                                out_dir=ctx.output.parent)
+    ctx.customised = customise.customise_rootfs(ctx.cfg, ctx.root, out_dir=ctx.output.parent,
+                                                sources=ctx.sources)
 
 
 def clamp_times(ctx: BuildContext) -> None:
@@ -231,8 +231,8 @@ def customise_base_image(ctx: BuildContext) -> None:
     assert ctx.base_image is not None
     ctx.cache_dir.mkdir(parents=True, exist_ok=True)
     ctx.customised = customise(ctx.cfg, ctx.base_image, ctx.partial,
-                               source_dir=ctx.source_dir, out_dir=ctx.output.parent,
-                               cache_dir=ctx.cache_dir)
+                               out_dir=ctx.output.parent, cache_dir=ctx.cache_dir,
+                               sources=ctx.sources)
 
 
 BASE_IMAGE_STEPS: tuple[Step[BuildContext], ...] = (
@@ -277,7 +277,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         raise UsageError(f"--base-image: {args.base_image}: no such file")
     ctx = BuildContext(cfg=cfg, output=args.output.resolve(),
                        cache_dir=(args.cache_dir or default_cache_dir()).resolve(),
-                       source_dir=SOURCE_DIR, runner=Runner(), compress=args.compress,
+                       runner=Runner(), compress=args.compress,
                        base_image=base_image)
     started = time.monotonic()
     timeline = build(ctx)

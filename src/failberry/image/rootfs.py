@@ -80,7 +80,7 @@ def read_list(path: Path) -> list[str]:
 
 
 def base_spec(cfg: Config, recipe: Path) -> BaseSpec:
-    """The base for `cfg`'s board from the recipe directory (the repository's `image/`)."""
+    """The base for `cfg`'s board from the recipe directory (the package's `data/image/`)."""
     arch = cfg.image.board.arch
     packages = set(read_list(recipe / "packages.txt"))
     packages |= set(read_list(recipe / f"packages-{arch}.txt"))
