@@ -109,12 +109,6 @@ def test_whole_stderr_keeps_every_line_the_tail_only_the_last() -> None:
     assert tail.stderr == tail.stderr_tail == whole.stderr_tail
 
 
-def test_dry_run_runs_nothing(tmp_path: Path) -> None:
-    marker = tmp_path / "made"
-    result = Runner(dry_run=True).run(["touch", marker])
-    assert result.returncode == 0 and not marker.exists()
-
-
 def test_stderr_lines_reach_the_progress_callback_and_stdout_is_captured() -> None:
     lines: list[str] = []
     res = Runner().run(["sh", "-c", "echo out; echo 'Setting up x' >&2; echo 'Unpacking y' >&2"],

@@ -178,17 +178,14 @@ def assemble_image(ctx: BuildContext) -> None:
     started = time.monotonic()
     assemble.make_image(ctx.runner, ctx.partial, layout, ids, boot=ctx.boot, root=ctx.root,
                         epoch=ctx.epoch)
-    if not ctx.runner.dry_run:
-        used = _allocated(ctx.partial)
-        secs = max(time.monotonic() - started, 1e-3)
-        LOG.info("wrote %s of data into a %s image in %.1fs (%s/s)", human_size(used),
-                 human_size(layout.size), secs, human_size(used / secs))
+    used = _allocated(ctx.partial)
+    secs = max(time.monotonic() - started, 1e-3)
+    LOG.info("wrote %s of data into a %s image in %.1fs (%s/s)", human_size(used),
+             human_size(layout.size), secs, human_size(used / secs))
 
 
 def publish_image(ctx: BuildContext) -> None:
     """Checksum, then rename the complete image to the output name."""
-    if ctx.runner.dry_run:
-        return
     sha = ctx.output.with_name(ctx.output.name + ".sha256")
     digest = assemble.sha256_file(ctx.partial, assemble.Throughput(
         "sha256", ctx.partial.stat().st_size))

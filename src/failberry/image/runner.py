@@ -1,8 +1,8 @@
 """The one helper every image-code subprocess goes through: it logs the command line,
-honours dry-run, streams stderr lines to a callback (progress), keeps stderr's end (or all
-of it) for the error and the caller, runs the program in its own process group so an
-interruption stops the whole group, and on failure raises CommandFailed naming the command,
-its status and that tail."""
+streams stderr lines to a callback (progress), keeps stderr's end (or all of it) for the
+error and the caller, runs the program in its own process group so an interruption stops the
+whole group, and on failure raises CommandFailed naming the command, its status and that
+tail."""
 
 from __future__ import annotations
 
@@ -56,11 +56,7 @@ class Result:
 
 
 class Runner:
-    """Runs commands; `dry_run` logs them and pretends they succeeded."""
-
-    def __init__(self, *, dry_run: bool = False, env: Mapping[str, str] | None = None) -> None:
-        self.dry_run = dry_run
-        self.env = dict(env or {})
+    """Runs commands (the seam the image code's steps are given)."""
 
     def run(self, argv: Sequence[str | Path], *, env: Mapping[str, str] | None = None,
             cwd: Path | None = None, capture: bool = False, check: bool = True,
@@ -71,12 +67,7 @@ class Runner:
         ToolMissing when the program is not installed."""
         args = tuple(str(a) for a in argv)
         LOG.debug("run: %s", shlex.join(args))
-        if self.dry_run:
-            LOG.info("dry-run: %s", shlex.join(args))
-            return Result(args, 0, b"", "")
-        full_env = dict(os.environ)
-        full_env.update(self.env)
-        full_env.update(env or {})
+        full_env = {**os.environ, **(env or {})}
         lines: collections.deque[str] = collections.deque(
             maxlen=None if whole_stderr else TAIL_LINES)
         out_file: IO[bytes] | None = stdout_to.open("wb") if stdout_to else None
@@ -125,7 +116,7 @@ class Runner:
         LOG.info("starting: %s", shlex.join(args))
         proc = subprocess.Popen(args, cwd=cwd, stdin=subprocess.DEVNULL, process_group=0,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                env={**os.environ, **self.env})
+                                env=os.environ)
         threading.Thread(target=_read_lines, args=(proc.stdout, collections.deque(maxlen=1),
                                                    on_line), daemon=True).start()
         return proc
@@ -197,6 +188,5 @@ def _read_lines(stream: IO[bytes] | None, lines: collections.deque[str],
     stream.close()
 
 
-# For code that reads, or must always act, whatever a build's dry-run says: the partition
-# readers, the base-image steps, the admin key.
+# For code not handed a Runner: the partition readers, the base-image steps, the admin key.
 run = Runner().run
