@@ -59,6 +59,8 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
                     ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, tree / name)
+    # No network: the wheel is built with the venv's own setuptools and Debian's wheel
+    # (python3-pip in scripts/apt/runtime.txt pulls it in), then installed without deps.
     env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
                     "--no-build-isolation", "-w", tmp / "dist", tree],
