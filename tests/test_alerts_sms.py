@@ -259,7 +259,7 @@ def test_two_callers_share_one_opened_port(fake: FakeSmsModem) -> None:
 
 def test_channel_session_over_the_modem_parts_at_channel(tmp_path: Path) -> None:
     """The seam the lead wires: the modem part's own AtChannel carries the SMS (a stick that
-    buffers a body typed ahead of the prompt; AtChannel has no prompt wait yet)."""
+    buffers a body typed ahead of the prompt; the channel waits for the prompt anyway)."""
     from failberry.alerts.at_session import ChannelSession
     from failberry.modem.at import AtChannel
 

@@ -179,7 +179,7 @@ def customised(tmp_path_factory: pytest.TempPathFactory) -> tuple[Image, object,
     xz.write_bytes(lzma.compress(base.read_bytes(), preset=0))
     fetcher = FakeFetcher(tmp)
     out = tmp / "out.img.tmp"
-    result = customise_base_image(make_config(tmp), xz, out, source_dir=ROOT, out_dir=tmp,
+    result = customise_base_image(make_config(tmp), xz, out, out_dir=tmp,
                                   cache_dir=tmp / "cache", fetch=fetcher)
     return Image(out), result, fetcher
 
@@ -280,7 +280,7 @@ def test_boot_partition_and_file_systems_are_sound(
 def test_generated_key_for_a_config_without_one(tmp_path: Path) -> None:
     base = make_rpios_image(tmp_path / "rpios.img", tmp_path)
     result = customise_base_image(make_config(tmp_path, keys=False), base,
-                                  tmp_path / "out.img", source_dir=ROOT, out_dir=tmp_path,
+                                  tmp_path / "out.img", out_dir=tmp_path,
                                   cache_dir=tmp_path / "cache", fetch=FakeFetcher(tmp_path))
     assert result.generated_key is not None
     pub = result.generated_key.with_name(result.generated_key.name + ".pub").read_text()

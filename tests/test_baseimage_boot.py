@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import run_cli
 from failberry import config
 from failberry.image import assemble, commands, rootfs
 from failberry.image.runner import Runner
@@ -52,7 +52,7 @@ def _base_tarball(work: Path) -> Path:
     """The builder's cached bookworm arm64 base (made with mmdebstrap when not cached), got
     through the build's own steps with the config tests/test_image_build.py builds."""
     cfg = config.parse('[image]\nboard = "rpi3"\n[modem]\napn = "internet"\n')
-    ctx = commands.BuildContext(cfg, work / "unused.img", CACHE, ROOT, Runner())
+    ctx = commands.BuildContext(cfg, work / "unused.img", CACHE, Runner())
     ctx.workdir = work / "bootstrap"
     ctx.workdir.mkdir()
     commands.check_binfmt(ctx)

@@ -20,11 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SSH_KEY, run_cli
+from conftest import SSH_KEY, run_cli
 from failberry import config
 from failberry.errors import CommandFailed, UsageError
-from failberry.image import assemble, boottest, pipeline, qemu, rootfs
-from failberry.image.runner import Runner
+from failberry.image import assemble, boottest, partimage, pipeline, qemu, rootfs
+from failberry.image.runner import Runner, ToolMissing
+from failberry.image.sources import INSTALLED
 from slow_image import CACHE, build_image
 
 # ----------------------------------------------------------------------------- pipeline
@@ -85,15 +86,27 @@ def test_killed_command_reports_the_signal() -> None:
         Runner().run(["sh", "-c", "kill -9 $$"])
 
 
-def test_missing_program_is_a_command_failure_not_a_traceback() -> None:
-    with pytest.raises(CommandFailed, match="command not found"):
-        Runner().run(["failberry-no-such-program"])
+def test_missing_program_is_one_line_naming_it_not_a_traceback() -> None:
+    with pytest.raises(ToolMissing, match="not installed: failberry-no-such-program; run"):
+        Runner().run(["failberry-no-such-program"], check=False)
 
 
-def test_dry_run_runs_nothing(tmp_path: Path) -> None:
-    marker = tmp_path / "made"
-    result = Runner(dry_run=True).run(["touch", marker])
-    assert result.returncode == 0 and not marker.exists()
+@pytest.mark.timeout(30)
+def test_a_command_past_its_timeout_is_stopped_and_fails_saying_so() -> None:
+    started = time.monotonic()
+    with pytest.raises(CommandFailed, match=r"timed out after 0\.5s") as info:
+        Runner().run(["sh", "-c", "echo started >&2; exec sleep 60"], timeout=0.5, capture=True)
+    assert "started" in info.value.stderr_tail
+    assert time.monotonic() - started < 20  # stopped, not waited out
+
+
+def test_whole_stderr_keeps_every_line_the_tail_only_the_last() -> None:
+    script = "for i in $(seq 100); do echo line$i >&2; done"
+    whole = Runner().run(["sh", "-c", script], whole_stderr=True)
+    assert whole.stderr.splitlines() == [f"line{i}" for i in range(1, 101)]
+    assert whole.stderr_tail.splitlines() == [f"line{i}" for i in range(61, 101)]
+    tail = Runner().run(["sh", "-c", script])
+    assert tail.stderr == tail.stderr_tail == whole.stderr_tail
 
 
 def test_stderr_lines_reach_the_progress_callback_and_stdout_is_captured() -> None:
@@ -141,7 +154,7 @@ def _cfg(extra: str = "") -> config.Config:
 
 
 def test_base_key_follows_packages_and_board_arch_but_not_the_rest_of_the_config() -> None:
-    recipe = ROOT / "image"
+    recipe = INSTALLED.recipe
     plain = rootfs.base_spec(_cfg(), recipe)
     other_host = rootfs.base_spec(_cfg('[image]\nhostname = "other"\n'), recipe)
     extra = rootfs.base_spec(_cfg('[image]\nextra_packages = ["tcpdump"]\n'), recipe)
@@ -161,9 +174,9 @@ def _check_initramfs(tmp_path: Path, listing: str, builtin: str) -> subprocess.C
     """hooks/check-initramfs.sh on an lsinitramfs listing, with the repository's module list
     (as uploaded into the image: names only) and a kernel's modules.builtin."""
     modules = tmp_path / "modules"
-    modules.write_text("\n".join(rootfs.read_list(ROOT / "image" / "initramfs-modules.txt")))
+    modules.write_text("\n".join(rootfs.read_list(INSTALLED.recipe / "initramfs-modules.txt")))
     (tmp_path / "modules.builtin").write_text(builtin)
-    return subprocess.run(["sh", ROOT / "image" / "hooks" / "check-initramfs.sh", modules,
+    return subprocess.run(["sh", INSTALLED.recipe / "hooks" / "check-initramfs.sh", modules,
                            tmp_path / "modules.builtin", "initrd.img-6.1.0-50-armmp"],
                           input=listing, capture_output=True, text=True)
 
@@ -207,14 +220,14 @@ def test_an_initramfs_without_the_pi_2_sd_driver_fails_the_build_naming_it(
 
 
 def test_the_module_list_holds_what_a_pi_2_and_qemu_virt_need_to_find_the_root() -> None:
-    names = set(rootfs.read_list(ROOT / "image" / "initramfs-modules.txt"))
+    names = set(rootfs.read_list(INSTALLED.recipe / "initramfs-modules.txt"))
     # The Pi 2's SD card is on SDHOST (bcm2835), the only SD controller its device tree
     # enables; ext4 is the root; QEMU virt's disk is virtio over PCI.
     assert {"bcm2835", "mmc_block", "ext4", "virtio_pci", "virtio_blk"} <= names
 
 
 def test_every_image_package_is_a_valid_debian_name() -> None:
-    names = rootfs.read_list(ROOT / "image" / "packages.txt")
+    names = rootfs.read_list(INSTALLED.recipe / "packages.txt")
     assert {"openssh-server", "ppp", "iptables", "raspi-firmware", "python3-iptables"} <= set(
         names)
     assert all(re.fullmatch(r"[a-z0-9][a-z0-9+.-]+", n) for n in names)
@@ -420,8 +433,8 @@ def test_assembly_is_byte_identical_for_the_same_inputs(tmp_path: Path) -> None:
         time.sleep(1.1)  # a later wall clock for the second build
     assert digests[0] == digests[1]
     img = tmp_path / "1.img"
-    parts = boottest.partitions(runner, img)
-    assert [p.start for p in parts] == [layout.boot_start, layout.root_start]
+    parts = partimage.read_mbr(img)
+    assert [p.offset for p in parts] == [layout.boot_start, layout.root_start]
     stat = runner.run(["debugfs", "-R", "stat /etc/failberry/failberry.toml",
                        f"{img}?offset={layout.root_start}"], capture=True).stdout.decode()
     assert re.search(r"Mode:\s+0600", stat)
@@ -458,8 +471,8 @@ def test_build_writes_a_checked_image_and_says_how_to_use_it(built: tuple[Path, 
     assert "ssh admin@fbtest.local" in stdout
     assert sorted(p.name for p in out.parent.iterdir()) == [out.name, out.name + ".sha256"]
     runner = Runner()
-    boot, root = boottest.partitions(runner, out)
-    fs = f"{out}?offset={root.start}"
+    boot, root = partimage.boot_and_root(out)
+    fs = f"{out}?offset={root.offset}"
 
     def debugfs(cmd: str) -> str:
         return runner.run(["debugfs", "-R", cmd, fs], capture=True).stdout.decode()
@@ -467,7 +480,7 @@ def test_build_writes_a_checked_image_and_says_how_to_use_it(built: tuple[Path, 
     assert re.search(r"Mode:\s+0600", debugfs("stat /etc/failberry/failberry.toml"))
     assert "iptables-legacy" in debugfs("stat /etc/alternatives/iptables")
     assert "ssh_host_" not in debugfs("ls /etc/ssh")
-    cmdline = runner.run(["mtype", "-i", f"{out}@@{boot.start}", "::cmdline.txt"],
+    cmdline = runner.run(["mtype", "-i", f"{out}@@{boot.offset}", "::cmdline.txt"],
                          capture=True, env={"MTOOLS_SKIP_CHECK": "1"}).stdout.decode()
     assert "root=LABEL=fbroot" in cmdline and "console=ttyS1,115200" in cmdline
 

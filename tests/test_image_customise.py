@@ -101,7 +101,7 @@ def rootfs(tmp_path: Path) -> Path:
 
 
 def customise(root: Path, cfg: config.Config, out: Path) -> CustomiseResult:
-    return customise_rootfs(cfg, root, source_dir=ROOT, out_dir=out)
+    return customise_rootfs(cfg, root, out_dir=out)
 
 
 def accounts(root: Path) -> AccountDb:
@@ -304,6 +304,11 @@ def test_package_and_launcher_are_installed(rootfs: Path, tmp_path: Path) -> Non
     pkg = rootfs / "usr/lib/python3/dist-packages/failberry"
     assert (pkg / "cli.py").read_bytes() == (ROOT / "src/failberry/cli.py").read_bytes()
     assert not list(pkg.rglob("__pycache__"))
+    # The build's own recipe and overlay stay off the image's copy; other package data is there.
+    assert not (pkg / "data/image").exists() and not (pkg / "data/rootfs-overlay").exists()
+    assert (pkg / "data/failberry-hostguard.service").is_file()
+    readme = rootfs / "usr/share/doc/failberry/README.md"
+    assert readme.read_bytes() == (ROOT / "README.md").read_bytes()
     launcher = rootfs / "usr/bin/failberry"
     assert stat.S_IMODE(launcher.stat().st_mode) == 0o755
     assert launcher.read_text().startswith("#!/usr/bin/python3\n")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from failberry.image import boottest, qemu
+from failberry.image import boottest, partimage, qemu
 from failberry.image.runner import Runner
 from slow_image import HAVE_BUILD_TOOLS, build_image, keypair, write_config
 
@@ -46,7 +46,7 @@ def rpi2_built(rpi2_dir: Path, rpi2_key: Path) -> Path:
 def test_rpi2_image_has_the_pi_2_kernel_device_tree_and_console(rpi2_built: Path,
                                                                  tmp_path: Path) -> None:
     runner = Runner()
-    boot, root = boottest.partitions(runner, rpi2_built)
+    boot, root = partimage.boot_and_root(rpi2_built)
     files = boottest.extract_boot(runner, rpi2_built, boot, tmp_path)
     assert qemu.kernel_arch(files.kernel) == "armhf"
     assert files.kernel.name.endswith("-armmp") and files.initrd is not None
@@ -54,7 +54,7 @@ def test_rpi2_image_has_the_pi_2_kernel_device_tree_and_console(rpi2_built: Path
     assert "console=ttyAMA0,115200" in files.cmdline and "root=LABEL=fbroot" in files.cmdline
     # The initramfs carries the Pi 2's SD driver (hooks/check-initramfs.sh passed too).
     modules = runner.run(["debugfs", "-R", "ls -p /usr/lib/modules",
-                          f"{rpi2_built}?offset={root.start}"], capture=True).stdout.decode()
+                          f"{rpi2_built}?offset={root.offset}"], capture=True).stdout.decode()
     assert "-armmp" in modules
 
 

@@ -1,6 +1,7 @@
 """The config model: one TOML file into frozen dataclasses, every error collected with its key
-path, unknown keys refused, secrets masked everywhere they could be printed. The field and
-loader machinery is `failberry.schema`; rules spanning keys are `failberry.config_checks`."""
+path, unknown keys refused, secrets masked everywhere they could be printed. The fields and
+converters are `failberry.schema`, the loader `failberry.schema_loader`, the `[dyndns]` tables
+`failberry.config_dyndns`; rules spanning keys are `failberry.config_checks`."""
 
 from __future__ import annotations
 
@@ -11,12 +12,16 @@ from pathlib import Path
 
 from failberry import checks
 from failberry.alerts import spec as alert_spec
+from failberry.config_dyndns import DnsProvider as DnsProvider  # noqa: PLC0414 (re-exported)
+from failberry.config_dyndns import Dyndns2Config as Dyndns2Config  # noqa: PLC0414
+from failberry.config_dyndns import DyndnsConfig as DyndnsConfig  # noqa: PLC0414
+from failberry.config_dyndns import Rfc2136Config as Rfc2136Config  # noqa: PLC0414
+from failberry.config_dyndns import Route53Config as Route53Config  # noqa: PLC0414
+from failberry.config_dyndns import Route53LambdaConfig as Route53LambdaConfig  # noqa: PLC0414
 from failberry.errors import ConfigError
-from failberry.schema import Loader as _Loader
 from failberry.schema import Secret as Secret  # noqa: PLC0414 (re-exported)
 from failberry.schema import abs_path as _abs_path
 from failberry.schema import bad as _bad
-from failberry.schema import base64_text as _base64
 from failberry.schema import command as _command
 from failberry.schema import dev_path as _dev_path
 from failberry.schema import duration as _duration
@@ -26,18 +31,19 @@ from failberry.schema import no_quotes as _no_quotes
 from failberry.schema import one_of as _one_of
 from failberry.schema import opt, section
 from failberry.schema import optional_string as _optional_str
-from failberry.schema import parse_toml as _toml
 from failberry.schema import percent as _percent
 from failberry.schema import port_bounds as port_bounds  # noqa: PLC0414 (re-exported)
 from failberry.schema import port_list as _port_list
 from failberry.schema import port_range as _port_range
-from failberry.schema import read_text as _read_text
 from failberry.schema import size as _size
 from failberry.schema import string as _str
 from failberry.schema import string_list as _str_list
 from failberry.schema import toml_key as _toml_key
 from failberry.schema import type_name as _type_name
 from failberry.schema import usb_id as _usb_id
+from failberry.schema_loader import Loader as _Loader
+from failberry.schema_loader import parse_toml as _toml
+from failberry.schema_loader import read_text as _read_text
 from failberry.units import parse_size
 
 DEFAULT_PATH = Path("/etc/failberry/failberry.toml")
@@ -62,16 +68,6 @@ class FailoverMode(enum.StrEnum):
 
     SIDECAR = "sidecar"
     GATEWAY = "gateway"
-
-
-class DnsProvider(enum.StrEnum):
-    """Dynamic DNS providers."""
-
-    NONE = "none"
-    RFC2136 = "rfc2136"
-    DYNDNS2 = "dyndns2"
-    ROUTE53_LAMBDA = "route53-lambda"
-    ROUTE53 = "route53"
 
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -227,65 +223,6 @@ class HealthConfig:
     listen: str = opt("0.0.0.0", _str(checks.ip_address))
     port: int = opt(9000, _int_range(1, 65535))
     lan_only_status: bool = opt(True, doc="/status and /metrics only from the LAN")
-
-
-@dataclass(frozen=True)
-class Rfc2136Config:
-    """`[dyndns.rfc2136]`: DNS UPDATE signed with TSIG."""
-
-    server: str = opt("", _optional_str(checks.host))
-    port: int = opt(53, _int_range(1, 65535))
-    zone: str = opt("", _optional_str(checks.fqdn))
-    tsig_key_name: str = opt("", _optional_str(checks.fqdn))
-    tsig_algorithm: str = opt("hmac-sha256", _str(lambda s: _one_of(
-        s, ("hmac-sha256", "hmac-sha512", "hmac-sha384", "hmac-sha224", "hmac-sha1", "hmac-md5"))))
-    tsig_secret: Secret | None = opt(None, _str(_base64))
-
-
-@dataclass(frozen=True)
-class Dyndns2Config:
-    """`[dyndns.dyndns2]`: the de-facto HTTP update protocol."""
-
-    url: str = opt("", _optional_str(checks.http_url))
-    username: str = opt("")
-    password: Secret | None = opt(None, _str(lambda s: s))
-
-
-@dataclass(frozen=True)
-class Route53LambdaConfig:
-    """`[dyndns.route53-lambda]`: awslabs' route53 dynamic DNS with Lambda."""
-
-    url: str = opt("", _optional_str(checks.http_url))
-    shared_secret: Secret | None = opt(None, _str(lambda s: s))
-
-
-@dataclass(frozen=True)
-class Route53Config:
-    """`[dyndns.route53]`: the Route53 API directly."""
-
-    zone_id: str = opt("")
-    access_key_id: str = opt("")
-    secret_access_key: Secret | None = opt(None, _str(lambda s: s))
-    region: str = opt("us-east-1")
-
-
-@dataclass(frozen=True)
-class DyndnsConfig:
-    """`[dyndns]`: publish the current address under a name."""
-
-    provider: DnsProvider = opt(DnsProvider.NONE, _enum(DnsProvider))
-    name: str = opt("", _optional_str(checks.fqdn))
-    ttl: int = opt(60, _int_range(1, 86400))
-    check_interval: float = opt(600.0, _duration(1, 86400))
-    ipv6: bool = opt(False, doc="also publish an AAAA record from the uplink's IPv6 address")
-    interface: str = opt("", _optional_str(checks.interface_name),
-                         doc="follow this interface's address; empty: the active uplink's")
-    retry_initial: float = opt(2.0, _duration(0.01, 3600))
-    retry_max: float = opt(300.0, _duration(0.01, 86400))
-    rfc2136: Rfc2136Config = section(Rfc2136Config)
-    dyndns2: Dyndns2Config = section(Dyndns2Config)
-    route53_lambda: Route53LambdaConfig = section(Route53LambdaConfig)
-    route53: Route53Config = section(Route53Config)
 
 
 @dataclass(frozen=True)

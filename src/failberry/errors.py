@@ -47,10 +47,6 @@ class ConfigError(UsageError):
         return [f"{self.source}: {issue}" for issue in self.issues]
 
 
-class NotBuiltYet(FailberryError):
-    """A command whose implementation has not landed yet."""
-
-
 class CommandFailed(FailberryError):
     """A subprocess failed; the message names the command line, the status and stderr's end."""
 

@@ -22,7 +22,8 @@ from failberry.config import Config
 from failberry.image.customise import IDENTITY_FILES, CustomiseResult, customise_rootfs
 from failberry.image.debs import BASE_IMAGE_PACKAGES, DebFetcher, apt_fetch
 from failberry.image.partimage import Ext4, Fat, ImageError, boot_and_root, ext4_commands
-from failberry.image.proc import run
+from failberry.image.runner import run
+from failberry.image.sources import INSTALLED, Sources
 
 LOG = logging.getLogger(__name__)
 
@@ -91,8 +92,8 @@ def kernel_interface_names(cmdline: str) -> str:
 
 
 def customise_base_image(cfg: Config, image_in: Path, image_out_tmp: Path, *,
-                         source_dir: Path, out_dir: Path, cache_dir: Path,
-                         fetch: DebFetcher = apt_fetch) -> CustomiseResult:
+                         out_dir: Path, cache_dir: Path, fetch: DebFetcher = apt_fetch,
+                         sources: Sources = INSTALLED) -> CustomiseResult:
     """Customise a Raspberry Pi OS image (raw or .xz) into `image_out_tmp`."""
     unpack_image(image_in, image_out_tmp)
     boot, root = boot_and_root(image_out_tmp)
@@ -110,8 +111,7 @@ def customise_base_image(cfg: Config, image_in: Path, image_out_tmp: Path, *,
         debs = fetch(arch=arch, suite=cfg.image.suite, mirror=cfg.image.mirror,
                      dpkg_status=fs.read("/var/lib/dpkg/status"), packages=packages,
                      work_dir=cache_dir / f"apt-{cfg.image.suite}-{arch}")
-        result = customise_rootfs(cfg, staging, source_dir=source_dir, out_dir=out_dir,
-                                  debs=debs)
+        result = customise_rootfs(cfg, staging, out_dir=out_dir, debs=debs, sources=sources)
         count = copy_delta(fs, staging, result)
         fs.check()
         # Raspberry Pi OS enables sshd when this file is on the boot partition; the unit is

@@ -22,6 +22,7 @@ from pathlib import Path
 from failberry import config as config_mod
 from failberry.config import Config
 from failberry.errors import UsageError
+from failberry.image.partimage import Partition, boot_and_root
 from failberry.image.qemu import (
     BootFiles,
     BootTestError,
@@ -114,23 +115,6 @@ class BootReport:
         return "\n".join(lines)
 
 
-@dataclass(frozen=True)
-class Partition:
-    """A partition's byte offset and size in the image."""
-
-    start: int
-    size: int
-
-
-def partitions(runner: Runner, image: Path) -> list[Partition]:
-    """The image's partitions from its partition table (sfdisk --json)."""
-    out = runner.run(["sfdisk", "--json", image], capture=True).stdout
-    table = json.loads(out)["partitiontable"]
-    sector = int(table.get("sectorsize", 512))
-    return [Partition(int(p["start"]) * sector, int(p["size"]) * sector)
-            for p in table["partitions"]]
-
-
 def parse_config_txt(text: str) -> tuple[str, str]:
     """(kernel, initramfs) file names from a Raspberry Pi config.txt (defaults if absent)."""
     kernel = "kernel8.img"
@@ -146,7 +130,7 @@ def parse_config_txt(text: str) -> tuple[str, str]:
 
 def extract_boot(runner: Runner, image: Path, boot: Partition, dest: Path) -> BootFiles:
     """Kernel, initrd, cmdline.txt and DTBs out of the FAT partition (mtools, no mount)."""
-    fat = f"{image}@@{boot.start}"
+    fat = f"{image}@@{boot.offset}"
     env = {"MTOOLS_SKIP_CHECK": "1"}
 
     def read(name: str) -> str:
@@ -168,7 +152,7 @@ def extract_boot(runner: Runner, image: Path, boot: Partition, dest: Path) -> Bo
 
 def image_config(runner: Runner, image: Path, root: Partition) -> Config:
     """The failberry config inside the image's ext4 root (debugfs reads it without a mount)."""
-    out = runner.run(["debugfs", "-R", f"cat {CONFIG_IN_IMAGE}", f"{image}?offset={root.start}"],
+    out = runner.run(["debugfs", "-R", f"cat {CONFIG_IN_IMAGE}", f"{image}?offset={root.offset}"],
                      capture=True)
     text = out.stdout.decode("utf-8", "replace")
     if not text.strip():
@@ -259,9 +243,7 @@ def boot_test(opts: BootTestOptions, runner: Runner | None = None) -> BootReport
         raise UsageError(f"{opts.image}: no such image file")
     if image.suffix == ".xz":
         raise UsageError(f"{opts.image}: decompress it first (`xz -dk {opts.image}`)")
-    parts = partitions(runner, image)
-    if len(parts) < 2:
-        raise BootTestError(f"{image}: expected a boot and a root partition, found {len(parts)}")
+    parts = boot_and_root(image)
     cfg = image_config(runner, image, parts[1])
     key = opts.ssh_key or default_key(image, cfg)
     with tempfile.TemporaryDirectory(prefix="failberry-boot-test-") as tmp:

@@ -20,10 +20,12 @@ from typing import TYPE_CHECKING
 from failberry import config as config_mod
 from failberry.config import Config
 from failberry.config_render import dump_toml
-from failberry.errors import FailberryError, NotBuiltYet, UsageError
+from failberry.errors import UsageError
+from failberry.fileio import write_atomic
 from failberry.image import assemble, rootfs
 from failberry.image.pipeline import Step, Timeline, run_steps
-from failberry.image.runner import Runner
+from failberry.image.runner import Runner, ToolMissing
+from failberry.image.sources import INSTALLED, Sources
 from failberry.units import human_size
 
 if TYPE_CHECKING:
@@ -31,15 +33,10 @@ if TYPE_CHECKING:
 
 LOG = logging.getLogger(__name__)
 
-SOURCE_DIR = Path(__file__).resolve().parents[3]
 BUILD_TOOLS = ("mmdebstrap", "tar", "sfdisk", "mkfs.vfat", "mcopy", "mke2fs", "debugfs",
                "e2fsck", "update-binfmts")
 BASE_IMAGE_TOOLS = ("sfdisk", "mcopy", "debugfs", "e2fsck", "xz")
 COMPRESS_TOOLS = ("xz", "bmaptool")
-
-
-class ToolsMissing(FailberryError):
-    """Programs the build needs are not installed."""
 
 
 @dataclass
@@ -49,10 +46,10 @@ class BuildContext:
     cfg: Config
     output: Path
     cache_dir: Path
-    source_dir: Path
     runner: Runner
     compress: bool = False
     base_image: Path | None = None
+    sources: Sources = INSTALLED
     epoch: int = 0
     workdir: Path = Path()
     spec: rootfs.BaseSpec | None = None
@@ -92,8 +89,7 @@ def check_tools(ctx: BuildContext) -> None:
         COMPRESS_TOOLS if ctx.compress else ())
     missing = [t for t in needed if shutil.which(t) is None]
     if missing:
-        raise ToolsMissing(f"not installed: {', '.join(missing)}; run `bash scripts/setup.sh` "
-                           "(Debian packages in scripts/apt/build.txt)")
+        raise ToolMissing(missing, "Debian packages in scripts/apt/build.txt")
     if os.geteuid() != 0 and not ctx.base_image:
         raise UsageError("failberry build: run as root (files in the image belong to root and "
                          "other users; the build needs binfmt_misc for qemu-user)")
@@ -126,7 +122,7 @@ def check_binfmt(ctx: BuildContext) -> None:
 
 def bootstrap_base(ctx: BuildContext) -> None:
     """The package-installed base from the cache, or mmdebstrap it into the cache."""
-    ctx.spec = rootfs.base_spec(ctx.cfg, ctx.source_dir / "image")
+    ctx.spec = rootfs.base_spec(ctx.cfg, ctx.sources.recipe)
     ctx.cache_dir.mkdir(parents=True, exist_ok=True)
     ctx.base_tar = rootfs.cached_base(ctx.cache_dir, ctx.spec)
     with _locked(ctx.cache_dir / ".lock"):
@@ -155,12 +151,10 @@ def unpack_base(ctx: BuildContext) -> None:
 
 def customise_rootfs(ctx: BuildContext) -> None:
     """failberry's files, units, users and keys (image/customise.py)."""
-    try:
-        from failberry.image import customise
-    except ImportError as e:
-        raise NotBuiltYet(f"image customisation is not available: {e}") from None
-    ctx.customised = customise.customise_rootfs(ctx.cfg, ctx.root, source_dir=ctx.source_dir,
-                                                out_dir=ctx.output.parent)
+    from failberry.image import customise
+
+    ctx.customised = customise.customise_rootfs(ctx.cfg, ctx.root, out_dir=ctx.output.parent,
+                                                sources=ctx.sources)
 
 
 def clamp_times(ctx: BuildContext) -> None:
@@ -184,24 +178,20 @@ def assemble_image(ctx: BuildContext) -> None:
     started = time.monotonic()
     assemble.make_image(ctx.runner, ctx.partial, layout, ids, boot=ctx.boot, root=ctx.root,
                         epoch=ctx.epoch)
-    if not ctx.runner.dry_run:
-        used = _allocated(ctx.partial)
-        secs = max(time.monotonic() - started, 1e-3)
-        LOG.info("wrote %s of data into a %s image in %.1fs (%s/s)", human_size(used),
-                 human_size(layout.size), secs, human_size(used / secs))
+    used = _allocated(ctx.partial)
+    secs = max(time.monotonic() - started, 1e-3)
+    LOG.info("wrote %s of data into a %s image in %.1fs (%s/s)", human_size(used),
+             human_size(layout.size), secs, human_size(used / secs))
 
 
 def publish_image(ctx: BuildContext) -> None:
     """Checksum, then rename the complete image to the output name."""
-    if ctx.runner.dry_run:
-        return
-    sha = ctx.workdir / "image.sha256"
+    sha = ctx.output.with_name(ctx.output.name + ".sha256")
     digest = assemble.sha256_file(ctx.partial, assemble.Throughput(
         "sha256", ctx.partial.stat().st_size))
-    sha.write_text(f"{digest}  {ctx.output.name}\n")
     os.replace(ctx.partial, ctx.output)
-    os.replace(sha, ctx.output.with_name(ctx.output.name + ".sha256"))
-    ctx.artefacts += [ctx.output, ctx.output.with_name(ctx.output.name + ".sha256")]
+    write_atomic(sha, f"{digest}  {ctx.output.name}\n")
+    ctx.artefacts += [ctx.output, sha]
     LOG.info("image: %s (sha256 %s)", ctx.output, digest[:16])
 
 
@@ -238,8 +228,8 @@ def customise_base_image(ctx: BuildContext) -> None:
     assert ctx.base_image is not None
     ctx.cache_dir.mkdir(parents=True, exist_ok=True)
     ctx.customised = customise(ctx.cfg, ctx.base_image, ctx.partial,
-                               source_dir=ctx.source_dir, out_dir=ctx.output.parent,
-                               cache_dir=ctx.cache_dir)
+                               out_dir=ctx.output.parent, cache_dir=ctx.cache_dir,
+                               sources=ctx.sources)
 
 
 BASE_IMAGE_STEPS: tuple[Step[BuildContext], ...] = (
@@ -284,7 +274,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         raise UsageError(f"--base-image: {args.base_image}: no such file")
     ctx = BuildContext(cfg=cfg, output=args.output.resolve(),
                        cache_dir=(args.cache_dir or default_cache_dir()).resolve(),
-                       source_dir=SOURCE_DIR, runner=Runner(), compress=args.compress,
+                       runner=Runner(), compress=args.compress,
                        base_image=base_image)
     started = time.monotonic()
     timeline = build(ctx)

@@ -21,7 +21,8 @@ from failberry.config_render import dump_toml
 from failberry.errors import FailberryError
 from failberry.image import render
 from failberry.image.accounts import ADMIN_GROUPS, AccountDb
-from failberry.image.proc import run
+from failberry.image.runner import run
+from failberry.image.sources import BUILD_ONLY, INSTALLED, Sources
 
 LOG = logging.getLogger(__name__)
 
@@ -176,7 +177,8 @@ class Tree:
 
 
 def copy_overlay(tree: Tree, overlay: Path) -> None:
-    """Copy rootfs-overlay/ verbatim: files 0644 (0755 if executable in git), owner root."""
+    """Copy the overlay (data/rootfs-overlay/) verbatim: files 0644 (0755 if executable in
+    git), owner root."""
     if not overlay.is_dir():
         LOG.info("no overlay at %s; skipping", overlay)
         return
@@ -191,15 +193,17 @@ def copy_overlay(tree: Tree, overlay: Path) -> None:
             tree.write(path, host.read_bytes(), 0o755 if executable else 0o644)
 
 
-def install_package(tree: Tree, source_dir: Path) -> None:
+def install_package(tree: Tree, sources: Sources) -> None:
     """The failberry package into Debian's python3 path, and its /usr/bin launcher."""
-    src = source_dir / "src" / "failberry"
+    src = sources.package
     if not (src / "__init__.py").is_file():
         raise CustomiseError(f"{src}: not the failberry package (no __init__.py)")
     count = 0
     for host in sorted(src.rglob("*")):
         rel = host.relative_to(src)
         if "__pycache__" in rel.parts or host.suffix in (".pyc", ".pyo") or host.is_symlink():
+            continue
+        if any(rel.is_relative_to(d) for d in BUILD_ONLY):
             continue
         path = f"{PACKAGE_DIR}/{rel.as_posix()}"
         if host.is_dir():
@@ -208,9 +212,9 @@ def install_package(tree: Tree, source_dir: Path) -> None:
             tree.write(path, host.read_bytes())
             count += 1
     tree.write("/usr/bin/failberry", render.failberry_launcher(), 0o755)
-    readme = source_dir / "README.md"
-    if readme.is_file():
-        tree.write("/usr/share/doc/failberry/README.md", readme.read_bytes())
+    readme = sources.readme()
+    if readme is not None:
+        tree.write("/usr/share/doc/failberry/README.md", readme)
     LOG.info("installed failberry: %d files in %s", count, PACKAGE_DIR)
 
 
@@ -330,16 +334,17 @@ def ssh_command(cfg: Config, key: Path | None) -> str:
     return shlex.join(["ssh", "-i", str(key), target] if key else ["ssh", target])
 
 
-def customise_rootfs(cfg: Config, root: Path, *, source_dir: Path, out_dir: Path,
-                     debs: Sequence[Path] = ()) -> CustomiseResult:
+def customise_rootfs(cfg: Config, root: Path, *, out_dir: Path, debs: Sequence[Path] = (),
+                     sources: Sources = INSTALLED) -> CustomiseResult:
     """Write everything failberry adds into the Debian root file system at `root`; `debs` are
-    packages the first boot installs offline (the base-image path)."""
+    packages the first boot installs offline (the base-image path); `sources` is where the
+    package, the overlay and the README come from (this installed package)."""
     if not root.is_dir():
         raise CustomiseError(f"{root}: not a directory")
     keys, generated = ensure_admin_key(cfg, out_dir)
     tree = Tree(root)
-    copy_overlay(tree, source_dir / "rootfs-overlay")
-    install_package(tree, source_dir)
+    copy_overlay(tree, sources.overlay)
+    install_package(tree, sources)
     write_config(tree, cfg)
     install_units(tree, debs)
     configure_network(tree, cfg)

@@ -9,12 +9,11 @@ is read or changed.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from failberry.image.proc import run
+from failberry.image.runner import run
 
 LOG = logging.getLogger(__name__)
 
@@ -70,7 +69,7 @@ def apt_fetch(*, arch: str, suite: str, mirror: str, dpkg_status: bytes,
         f"deb [arch={arch}{signed}] {mirror} {suite}-updates main\n")
     conf = work_dir / "apt.conf"
     conf.write_text(_apt_conf(work_dir, arch))
-    env = {**os.environ, "APT_CONFIG": str(conf), "DEBIAN_FRONTEND": "noninteractive"}
+    env = {"APT_CONFIG": str(conf), "DEBIAN_FRONTEND": "noninteractive"}
     archives = work_dir / "cache/archives"
     for stale in archives.glob("*.deb"):
         stale.unlink()  # only this build's set ends up in the image

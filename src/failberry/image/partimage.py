@@ -5,7 +5,6 @@ and the FAT boot partition through mtools (`IMG@@N`)."""
 from __future__ import annotations
 
 import logging
-import os
 import re
 import stat
 import struct
@@ -13,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from failberry.errors import FailberryError
-from failberry.image.proc import run
+from failberry.image.runner import run
 
 LOG = logging.getLogger(__name__)
 
@@ -106,15 +105,15 @@ class Ext4:
 
     def request(self, command: str) -> bytes:
         """Run one read-only debugfs request; its stdout."""
-        proc = run(["debugfs", "-R", command, self.spec])
-        return proc.stdout
+        return run(["debugfs", "-R", command, self.spec], capture=True).stdout
 
     def listdir(self, path: str) -> dict[str, DirEntry] | None:
         """A directory's entries, or None if it does not exist (or is not a directory)."""
         path = _check_path(path)
         if path not in self._dirs:
-            proc = run(["debugfs", "-R", f"ls -p {path}", self.spec])
-            err = proc.stderr.decode("utf-8", "replace")
+            proc = run(["debugfs", "-R", f"ls -p {path}", self.spec], capture=True,
+                       whole_stderr=True)
+            err = proc.stderr
             if "not found" in err or "Ext2 inode is not a directory" in err:
                 self._dirs[path] = None
             else:
@@ -153,8 +152,9 @@ class Ext4:
         if not commands:
             return
         script = "\n".join(commands) + "\n"
-        proc = run(["debugfs", "-w", "-f", "-", self.spec], input=script.encode("utf-8"))
-        errors = [line for line in proc.stderr.decode("utf-8", "replace").splitlines()
+        proc = run(["debugfs", "-w", "-f", "-", self.spec], stdin=script.encode("utf-8"),
+                   whole_stderr=True)
+        errors = [line for line in proc.stderr.splitlines()
                   if line.strip() and not line.startswith("debugfs ")]
         self._dirs.clear()
         if errors:
@@ -215,7 +215,7 @@ class Fat:
     def __init__(self, image: Path, part: Partition) -> None:
         self.target = f"{image}@@{part.offset}"
         # mtools refuses FAT geometries it finds odd unless told not to check.
-        self.env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+        self.env = {"MTOOLS_SKIP_CHECK": "1"}
 
     def write(self, name: str, data: bytes, staging: Path) -> None:
         """Put a file in the partition's top directory, replacing one of the same name."""
@@ -225,5 +225,6 @@ class Fat:
 
     def read(self, name: str) -> bytes | None:
         """A file from the top directory, or None if it is not there."""
-        proc = run(["mtype", "-i", self.target, f"::/{name}"], env=self.env, check=False)
+        proc = run(["mtype", "-i", self.target, f"::/{name}"], env=self.env, check=False,
+                   capture=True)
         return proc.stdout if proc.returncode == 0 else None

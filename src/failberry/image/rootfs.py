@@ -80,7 +80,7 @@ def read_list(path: Path) -> list[str]:
 
 
 def base_spec(cfg: Config, recipe: Path) -> BaseSpec:
-    """The base for `cfg`'s board from the recipe directory (the repository's `image/`)."""
+    """The base for `cfg`'s board from the recipe directory (the package's `data/image/`)."""
     arch = cfg.image.board.arch
     packages = set(read_list(recipe / "packages.txt"))
     packages |= set(read_list(recipe / f"packages-{arch}.txt"))
@@ -130,7 +130,7 @@ def ensure_binfmt(runner: Runner, arch: str) -> None:
         runner.run(["mount", "-t", "binfmt_misc", "binfmt_misc", BINFMT_DIR], check=False)
     runner.run(["update-binfmts", "--enable", QEMU_BINFMT[arch]], check=False)
     problem = binfmt_status(arch)
-    if problem and not runner.dry_run:
+    if problem:
         raise BinfmtError(
             f"cannot run {arch} programs through qemu-user: {problem}. As root: "
             f"`apt-get install qemu-user-static binfmt-support`, "
@@ -211,8 +211,7 @@ def bootstrap(runner: Runner, spec: BaseSpec, dest: Path, workdir: Path, *,
             if problem := initramfs_problem(e.stderr_tail):
                 raise InitramfsIncomplete(problem) from None
             raise
-        if not runner.dry_run:
-            os.replace(partial, dest)
+        os.replace(partial, dest)
     finally:
         partial.unlink(missing_ok=True)
     LOG.info("base cached: %s (%d packages set up)", dest, progress.configured)

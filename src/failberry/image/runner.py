@@ -1,6 +1,8 @@
-"""The one helper every image-builder subprocess goes through: it logs the command line,
-honours dry-run, streams stderr lines to a callback (progress), keeps stderr's end for the
-error, and on failure raises CommandFailed naming the command, its status and that tail."""
+"""The one helper every image-code subprocess goes through: it logs the command line,
+streams stderr lines to a callback (progress), keeps stderr's end (or all of it) for the
+error and the caller, runs the program in its own process group so an interruption stops the
+whole group, and on failure raises CommandFailed naming the command, its status and that
+tail."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from failberry.errors import CommandFailed
+from failberry.errors import CommandFailed, FailberryError
 
 LOG = logging.getLogger(__name__)
 
@@ -27,38 +29,47 @@ TAIL_LINES = 40
 TERM_GRACE = 30.0
 
 
+class ToolMissing(FailberryError):
+    """Programs the image code needs are not installed."""
+
+    def __init__(self, tools: Sequence[str], where: str = "") -> None:
+        self.tools = tuple(tools)
+        hint = f" ({where})" if where else ""
+        super().__init__(f"not installed: {', '.join(self.tools)}; run `bash scripts/setup.sh`"
+                         + hint)
+
+
 @dataclass(frozen=True)
 class Result:
-    """What a finished command left: its status, stdout (when captured) and stderr's end."""
+    """What a finished command left: its status, stdout (when captured) and stderr (its last
+    TAIL_LINES lines, or all of it with `whole_stderr`)."""
 
     argv: tuple[str, ...]
     returncode: int
     stdout: bytes
-    stderr_tail: str
+    stderr: str
+
+    @property
+    def stderr_tail(self) -> str:
+        """The last TAIL_LINES lines of stderr."""
+        return "\n".join(self.stderr.splitlines()[-TAIL_LINES:])
 
 
 class Runner:
-    """Runs commands; `dry_run` logs them and pretends they succeeded."""
-
-    def __init__(self, *, dry_run: bool = False, env: Mapping[str, str] | None = None) -> None:
-        self.dry_run = dry_run
-        self.env = dict(env or {})
+    """Runs commands (the seam the image code's steps are given)."""
 
     def run(self, argv: Sequence[str | Path], *, env: Mapping[str, str] | None = None,
             cwd: Path | None = None, capture: bool = False, check: bool = True,
             stdin: bytes | None = None, timeout: float | None = None,
             on_line: Callable[[str], None] | None = None,
-            stdout_to: Path | None = None) -> Result:
-        """Run `argv`; raise CommandFailed when it fails and `check` is set."""
+            stdout_to: Path | None = None, whole_stderr: bool = False) -> Result:
+        """Run `argv`; raise CommandFailed when it fails (or times out) and `check` is set,
+        ToolMissing when the program is not installed."""
         args = tuple(str(a) for a in argv)
         LOG.debug("run: %s", shlex.join(args))
-        if self.dry_run:
-            LOG.info("dry-run: %s", shlex.join(args))
-            return Result(args, 0, b"", "")
-        full_env = dict(os.environ)
-        full_env.update(self.env)
-        full_env.update(env or {})
-        tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        full_env = {**os.environ, **(env or {})}
+        lines: collections.deque[str] = collections.deque(
+            maxlen=None if whole_stderr else TAIL_LINES)
         out_file: IO[bytes] | None = stdout_to.open("wb") if stdout_to else None
         try:
             # Its own process group: an interruption is passed on to the whole group (see
@@ -72,26 +83,30 @@ class Runner:
         except FileNotFoundError:
             if out_file:
                 out_file.close()
-            raise CommandFailed(args, 127, f"{args[0]}: command not found") from None
-        reader = threading.Thread(target=_read_lines, args=(proc.stderr, tail, on_line),
+            raise ToolMissing([args[0]]) from None
+        reader = threading.Thread(target=_read_lines, args=(proc.stderr, lines, on_line),
                                   daemon=True)
         reader.start()
         try:
             stdout = _communicate(proc, stdin, capture and not out_file, timeout)
+        except subprocess.TimeoutExpired:
+            _stop(proc)
+            reader.join(timeout=5)
+            raise CommandFailed(args, proc.returncode if proc.returncode is not None else -9,
+                                "\n".join([*lines, f"timed out after {timeout:g}s"])) from None
         except BaseException:
-            # Interrupted (SIGINT) or timed out: let the child clean up, then reap it, so
-            # nothing it mounted or created outlives the build.
+            # Interrupted (SIGINT): let the child clean up, then reap it, so nothing it
+            # mounted or created outlives the build.
             _stop(proc)
             raise
         finally:
             reader.join(timeout=5)
             if out_file:
                 out_file.close()
-        result = Result(args, proc.returncode, stdout, "\n".join(tail))
+        result = Result(args, proc.returncode, stdout, "\n".join(lines))
         if check and proc.returncode != 0:
             raise CommandFailed(args, proc.returncode, result.stderr_tail)
         return result
-
 
     def spawn(self, argv: Sequence[str | Path], *, on_line: Callable[[str], None],
               cwd: Path | None = None) -> subprocess.Popen[bytes]:
@@ -101,7 +116,7 @@ class Runner:
         LOG.info("starting: %s", shlex.join(args))
         proc = subprocess.Popen(args, cwd=cwd, stdin=subprocess.DEVNULL, process_group=0,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                env={**os.environ, **self.env})
+                                env=os.environ)
         threading.Thread(target=_read_lines, args=(proc.stdout, collections.deque(maxlen=1),
                                                    on_line), daemon=True).start()
         return proc
@@ -118,11 +133,21 @@ def _communicate(proc: subprocess.Popen[bytes], stdin: bytes | None, capture: bo
         # Fed from a thread: a program that answers while it reads (debugfs) would otherwise
         # fill the stdout pipe while we still block writing its input.
         threading.Thread(target=_feed, args=(proc.stdin, stdin), daemon=True).start()
-    stdout = b""
+    chunks: list[bytes] = []
+    reader = None
     if capture and proc.stdout:
-        stdout = proc.stdout.read()
+        # Read in a thread too, so the timeout holds while the program is still writing.
+        reader = threading.Thread(target=_read_all, args=(proc.stdout, chunks), daemon=True)
+        reader.start()
     proc.wait(timeout=timeout)
-    return stdout
+    if reader is not None:
+        reader.join()
+    return b"".join(chunks)
+
+
+def _read_all(stream: IO[bytes], chunks: list[bytes]) -> None:
+    chunks.append(stream.read())
+    stream.close()
 
 
 def _feed(pipe: IO[bytes], data: bytes) -> None:
@@ -148,16 +173,20 @@ def _stop(proc: subprocess.Popen[bytes], grace: float = TERM_GRACE) -> None:
             continue
 
 
-def _read_lines(stream: IO[bytes] | None, tail: collections.deque[str],
+def _read_lines(stream: IO[bytes] | None, lines: collections.deque[str],
                 on_line: Callable[[str], None] | None) -> None:
     if stream is None:
         return
     for raw in stream:
         line = raw.decode("utf-8", "replace").rstrip()
-        tail.append(line)
+        lines.append(line)
         if on_line is not None:
             try:
                 on_line(line)
             except Exception:  # a progress display must not kill the build
                 LOG.debug("progress callback failed on %r", line, exc_info=True)
     stream.close()
+
+
+# For code not handed a Runner: the partition readers, the base-image steps, the admin key.
+run = Runner().run
