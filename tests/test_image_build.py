@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SSH_KEY, run_cli
+from conftest import ROOT, SSH_KEY, run_cli
 from failberry import config
 from failberry.errors import CommandFailed, UsageError
-from failberry.image import assemble, boottest, partimage, pipeline, qemu, rootfs
+from failberry.image import assemble, boottest, commands, partimage, pipeline, qemu, rootfs
 from failberry.image.runner import Runner, ToolMissing
 from failberry.image.sources import INSTALLED
 from slow_image import CACHE, build_image
@@ -623,3 +623,10 @@ def test_interrupted_build_leaves_nothing_and_a_rerun_succeeds(built: tuple[Path
     assert not any(cold_cache.glob("base-*.tar")), "an interrupted bootstrap is not cached"
     build_image(cfg, out, timeout=600)
     assert out.with_name(out.name + ".sha256").is_file()
+
+
+def test_the_readme_lists_the_build_steps_in_the_order_they_run() -> None:
+    text = (ROOT / "README.md").read_text()
+    para = text[text.index("runs a flat list of steps"):]
+    para = para[:para.index("At the end")]
+    assert re.findall(r"`(\w+)`", para) == [s.name for s in commands.BUILD_STEPS]
