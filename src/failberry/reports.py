@@ -110,6 +110,11 @@ class ModemReport:
     ladder_rung: str | None = None  # the recovery ladder's pending rung
     ladder_counts: Mapping[str, int] = field(default_factory=dict)  # rung -> steps taken
     last_error: str | None = None
+    # The reboot budget ([recovery] reboots_per_day): reboots asked for in the last day; once
+    # they reach the budget the ladder never reboots and the board stays up.
+    reboots_last_day: int | None = None
+    reboots_per_day: int | None = None
+    reboot_budget_spent: bool | None = None
 
 
 def parse(cls: type[T], raw: object, where: str = "") -> T:

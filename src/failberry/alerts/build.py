@@ -20,6 +20,7 @@ from failberry.alerts.webhook import HttpPost, WebhookChannel
 from failberry.bus import Bus
 from failberry.config import AlertsConfig, Config
 from failberry.status import Status
+from failberry.timegate import TimeGate
 
 LOG = logging.getLogger(__name__)
 
@@ -91,4 +92,4 @@ def build(cfg: Config, status: Status, bus: Bus, *, provider: AtSessionProvider 
     return AlertsPart(cfg, status, bus, channels(cfg, sms, http),
                       state_path=Path(cfg.paths.state_dir) / FILE_NAME, sms=sms,
                       reboot=reboot or run_reboot(cfg.recovery.reboot_command),
-                      clocks=clocks, tick=tick, data_every=data_every)
+                      clocks=clocks, tick=tick, data_every=data_every, time_gate=TimeGate())

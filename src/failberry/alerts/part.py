@@ -27,6 +27,7 @@ from failberry.config import Config
 from failberry.errors import FailberryError
 from failberry.pihealth.events import HealthAlert
 from failberry.status import Status, jsonable, modem_view, network_view
+from failberry.timegate import TimeGate, open_gate
 
 LOG = logging.getLogger(__name__)
 
@@ -54,8 +55,13 @@ class AlertsPart:
     def __init__(self, cfg: Config, status: Status, bus: Bus, channels: Sequence[Channel], *,
                  state_path: Path, sms: SmsModem | None = None,
                  reboot: Callable[[str], None] | None = None, clocks: Clocks | None = None,
-                 tick: float = TICK, data_every: float = DATA_EVERY) -> None:
+                 tick: float = TICK, data_every: float = DATA_EVERY,
+                 time_gate: TimeGate | None = None) -> None:
         self.cfg = cfg
+        # A channel with `needs_time` (an HTTPS webhook: TLS checks certificate dates) sends
+        # nothing before the clock is good (failberry.timegate); None: never wait.
+        self.time_gate = time_gate or open_gate()
+        self._time_wait: dict[str, str] = {}  # channel -> why it waits for the time
         self.status = status
         self.bus = bus
         self.channels = list(channels)
@@ -131,6 +137,12 @@ class AlertsPart:
 
     async def _sender(self, channel: Channel) -> None:
         box, wake = self.outboxes[channel.name], self._wake[channel.name]
+        if getattr(channel, "needs_time", False) and self.time_gate.waiting:
+            self._time_wait[channel.name] = self.time_gate.why
+            self.report()
+            await self.time_gate.wait()
+            del self._time_wait[channel.name]
+            self.report()
         while True:
             wake.clear()
             now = self.clocks.wall()
@@ -221,6 +233,8 @@ class AlertsPart:
             channels[name] = {"sent": box.counts.sent, "failed": box.counts.failed,
                               "dropped": box.counts.dropped, "queued": len(box.ready),
                               "held": len(box.held), "last_error": self._errors.get(name)}
+            if name in self._time_wait:
+                channels[name]["waiting_for"] = f"time: {self._time_wait[name]}"
         fc = self.data.last
         detail: dict[str, Any] = {
             "channels": channels, "recent": list(self.recent)[-10:],
@@ -232,7 +246,10 @@ class AlertsPart:
         if self.inbox is not None:
             detail["sms_commands"] = dict(self.inbox.counts)
         waiting = any(c["queued"] or c["held"] for c in channels.values())
-        self.status.report(NAME, "sending" if waiting else "ok", **detail)
+        state = "sending" if waiting else "ok"
+        if self._time_wait and waiting:
+            state = "waiting for time"
+        self.status.report(NAME, state, **detail)
 
     async def run(self) -> None:
         """Run until cancelled."""

@@ -53,7 +53,7 @@ def parse_facts(text: str) -> str:
     line = text.strip().splitlines()[-1] if text.strip() else "none"
     if line == "none" or "|" not in line:
         return ""
-    identity, timeout, state = (line.split("|") + ["", ""])[:3]
+    identity, timeout, state = [*line.split("|"), "", ""][:3]
     return ", ".join(p for p in (identity.strip(),
                                  f"timeout {timeout.strip()} s" if timeout.strip() else "",
                                  state.strip()) if p)
