@@ -294,12 +294,14 @@ def boot_test(opts: BootTestOptions, runner: Runner | None = None) -> BootReport
         try:
             _checks(guest, report, opts)
             if opts.hang_kernel is not None and report.ok and key is not None:
-                from failberry.image.hangtest import hang_kernel
+                from failberry.image.hangtest import guest_facts, hang_kernel
 
-                hang = hang_kernel(runner, proc, report.console,
-                                   ssh_argv(key, ssh_port, cfg.admin.user),
-                                   limit=opts.hang_kernel)
-                report.hang = hang.line()
+                ssh = ssh_argv(key, ssh_port, cfg.admin.user)
+                facts = guest_facts(runner, ssh)
+                hang = hang_kernel(runner, proc, report.console, ssh, limit=opts.hang_kernel)
+                report.hang = (f"guest IPv6 outside lo: {facts.get('ipv6') or 'none'}; "
+                               f"systemd-timesyncd {facts.get('timesyncd') or '?'}\n  "
+                               + hang.line())
                 report.failure = hang.failure
                 Runner.stop(proc)  # the second boot proved the reset; no power-off to wait for
         finally:

@@ -59,6 +59,24 @@ def parse_facts(text: str) -> str:
                                  state.strip()) if p)
 
 
+# IPv6 addresses on the guest's interfaces other than loopback (the image's sysctls give none
+# unless [dyndns] ipv6 asks for the uplinks'); and whether systemd-timesyncd keeps the clock.
+GUEST_FACTS = ('echo "ipv6=$(ip -6 -o addr show | grep -v ": lo " | tr -s " " '
+               '| cut -d" " -f2,4 | paste -sd, -)"; '
+               'echo "timesyncd=$(systemctl is-active systemd-timesyncd)"')
+
+
+def guest_facts(runner: Runner, ssh: Sequence[str]) -> dict[str, str]:
+    """`name=value` lines the guest answers GUEST_FACTS with."""
+    res = runner.run([*ssh, GUEST_FACTS], capture=True, check=False, timeout=60)
+    out = {}
+    for line in res.stdout.decode("utf-8", "replace").splitlines():
+        name, sep, value = line.partition("=")
+        if sep:
+            out[name.strip()] = value.strip()
+    return out
+
+
 def find_after(lines: Sequence[str], start: int, pattern: re.Pattern[str]) -> int | None:
     """The index of the first line at or after `start` that matches."""
     for i in range(start, len(lines)):
