@@ -122,7 +122,7 @@ class _Console:
 
 
 def _stand_in_qemu() -> subprocess.Popen[bytes]:
-    return subprocess.Popen(["sleep", "30"])
+    return subprocess.Popen(["sleep", "30"], process_group=0)  # Runner.stop signals the group
 
 
 # The "guest" here is `sh -c` on this machine with harmless stand-ins for the remote
