@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from failberry import config
+from failberry import config, statuscmd
 from failberry.image import boottest, hangtest, ipv6, qemu
 from failberry.image.customise import customise_rootfs
 from failberry.image.runner import Runner
@@ -170,6 +170,22 @@ def test_no_reset_within_the_limit_fails_and_a_guest_without_watchdog_is_named()
 def test_boot_report_shows_the_hang_line() -> None:
     report = boottest.BootReport("virt, arm64", hang="hang-kernel: watchdog reset after 17.0 s")
     assert "  hang-kernel: watchdog reset after 17.0 s" in report.render().splitlines()
+
+
+def test_status_says_when_the_reboot_budget_is_spent_and_the_board_stays_up() -> None:
+    def lines(**modem: object) -> list[str]:
+        doc = {"modem": {"state": "recovering", **modem}}
+        return [ln for ln in statuscmd.render(doc, now=0.0) if "reboots" in ln]
+
+    assert lines() == []  # an older supervisor without the keys
+    assert lines(reboots_last_day=0, reboots_per_day=1, reboot_budget_spent=False) == []
+    assert lines(reboots_last_day=1, reboots_per_day=2, reboot_budget_spent=False) == [
+        "  reboots: 1 of 2 in the last day"]
+    spent = lines(reboots_last_day=1, reboots_per_day=1, reboot_budget_spent=True)
+    assert spent == ["  reboots: 1 of 1 in the last day, budget spent: the board stays up "
+                     "(no reboot until one is older than a day)"]
+    assert lines(reboots_last_day=0, reboots_per_day=0, reboot_budget_spent=True) == [
+        "  reboots: never ([recovery] reboots_per_day = 0)"]
 
 
 # ------------------------------------------------------------------------------ the clock
