@@ -505,7 +505,8 @@ def test_boot_test_reaches_health_and_logs_in_with_the_key_only(built: tuple[Pat
     assert 10.0 <= float(reset.group(1)) <= 150.0, res.stdout
     # The image's sysctls: no IPv6 address on eth0 (nor anywhere but loopback); and
     # systemd-timesyncd, which keeps the clock file, runs.
-    assert "guest IPv6 outside lo: none; systemd-timesyncd active" in res.stdout, res.stdout
+    assert ("guest IPv6 outside lo: none; systemd-timesyncd active; "
+            "disable_ipv6 default:1 eth0:1") in res.stdout, res.stdout
     assert re.search(r"/health: HTTP (200|503) \{", res.stdout), res.stdout
     assert "failberry status (exit" in res.stdout
     # QEMU's virt board has none of the Pi's power, thermal or SD-card sources: the Pi-health

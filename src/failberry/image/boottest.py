@@ -300,7 +300,8 @@ def boot_test(opts: BootTestOptions, runner: Runner | None = None) -> BootReport
                 facts = guest_facts(runner, ssh)
                 hang = hang_kernel(runner, proc, report.console, ssh, limit=opts.hang_kernel)
                 report.hang = (f"guest IPv6 outside lo: {facts.get('ipv6') or 'none'}; "
-                               f"systemd-timesyncd {facts.get('timesyncd') or '?'}\n  "
+                               f"systemd-timesyncd {facts.get('timesyncd') or '?'}; "
+                               f"disable_ipv6 {facts.get('disable_ipv6') or '?'}\n  "
                                + hang.line())
                 report.failure = hang.failure
                 Runner.stop(proc)  # the second boot proved the reset; no power-off to wait for

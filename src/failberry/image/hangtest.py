@@ -63,7 +63,9 @@ def parse_facts(text: str) -> str:
 # unless [dyndns] ipv6 asks for the uplinks'); and whether systemd-timesyncd keeps the clock.
 GUEST_FACTS = ('echo "ipv6=$(ip -6 -o addr show | grep -v ": lo " | tr -s " " '
                '| cut -d" " -f2,4 | paste -sd, -)"; '
-               'echo "timesyncd=$(systemctl is-active systemd-timesyncd)"')
+               'echo "timesyncd=$(systemctl is-active systemd-timesyncd)"; '
+               'echo "disable_ipv6=default:$(cat /proc/sys/net/ipv6/conf/default/disable_ipv6)'
+               ' eth0:$(cat /proc/sys/net/ipv6/conf/eth0/disable_ipv6)"')
 
 
 def guest_facts(runner: Runner, ssh: Sequence[str]) -> dict[str, str]:
