@@ -506,9 +506,20 @@ def test_second_build_from_the_same_inputs_is_byte_identical(built: tuple[Path, 
 def test_boot_test_reaches_health_and_logs_in_with_the_key_only(built: tuple[Path, str],
                                                                admin_key: Path) -> None:
     out, _ = built
-    res = run_cli(["boot-test", str(out), "--ssh-key", str(admin_key), "--timeout", "400"],
-                  timeout=800)
+    # --hang-kernel: after the checks the guest's kernel panics (kernel.panic=0, SysRq c) and
+    # only the image's hardware watchdog (systemd's RuntimeWatchdogSec=15s, QEMU's i6300esb)
+    # brings it back: the console shows a second boot. Folded into this boot, not a new one.
+    res = run_cli(["boot-test", str(out), "--ssh-key", str(admin_key), "--timeout", "400",
+                   "--hang-kernel", "150"], timeout=800)
     assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-3000:]
+    reset = re.search(r"hang-kernel: watchdog reset after (\d+\.\d) s \(i6300ESB", res.stdout)
+    assert reset, res.stdout
+    # The watchdog's 15 s, plus QEMU's reset and the emulated kernel's first line.
+    assert 10.0 <= float(reset.group(1)) <= 150.0, res.stdout
+    # The image's sysctls: no IPv6 address on eth0 (nor anywhere but loopback); and
+    # systemd-timesyncd, which keeps the clock file, runs.
+    assert ("guest IPv6 outside lo: none; systemd-timesyncd active; "
+            "disable_ipv6 default:1 eth0:1") in res.stdout, res.stdout
     assert re.search(r"/health: HTTP (200|503) \{", res.stdout), res.stdout
     assert "failberry status (exit" in res.stdout
     # QEMU's virt board has none of the Pi's power, thermal or SD-card sources: the Pi-health

@@ -93,6 +93,11 @@ def test_failed_reboot_command_goes_on(tmp_path: Path) -> None:
             await rig.wait_phase(Phase.CONNECTED)
             assert len(rig.driver.state.reboots) == 1  # it counts toward reboots_per_day
             watch.assert_low()
+            # /status shows the budget spent: the board stays up, no second reboot today.
+            rig.driver.report()
+            modem = rig.status.parts["modem"].detail
+            assert (modem["reboots_last_day"], modem["reboots_per_day"]) == (1, 1)
+            assert modem["reboot_budget_spent"] is True
 
     run(go())
 

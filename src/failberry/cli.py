@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--machine", choices=["virt", "raspi2b", "raspi3b"], default="virt",
                    help="virt (either architecture), raspi2b (armhf), raspi3b (arm64)")
     t.add_argument("--ssh-key", type=Path, help="private key for the admin login")
+    t.add_argument("--hang-kernel", type=float, nargs="?", const=120.0, default=None,
+                   metavar="SECONDS",
+                   help="after the checks, panic the guest's kernel and require a watchdog "
+                        "reset within SECONDS (default 120) of the panic")
     t.set_defaults(func=_handler("failberry.image.commands", "cmd_boot_test"))
 
     c = sub.add_parser("config", help="config tools")

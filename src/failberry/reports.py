@@ -110,6 +110,11 @@ class ModemReport:
     ladder_rung: str | None = None  # the recovery ladder's pending rung
     ladder_counts: Mapping[str, int] = field(default_factory=dict)  # rung -> steps taken
     last_error: str | None = None
+    # The reboot budget ([recovery] reboots_per_day): reboots asked for in the last day; once
+    # they reach the budget the ladder never reboots and the board stays up.
+    reboots_last_day: int | None = None
+    reboots_per_day: int | None = None
+    reboot_budget_spent: bool | None = None
 
 
 # Pi health and alerts: a value the board lacks (or the part has not seen yet) is left out of
@@ -189,6 +194,7 @@ class ChannelReport:
     queued: int = 0
     held: int = 0
     last_error: str | None = None
+    waiting_for: str | None = _opt()  # "time: ...": an HTTPS channel waiting for the clock
 
 
 @dataclass(frozen=True)

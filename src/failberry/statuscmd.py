@@ -182,6 +182,21 @@ def _alerts_lines(alerts: Mapping[str, Any], now: float) -> list[str]:
     return lines
 
 
+def _reboot_budget_lines(modem: Mapping[str, Any]) -> list[str]:
+    """The reboot budget, when it matters: a reboot spent, or reboots off."""
+    used, per_day = modem.get("reboots_last_day"), modem.get("reboots_per_day")
+    if not isinstance(used, int) or not isinstance(per_day, int):
+        return []
+    if per_day == 0:
+        return ["  reboots: never ([recovery] reboots_per_day = 0)"]
+    if used == 0:
+        return []
+    if modem.get("reboot_budget_spent"):
+        return [f"  reboots: {used} of {per_day} in the last day, budget spent: "
+                "the board stays up (no reboot until one is older than a day)"]
+    return [f"  reboots: {used} of {per_day} in the last day"]
+
+
 def render(doc: Mapping[str, Any], now: float | None = None) -> list[str]:
     """The one-screen summary of a /status document."""
     now = time.time() if now is None else now
@@ -208,6 +223,7 @@ def render(doc: Mapping[str, Any], now: float | None = None) -> list[str]:
         lines.append(", ".join(words))
         if modem.get("last_error"):
             lines.append(f"  last error: {modem['last_error']}")
+        lines.extend(_reboot_budget_lines(modem))
     else:
         lines.append("modem: not reported")
     uplinks = doc.get("uplinks")

@@ -19,6 +19,7 @@ from failberry.alerts.store import FILE_NAME
 from failberry.alerts.webhook import HttpPost, WebhookChannel
 from failberry.config import AlertsConfig, Config
 from failberry.parts import Seams
+from failberry.timegate import TimeGate
 
 LOG = logging.getLogger(__name__)
 
@@ -91,4 +92,5 @@ def build(cfg: Config, seams: Seams, *, provider: AtSessionProvider | None = Non
                       state_path=Path(cfg.paths.state_dir) / FILE_NAME, sms=sms,
                       reboot=reboot or run_reboot(cfg.recovery.reboot_command),
                       clocks=clocks, tick=tick, data_every=data_every,
-                      kept=seams.kept if isinstance(seams.kept, Kept) else None)
+                      kept=seams.kept if isinstance(seams.kept, Kept) else None,
+                      time_gate=TimeGate())

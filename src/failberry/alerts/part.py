@@ -28,6 +28,7 @@ from failberry.errors import FailberryError
 from failberry.pihealth.events import HealthAlert
 from failberry.reports import AlertsReport, ChannelReport, DataForecast, RecentAlert
 from failberry.status import Status, jsonable, modem_view, network_view, report_alerts
+from failberry.timegate import TimeGate, open_gate
 
 LOG = logging.getLogger(__name__)
 
@@ -65,8 +66,12 @@ class AlertsPart:
                  state_path: Path, sms: SmsModem | None = None,
                  reboot: Callable[[str], None] | None = None, clocks: Clocks | None = None,
                  tick: float = TICK, data_every: float = DATA_EVERY,
-                 kept: Kept | None = None) -> None:
+                 kept: Kept | None = None, time_gate: TimeGate | None = None) -> None:
         self.cfg = cfg
+        # A channel with `needs_time` (an HTTPS webhook: TLS checks certificate dates) sends
+        # nothing before the clock is good (failberry.timegate); None: never wait.
+        self.time_gate = time_gate or open_gate()
+        self._time_wait: dict[str, str] = {}  # channel -> why it waits for the time
         self.status = status
         self.bus = bus
         self.channels = list(channels)
@@ -150,6 +155,12 @@ class AlertsPart:
 
     async def _sender(self, channel: Channel) -> None:
         box, wake = self.outboxes[channel.name], self._wake[channel.name]
+        if getattr(channel, "needs_time", False) and self.time_gate.waiting:
+            self._time_wait[channel.name] = self.time_gate.why
+            self.report()
+            await self.time_gate.wait()
+            del self._time_wait[channel.name]
+            self.report()
         while True:
             wake.clear()
             now = self.clocks.wall()
@@ -237,7 +248,9 @@ class AlertsPart:
         """The status snapshot's `alerts` entry."""
         channels = {name: ChannelReport(
             sent=box.counts.sent, failed=box.counts.failed, dropped=box.counts.dropped,
-            queued=len(box.ready), held=len(box.held), last_error=self._errors.get(name))
+            queued=len(box.ready), held=len(box.held), last_error=self._errors.get(name),
+            waiting_for=(f"time: {self._time_wait[name]}" if name in self._time_wait
+                         else None))
             for name, box in self.outboxes.items()}
         fc = self.data.last
         report = AlertsReport(
@@ -252,7 +265,10 @@ class AlertsPart:
                 health_bytes_per_day=round(fc.health_rate * 86400)),
             sms_commands=dict(self.inbox.counts) if self.inbox is not None else None)
         waiting = any(c.queued or c.held for c in channels.values())
-        report_alerts(self.status, "sending" if waiting else "ok", report)
+        state = "sending" if waiting else "ok"
+        if self._time_wait and waiting:
+            state = "waiting for time"
+        report_alerts(self.status, state, report)
 
     async def run(self) -> None:
         """Run until cancelled."""

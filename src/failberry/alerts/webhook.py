@@ -78,6 +78,8 @@ class WebhookChannel:
         self.timeout = timeout
         self.http = http or RequestsPost()
         self.host = host or socket.gethostname()
+        # TLS checks the certificate's dates: not before the clock is right (timegate).
+        self.needs_time = hook.url.lower().startswith("https:")
 
     async def send(self, alert: Alert, text: str) -> None:
         """POST the document; a non-2xx answer or no answer is a ChannelError."""

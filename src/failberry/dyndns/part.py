@@ -41,6 +41,7 @@ from failberry.net.monitor import LinkMonitor
 from failberry.parts import Seams
 from failberry.reports import DyndnsReport
 from failberry.status import DYNDNS, Status, report_dyndns
+from failberry.timegate import TimeGate, open_gate
 
 LOG = logging.getLogger(__name__)
 
@@ -98,8 +99,13 @@ class DyndnsPart:
                  interface: str = "", report_every: float = 5.0,
                  state: StateFile | None = None, lister: Lister | None = None,
                  uplinks: Sequence[tuple[str, str]] = (), network: bool = True,
-                 monitor: LinkMonitor | None = None, kept: Kept | None = None) -> None:
+                 monitor: LinkMonitor | None = None, kept: Kept | None = None,
+                 time_gate: TimeGate | None = None) -> None:
         self.updater = updater
+        # TSIG and Route53's signatures need the right time: no update before the clock is
+        # good (failberry.timegate); None: never wait.
+        self.time_gate = time_gate or open_gate()
+        self._time_wait: str | None = None  # why it waits for the time, while it does
         self.status = status
         self.provider = provider
         self.interface = interface
@@ -234,13 +240,27 @@ class DyndnsPart:
                 break
         else:
             overall = "ok"
+        if self._time_wait is not None:
+            overall = "waiting for time"
         report_dyndns(self.status, overall, DyndnsReport(
             name=main["record"].split(" ")[0], provider=self.provider, record=main["record"],
             address=main["published"], published=main["published"],
             last_success=main["last_success"], last_confirmed=main["last_confirmed"],
             last_error=main["last_error"], next_retry=main["next_retry"],
             following=self.chooser.following(), records=tuple(views),
-            waiting_for=self.waiting_for() if overall == "waiting" else None))
+            waiting_for=self.waiting_for() if overall == "waiting" else
+            f"time: {self._time_wait}" if self._time_wait is not None else None))
+
+    async def _update_on_time(self) -> None:
+        """The updater, once the clock can be trusted."""
+        if self.time_gate.waiting:
+            self._time_wait = self.time_gate.why
+            self._report_now.set()
+            await self.time_gate.wait()
+            LOG.info("dyndns: the clock is good (%s); updating", self.time_gate.why)
+            self._time_wait = None
+            self._report_now.set()
+        await self.updater.run()
 
     async def _pump_published(self) -> None:
         while True:
@@ -278,7 +298,7 @@ class DyndnsPart:
             queue = self.monitor.events if self.monitor is not None else self._addresses
             assert queue is not None  # one of the two is always set
             tasks = [asyncio.create_task(c, name=f"dyndns-{n}") for n, c in (
-                ("updater", self.updater.run()), ("published", self._pump_published()),
+                ("updater", self._update_on_time()), ("published", self._pump_published()),
                 ("addresses", self._pump_addresses(queue)), ("active", self._pump_active()),
                 ("report", self._reporter()))]
             await asyncio.gather(*tasks)
@@ -324,5 +344,5 @@ def build(cfg: Config, seams: Seams, http: HttpClient | None = None, *,
     return DyndnsPart(updater, seams.status, seams.bus, provider=d.provider.value,
                       interface=d.interface, state=state, lister=lister,
                       uplinks=[(u.name, u.interface) for u in uplinks(cfg)],
-                      network=not watch, monitor=monitor,
+                      network=not watch, monitor=monitor, time_gate=TimeGate(),
                       kept=seams.kept if isinstance(seams.kept, Kept) else None)

@@ -69,6 +69,9 @@ class BootTestOptions:
     # A kernel that prints nothing this long after QEMU starts never will: the wrong
     # emulator or machine for it (each prints its first line within seconds).
     kernel_silence: float = 20.0
+    # --hang-kernel: after the checks, hang the guest kernel; the watchdog must reset it
+    # within this many seconds of the panic (image/hangtest.py).
+    hang_kernel: float | None = None
 
 
 @dataclass
@@ -83,6 +86,7 @@ class BootReport:
     status_exit: int | None = None
     password_login: str = ""
     note: str = ""
+    hang: str = ""  # --hang-kernel's finding (image/hangtest.py)
     console: list[str] = field(default_factory=list)
     failure: str = ""
 
@@ -108,6 +112,8 @@ class BootReport:
             lines.append(f"  password login: {self.password_login}")
         if self.note:
             lines.append(f"  note: {self.note}")
+        if self.hang:
+            lines.append(f"  {self.hang}")
         if self.failure:
             lines.append(f"  failure: {self.failure}")
             lines.append(f"  console (last {CONSOLE_TAIL} lines):")
@@ -249,6 +255,10 @@ def boot_test(opts: BootTestOptions, runner: Runner | None = None) -> BootReport
     with tempfile.TemporaryDirectory(prefix="failberry-boot-test-") as tmp:
         files = extract_boot(runner, image, parts[0], Path(tmp))
         machine = machine_for(opts.machine, kernel_arch(files.kernel))
+        if opts.hang_kernel is not None and (machine.pi_model or not machine.watchdog):
+            raise UsageError(f"--hang-kernel: QEMU's {machine.name} ({machine.arch}) gives "
+                             "this image's kernel no watchdog it drives; use an arm64 image "
+                             "on --machine virt")
         if shutil.which(machine.emulator) is None:
             raise BootTestError(f"{machine.emulator} is not installed (Debian: qemu-system-arm)")
         size = image.stat().st_size
@@ -259,11 +269,24 @@ def boot_test(opts: BootTestOptions, runner: Runner | None = None) -> BootReport
         health_port, ssh_port = free_port(), free_port()
         console = Console(report)
         proc = runner.spawn(qemu_argv(machine, files, image, cfg,
-                                      health_port=health_port, ssh_port=ssh_port),
+                                      health_port=health_port, ssh_port=ssh_port,
+                                      reboot=opts.hang_kernel is not None),
                             on_line=console.line)
         guest = _Guest(runner, proc, console, cfg, key, health_port, ssh_port, machine)
         try:
             _checks(guest, report, opts)
+            if opts.hang_kernel is not None and report.ok and key is not None:
+                from failberry.image.hangtest import guest_facts, hang_kernel
+
+                ssh = ssh_argv(key, ssh_port, cfg.admin.user)
+                facts = guest_facts(runner, ssh)
+                hang = hang_kernel(runner, proc, report.console, ssh, limit=opts.hang_kernel)
+                report.hang = (f"guest IPv6 outside lo: {facts.get('ipv6') or 'none'}; "
+                               f"systemd-timesyncd {facts.get('timesyncd') or '?'}; "
+                               f"disable_ipv6 {facts.get('disable_ipv6') or '?'}\n  "
+                               + hang.line())
+                report.failure = hang.failure
+                Runner.stop(proc)  # the second boot proved the reset; no power-off to wait for
         finally:
             _power_off(guest, report)
     return report

@@ -317,7 +317,8 @@ def cmd_boot_test(args: argparse.Namespace) -> int:
     # SIGTERM unwinds like Ctrl-C, so QEMU is stopped and the scratch directory removed.
     signal.signal(signal.SIGTERM, _interrupt)
     report = boot_test(BootTestOptions(
-        image=args.image, timeout=args.timeout, machine=args.machine, ssh_key=args.ssh_key))
+        image=args.image, timeout=args.timeout, machine=args.machine, ssh_key=args.ssh_key,
+        hang_kernel=args.hang_kernel))
     print(report.render())
     if not report.ok:
         sys.stdout.flush()

@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from failberry.config import Config
 from failberry.config_render import dump_toml
 from failberry.errors import FailberryError
-from failberry.image import render
+from failberry.image import ipv6, render
 from failberry.image.accounts import ADMIN_GROUPS, AccountDb
 from failberry.image.runner import run
 from failberry.image.sources import BUILD_ONLY, INSTALLED, Sources
@@ -255,6 +255,7 @@ def configure_network(tree: Tree, cfg: Config) -> None:
     for unit in MASKED_UNITS:
         tree.symlink(f"{UNIT_DIR}/{unit}", "/dev/null")
     tree.write("/etc/resolv.conf", render.resolv_conf(cfg))
+    tree.write(ipv6.SYSCTL_FILE, ipv6.ipv6_sysctls(cfg))
 
 
 def set_hostname(tree: Tree, cfg: Config) -> None:

@@ -42,6 +42,10 @@ class Machine:
     # QEMU lacks), so the boot is proven on the console.
     dtb: str = ""
     serial: tuple[str, ...] = ("-serial", "stdio")
+    # The watchdog device systemd's RuntimeWatchdogSec= drives in the guest: the arm64 Debian
+    # kernel has the i6300esb PCI watchdog's driver (a module udev loads from its PCI id),
+    # the armmp kernel has none of QEMU's watchdogs, and the Pi models emulate no watchdog.
+    watchdog: tuple[str, ...] = ()
 
     @property
     def pi_model(self) -> bool:
@@ -51,7 +55,8 @@ class Machine:
 
 MACHINES = (
     Machine("virt", "arm64", "qemu-system-aarch64",
-            ("-M", "virt", "-cpu", "cortex-a72", "-smp", "2", "-m", "1024"), "ttyAMA0"),
+            ("-M", "virt", "-cpu", "cortex-a72", "-smp", "2", "-m", "1024"), "ttyAMA0",
+            watchdog=("-device", "i6300esb")),
     # highmem=off: the armmp kernel has no LPAE, and with highmem QEMU puts the PCI
     # configuration space above 4 GiB, where it cannot find the virtio disk.
     Machine("virt", "armhf", "qemu-system-arm",
@@ -140,11 +145,13 @@ def netdev(cfg: Config, *, health_port: int, ssh_port: int) -> str:
 
 
 def qemu_argv(machine: Machine, files: BootFiles, image: Path, cfg: Config, *,
-              health_port: int, ssh_port: int) -> list[str]:
-    """The QEMU command line that boots `image` on `machine`."""
+              health_port: int, ssh_port: int, reboot: bool = False) -> list[str]:
+    """The QEMU command line that boots `image` on `machine`. A guest reboot ends QEMU
+    (-no-reboot) unless `reboot`: then a watchdog reset boots the guest again."""
     lan = netdev(cfg, health_port=health_port, ssh_port=ssh_port)
     argv = [machine.emulator, *machine.args, "-display", "none", "-monitor", "none",
-            "-no-reboot", "-kernel", str(files.kernel)]
+            *([] if reboot else ["-no-reboot"]), *machine.watchdog,
+            "-kernel", str(files.kernel)]
     if files.initrd:
         argv += ["-initrd", str(files.initrd)]
     if not machine.pi_model:

@@ -326,6 +326,7 @@ class Driver(AtTasks):
         s = self.state
         rx, tx = self.counters(s.interface) if s.interface else (None, None)
         rung = s.pending_rung.value if s.pending_rung else None
+        reboots, per_day = self.machine.reboots_last_day(s), self.machine.cfg.reboots_per_day
         report_modem(self.status, s.phase.value, ModemReport(
             reason=s.reason, port=s.port, data_path=self.info.get("data_path"),
             manufacturer=self.info.get("manufacturer"), model=self.info.get("model"),
@@ -334,4 +335,6 @@ class Driver(AtTasks):
             registration=self.info.get("registration"), interface=s.interface,
             address=s.address, private_address=private_address(s.address), bytes_in=rx,
             bytes_out=tx, ladder_rung=rung, ladder_counts=s.ladder_counts,
-            last_error=s.last_error or self.info.get("last_error")))
+            last_error=s.last_error or self.info.get("last_error"),
+            reboots_last_day=reboots, reboots_per_day=per_day,
+            reboot_budget_spent=reboots >= per_day))

@@ -131,13 +131,17 @@ class Machine:
         """`state` moved to `phase` for `reason`, with `changes`."""
         return replace(state, phase=phase, reason=reason, **changes)  # type: ignore[arg-type]
 
+    def reboots_last_day(self, state: ModemState) -> int:
+        """Reboots we asked for in the last day: the budget `[recovery] reboots_per_day`
+        spends. Past it the board stays up (no reboot rung) and `/status` says so."""
+        now = self.clock.time()
+        return sum(1 for t in state.reboots if now - t < DAY)
+
     def limit(self, state: ModemState, rung: Rung) -> int:
         """How many more times `rung` may run in this climb (reboots: in the last day)."""
         i = RUNGS.index(rung)
         if rung is Rung.REBOOT:
-            now = self.clock.time()
-            recent = sum(1 for t in state.reboots if now - t < DAY)
-            return max(0, self.cfg.reboots_per_day - recent)
+            return max(0, self.cfg.reboots_per_day - self.reboots_last_day(state))
         limits = (self.cfg.redial_limit, self.cfg.modem_reset_limit, self.cfg.usb_rebind_limit,
                   self.cfg.port_power_limit)
         return max(0, limits[i] - state.tries[i])
