@@ -231,9 +231,31 @@ def test_power_refused_for_safety_skips_that_rung() -> None:
     s, _ = feed(m, ModemState(), ADDED, ev.AtFailed("AT", "silent", silent=True))
     s, acts = feed(m, s, ev.TimerFired(BACKOFF))
     assert ev.PortPowerCycle("1-1.2") in acts
-    s, _ = feed(m, s, ev.ActionFailed("port_power", "Ethernet on hub 1-1", permanent=True))
+    s, _ = feed(m, s, ev.ActionFailed(Rung.PORT_POWER, "Ethernet on hub 1-1", permanent=True))
     s, acts = feed(m, s, ev.TimerFired(BACKOFF))
     assert [a for a in acts if isinstance(a, ev.Reboot)]  # straight to the last rung
+
+
+def test_a_rung_refused_for_good_stays_skipped_when_the_ladder_starts_over() -> None:
+    rec = RecoveryConfig(redial_limit=1, modem_reset_limit=0, usb_rebind_limit=0,
+                         port_power_limit=1, reboots_per_day=0, backoff_initial=1.0)
+    m, _ = machine(recovery=rec)
+    silent = ev.AtFailed("AT", "silent", silent=True)
+    s, _ = feed(m, ModemState(), ADDED, silent, ev.TimerFired(BACKOFF), silent)
+    s, acts = feed(m, s, ev.TimerFired(BACKOFF))
+    assert ev.PortPowerCycle("1-1.2") in acts
+    s, _ = feed(m, s, ev.ActionFailed(Rung.PORT_POWER, "Ethernet on hub 1-1", permanent=True))
+    assert s.refused == {Rung.PORT_POWER} and "port_power failed" in (s.last_error or "")
+    # the ladder started over at redial: the refused rung is not climbed again, nor counted
+    assert s.pending_rung is Rung.REDIAL and max(s.ladder_counts.values()) <= 1
+    for _ in range(3):
+        s, acts = feed(m, s, ev.TimerFired(BACKOFF), silent)
+        assert not [a for a in acts if isinstance(a, ev.PortPowerCycle)]
+        assert s.pending_rung is Rung.REDIAL and s.refused == {Rung.PORT_POWER}
+    s, _ = feed(m, s, ADDED)  # the same stick back where it was: still refused
+    assert s.refused == {Rung.PORT_POWER}
+    s, _ = feed(m, s, silent, ev.DeviceAdded("/dev/ttyUSB1", "/dev/ttyUSB2", "1-1.3"))
+    assert s.refused == frozenset()  # behind another hub port the refusal says nothing
 
 
 @pytest.mark.parametrize("status", sorted(PPP_EXIT))
@@ -315,7 +337,8 @@ def test_failed_reboot_goes_on_and_a_hung_one_is_noticed() -> None:
     assert s.pending_rung is Rung.REBOOT
     s, acts = feed(m, s, ev.TimerFired(BACKOFF))
     assert s.phase is Phase.REBOOTING and ev.StartTimer(REBOOT_WAIT, m.reboot_wait) in acts
-    after, _ = feed(m, s, ev.ActionFailed("reboot", "`systemctl reboot` exited with status 1"))
+    after, _ = feed(m, s, ev.ActionFailed(Rung.REBOOT,
+                                      "`systemctl reboot` exited with status 1"))
     assert after.phase is Phase.RECOVERING and "reboot failed" in (after.last_error or "")
     back, _ = feed(m, after, ADDED)  # and a stick showing up is used again
     assert back.phase is Phase.PROBING

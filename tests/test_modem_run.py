@@ -16,13 +16,15 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import typed_status
 from conftest import SSH_KEY, free_port, remove_namespace
+from failberry.reports import ModemReport
 from modem_fakes.control import ctl
 from modem_fakes.rig import FAKES
 
@@ -168,6 +170,20 @@ def test_failberry_run_cold_stick_to_ppp0_with_monitoring(tmp_path: Path) -> Non
             assert m["signal_dbm"] == -79 and m["operator"] == "Vodafone UK", m
             assert m["registration"] == "home" and m["port"] == str(st.dev / "ttyUSB1")
             assert (tmp_path / "run" / "ppp" / "failberry").exists()  # [paths] run_dir
+            # The real parts' /status sections, the modem's with the stick connected, read
+            # back strictly as the dataclasses the readers and the fake parts use.
+            _, doc = get(port, "/status")
+            typed = typed_status.check(doc)
+            assert "modem" in typed and set(typed) <= set(doc["parts"]), (typed, doc)
+            rep = typed["modem"]
+            assert isinstance(rep, ModemReport)
+            assert set(typed_status.detail(doc["parts"]["modem"])) == \
+                {f.name for f in fields(ModemReport)}  # every fact written, none extra
+            assert (rep.interface, rep.address, rep.data_path) == ("ppp0", "10.64.64.64", "ppp")
+            assert rep.signal_dbm == -79 and rep.operator == "Vodafone UK", rep
+            assert rep.registration == "home" and rep.private_address is True  # 10/8
+            assert rep.ladder_rung is None and rep.ladder_counts == dict.fromkeys(
+                ("redial", "modem_reset", "usb_rebind", "port_power", "reboot"), 0)
         log = output(proc)
         assert "modem dialing -> connected" in log, log
 

@@ -15,9 +15,11 @@ from failberry.modem import events as ev
 from failberry.modem.at import AtChannel, SerialPort
 from failberry.modem.datapath import DataRunner
 from failberry.modem.errors import AtError, AtTimeout, PortGone
+from failberry.modem.link import best_registration
 from failberry.modem.parsers import REG_PREFIXES, Registration, RegStat, parse_registration
 from failberry.modem.parsers import parse_vendor_access_tech as vendor_access_tech
-from failberry.modem.session import PinOutcome, Session
+from failberry.modem.session import Session
+from failberry.modem.simcheck import PinAnswer, pin_verdict
 
 LOG = logging.getLogger("failberry.modem.driver")  # one logger for the driver's lines
 
@@ -94,17 +96,13 @@ class AtTasks:
     async def _enter_pin(self, gen: int) -> None:
         pin = self.cfg.pin.reveal() if self.cfg.pin is not None else ""
         try:
-            outcome, error = await self.session.enter_pin(pin)
+            answer = await self.session.enter_pin(pin)
         except PortGone as exc:
-            outcome, error = PinOutcome.UNSURE, str(exc)
-        if outcome is PinOutcome.ACCEPTED:
+            answer = PinAnswer(str(exc))
+        event = pin_verdict(answer)
+        if isinstance(event, ev.PinAccepted):
             await asyncio.sleep(1.0)  # the SIM needs a moment before +CPIN? says READY
-            self._post_if(gen, ev.PinAccepted())
-        elif outcome is PinOutcome.REJECTED:
-            self._post_if(gen, ev.PinRejected(16, error))
-        else:
-            self._post_if(gen, ev.PinUnsure(error, seen=None if outcome is PinOutcome.UNSURE
-                                            else False))
+        self._post_if(gen, event)
 
     async def _query_registration(self, gen: int, report: bool = True) -> None:
         try:
@@ -114,10 +112,9 @@ class AtTasks:
             return
         except PortGone:
             return
-        if not regs:
+        best = best_registration(regs)
+        if best is None:
             return
-        best = next((r for r in regs if r.stat.registered),
-                    next((r for r in regs if r.stat is RegStat.DENIED), regs[0]))
         self._note_registration(best)
         if report:
             self._post_if(gen, ev.RegistrationReport(best))

@@ -27,6 +27,7 @@ from failberry.modem.datapath import DataRunner
 from failberry.modem.errors import AtError, AtTimeout, ModemError, PortGone, UsbPowerError
 from failberry.modem.follow import private_address
 from failberry.modem.hilink import HilinkBackend
+from failberry.modem.ladder import Rung
 from failberry.modem.machine import Machine
 from failberry.modem.parsers import RegStat
 from failberry.modem.session import Session, command_mode, command_mode_within
@@ -214,9 +215,9 @@ class Driver(AtTasks):
         elif isinstance(action, ev.ResetModem):
             self._spawn(self._reset_modem(self.gen), "reset")
         elif isinstance(action, ev.UsbRebind):
-            self._spawn(self._usb("usb_rebind", self.usb.rebind, action.usb_path), "rebind")
+            self._spawn(self._usb(Rung.USB_REBIND, self.usb.rebind, action.usb_path), "rebind")
         elif isinstance(action, ev.PortPowerCycle):
-            self._spawn(self._usb("port_power", self.usb.power_cycle, action.usb_path),
+            self._spawn(self._usb(Rung.PORT_POWER, self.usb.power_cycle, action.usb_path),
                         "power")
         elif isinstance(action, ev.Reboot):
             self._spawn(self._reboot(action.reason), "reboot")
@@ -258,25 +259,26 @@ class Driver(AtTasks):
 
     async def _reset_modem(self, gen: int) -> None:
         if self.channel is None or self.channel.gone is not None:
-            self._post_if(gen, ev.ActionFailed("modem_reset", "no AT port open; nothing sent"))
+            self._post_if(gen, ev.ActionFailed(Rung.MODEM_RESET,
+                                                  "no AT port open; nothing sent"))
             return
         try:
             await self.session.cmd("AT+CFUN=1,1", 2 * self.at_timeout, resync=False)
         except PortGone:
             pass  # sent; the stick often drops the port before it answers: that is the reset
         except (AtError, AtTimeout) as exc:
-            self._post_if(gen, ev.ActionFailed("modem_reset", str(exc)))
+            self._post_if(gen, ev.ActionFailed(Rung.MODEM_RESET, str(exc)))
             return
         if gen == self.gen:
             self._close_channel()  # it is restarting; the machine reopens after settling
 
-    async def _usb(self, name: str, fn: Callable[[str], None], usb_path: str) -> None:
+    async def _usb(self, rung: Rung, fn: Callable[[str], None], usb_path: str) -> None:
         try:
             await asyncio.to_thread(fn, usb_path)
         except PowerRefused as exc:
-            self.post(ev.ActionFailed(name, str(exc), permanent=True))
+            self.post(ev.ActionFailed(rung, str(exc), permanent=True))
         except UsbPowerError as exc:
-            self.post(ev.ActionFailed(name, str(exc)))
+            self.post(ev.ActionFailed(rung, str(exc)))
 
     async def _reboot(self, reason: str) -> None:
         if self.reboot_log is not None:
@@ -289,7 +291,7 @@ class Driver(AtTasks):
             await self.rebooter.reboot(reason)
         except RebootFailed as exc:
             LOG.error("modem: reboot failed: %s", exc)
-            self.post(ev.ActionFailed("reboot", str(exc)))
+            self.post(ev.ActionFailed(Rung.REBOOT, str(exc)))
 
     # -- status
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from failberry.modem.ladder import Rung
 from failberry.modem.parsers import Registration, SimState
 
 # -- events
@@ -115,9 +116,10 @@ class TrafficFailed:
 
 @dataclass(frozen=True)
 class ActionFailed:
-    """A recovery action could not be done; `permanent` if it never can (refused for safety)."""
+    """A recovery rung's action could not be done; `permanent` if it never can for this
+    stick (refused for safety): the machine then skips that rung for good."""
 
-    action: str
+    rung: Rung
     reason: str
     permanent: bool = False
 

@@ -31,6 +31,7 @@ import requests  # type: ignore[import-untyped]  # Debian ships no stubs
 from failberry.modem import events as ev
 from failberry.modem.dhcp import DhcpClient, DhcpError, Lease
 from failberry.modem.errors import ModemError
+from failberry.modem.ladder import Rung
 from failberry.modem.parsers import Registration, RegStat, SimState
 
 LOG = logging.getLogger(__name__)
@@ -211,7 +212,7 @@ class HilinkBackend:
         except HilinkError as exc:
             d.info["last_error"] = str(exc)
             if isinstance(action, ev.ResetModem):
-                post(ev.ActionFailed("modem_reset", str(exc)))
+                post(ev.ActionFailed(Rung.MODEM_RESET, str(exc)))
             else:
                 post(ev.AtFailed(type(action).__name__, str(exc), silent=exc.code is None))
 

@@ -4,6 +4,7 @@ down, and what each pppd exit status leads to (the table is in `ladder`)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -22,7 +23,7 @@ from failberry.modem.events import (
     TrafficFailed,
 )
 from failberry.modem.ladder import PPP_EXIT, RUNGS, PppOutcome, describe_ppp_exit
-from failberry.modem.parsers import RegStat
+from failberry.modem.parsers import Registration, RegStat
 from failberry.modem.state import (
     ALL_TIMERS,
     DIAL,
@@ -39,6 +40,14 @@ if TYPE_CHECKING:
 LOG = logging.getLogger(__name__)
 
 Result = tuple[ModemState, list[Action]]
+
+
+def best_registration(regs: Sequence[Registration]) -> Registration | None:
+    """Of one round of +CREG?/+CGREG?/+CEREG? read replies, the one the machine hears: any
+    that is registered (data can flow over that domain), else a denial, else the first."""
+    return next((r for r in regs if r.stat.registered),
+                next((r for r in regs if r.stat is RegStat.DENIED),
+                     regs[0] if regs else None))
 
 
 def registration(m: Machine, s: ModemState, e: Event) -> Result:

@@ -140,6 +140,8 @@ class Machine:
     def limit(self, state: ModemState, rung: Rung) -> int:
         """How many more times `rung` may run in this climb (reboots: in the last day)."""
         i = RUNGS.index(rung)
+        if rung in state.refused:
+            return 0
         if rung is Rung.REBOOT:
             return max(0, self.cfg.reboots_per_day - self.reboots_last_day(state))
         limits = (self.cfg.redial_limit, self.cfg.modem_reset_limit, self.cfg.usb_rebind_limit,
@@ -221,8 +223,11 @@ class Machine:
 
 def _added(m: Machine, s: ModemState, e: Event) -> Result:
     assert isinstance(e, DeviceAdded)
-    s = replace(s, port=e.port, data_port=e.data_port or e.port,
-                usb_path=e.usb_path or s.usb_path)
+    usb_path = e.usb_path or s.usb_path
+    # A refusal is about what sits behind the stick's hub port: a stick elsewhere starts clean.
+    refused = s.refused if usb_path == s.usb_path else frozenset()
+    s = replace(s, port=e.port, data_port=e.data_port or e.port, usb_path=usb_path,
+                refused=refused)
     new, acts = m.probe(s, f"modem found on {e.port}")
     return new, [CancelTimer(ABSENT_WAIT), *acts]
 
@@ -272,11 +277,11 @@ def _resetting_timer(m: Machine, s: ModemState, e: Event) -> Result:
 def _action_failed(m: Machine, s: ModemState, e: Event) -> Result:
     assert isinstance(e, ActionFailed)
     if e.permanent:
-        # e.g. port power refused because the Ethernet adapter shares the hub: skip the rung.
-        i = next((j for j, r in enumerate(RUNGS) if r.value == e.action), None)
-        if i is not None:
-            s = replace(s, tries=tuple(10_000 if j == i else n for j, n in enumerate(s.tries)))
-    return m.fail(s, f"{e.action} failed: {e.reason}")
+        # e.g. port power refused because the Ethernet adapter shares the hub: skip the rung,
+        # also after the ladder starts over, while the stick stays where it is.
+        LOG.info("modem recovery: rung %s refused for good: %s", e.rung.value, e.reason)
+        s = replace(s, refused=s.refused | {e.rung})
+    return m.fail(s, f"{e.rung.value} failed: {e.reason}")
 
 
 def _failed_timer(m: Machine, s: ModemState, e: Event) -> Result:

@@ -10,21 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from failberry.modem.at import AtChannel, SerialPort
-from failberry.modem.errors import (
-    CME_INCORRECT_PASSWORD,
-    CME_SIM_BUSY,
-    CME_SIM_MISSING,
-    AtError,
-    AtTimeout,
-    CmeError,
-    PortGone,
-)
+from failberry.modem.errors import AtError, AtTimeout, CmeError, PortGone
 from failberry.modem.parsers import (
     REG_PREFIXES,
     Registration,
@@ -38,6 +30,7 @@ from failberry.modem.parsers import (
     pick,
     split_fields,
 )
+from failberry.modem.simcheck import PinAnswer, pin_settled, sim_from_cme
 
 LOG = logging.getLogger(__name__)
 
@@ -51,15 +44,6 @@ def unsupported(exc: AtError) -> bool:
     if isinstance(exc, CmeError):
         return exc.code == CME_NOT_SUPPORTED
     return exc.result.upper() in ("ERROR", "COMMAND NOT SUPPORT")
-
-
-class PinOutcome(enum.Enum):
-    """What became of `AT+CPIN=<pin>`."""
-
-    ACCEPTED = "accepted"
-    REJECTED = "rejected"  # +CME ERROR: 16, or the SIM's PIN counter went down
-    UNSURE = "unsure"  # anything else: the SIM may never have seen it
-    NOT_SEEN = "not seen"  # no clear answer, but the PIN counter shows the SIM did not count it
 
 
 class Session:
@@ -143,16 +127,9 @@ class Session:
         """What `AT+CPIN?` says; AtTimeout/PortGone when there is no answer at all."""
         try:
             lines = await self.cmd("AT+CPIN?", 2 * self.at_timeout)
-        except CmeError as exc:
-            self.info["last_error"] = str(exc)
-            return (SimState.MISSING if exc.code in CME_SIM_MISSING
-                    else SimState.NOT_READY if exc.code == CME_SIM_BUSY
-                    else SimState.PIN if exc.code == 11
-                    else SimState.PUK if exc.code == 12 else SimState.OTHER)
         except AtError as exc:
-            # A plain ERROR: what a stick without working +CMEE says for "no SIM".
             self.info["last_error"] = str(exc)
-            return SimState.ERROR
+            return sim_from_cme(exc.code if isinstance(exc, CmeError) else None)
         return pick(lines, "+CPIN", parse_cpin) or SimState.OTHER
 
     async def pin_tries(self) -> int | None:
@@ -164,30 +141,25 @@ class Session:
                     return int(split_fields(payload_of(line, "+CPINR"))[1].text)
         return None
 
-    async def enter_pin(self, pin: str) -> tuple[PinOutcome, str]:
-        """Send the PIN once. Only `+CME ERROR: 16` or a PIN counter that went down is a
-        rejection; silence, `ERROR` or other codes leave it unknown whether the SIM saw it."""
+    async def enter_pin(self, pin: str) -> PinAnswer:
+        """Send the PIN once; read the SIM's PIN counter before, and after when the answer
+        alone does not tell (`simcheck.pin_verdict` says what it all means)."""
         before = await self.pin_tries()
         try:
             await self.cmd(f'AT+CPIN="{pin}"', 2 * self.at_timeout, label="AT+CPIN=<pin>")
         except CmeError as exc:
-            if exc.code == CME_INCORRECT_PASSWORD:
-                return PinOutcome.REJECTED, str(exc)
-            error = str(exc)
+            answer = PinAnswer(str(exc), exc.code, before)
         except (AtError, AtTimeout) as exc:
-            error = str(exc)
+            answer = PinAnswer(str(exc), None, before)
         else:
-            return PinOutcome.ACCEPTED, ""
+            return PinAnswer(before=before)
+        if pin_settled(answer):
+            return answer
         try:
             after = await self.pin_tries()
         except (AtTimeout, PortGone):
             after = None
-        if before is not None and after is not None:
-            if after < before:
-                return PinOutcome.REJECTED, (f"{error}; PIN tries left went from {before} "
-                                             f"to {after}")
-            return PinOutcome.NOT_SEEN, f"{error}; PIN tries left still {after}"
-        return PinOutcome.UNSURE, error
+        return replace(answer, after=after)
 
     async def registrations(self) -> list[Registration]:
         """Every registration the stick reports (+CREG?, +CGREG?, +CEREG? it knows)."""

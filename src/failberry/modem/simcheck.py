@@ -5,18 +5,23 @@ it or make it answer sooner. An unusable SIM is looked at again with backoff, fo
 `+CPIN?` costs nothing and the user may fix it meanwhile). The PIN is the one thing sent
 with care: each wrong try brings the SIM closer to its PUK, so a PIN the SIM rejected
 (`+CME ERROR: 16`, or its PIN counter went down) is never sent again, and a PIN whose fate
-is unknown (the stick went silent) is sent again at most `MAX_PIN_UNSURE` times in all."""
+is unknown (the stick went silent) is sent again at most `MAX_PIN_UNSURE` times in all.
+
+What the stick's answers mean for the SIM is decided here too, not in the driver: the CME code
+of a failed `AT+CPIN?` (`sim_from_cme`), and what became of a PIN entry (`pin_verdict`)."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from failberry.modem.errors import CME_INCORRECT_PASSWORD, CME_SIM_BUSY, CME_SIM_MISSING
 from failberry.modem.events import (
     Action,
     CancelTimer,
     EnterPin,
     Event,
+    PinAccepted,
     PinRejected,
     PinUnsure,
     PortReady,
@@ -37,6 +42,55 @@ Result = tuple[ModemState, list[Action]]
 # A SIM allows three PIN tries: two entries that may or may not have reached it still leave
 # it one, so it never ends up wanting its PUK because of us.
 MAX_PIN_UNSURE = 2
+
+
+# TS 27.007 9.2.1: the CME codes a failed AT+CPIN? may carry, and what each says of the SIM.
+CME_SIM_STATES: dict[int, SimState] = {
+    **dict.fromkeys(CME_SIM_MISSING, SimState.MISSING),  # 10 not inserted, 13 failure, 15 wrong
+    CME_SIM_BUSY: SimState.NOT_READY,
+    11: SimState.PIN,
+    12: SimState.PUK,
+}
+
+
+def sim_from_cme(code: int | None) -> SimState:
+    """The SIM state an error answer to `AT+CPIN?` means: `code` is its CME code, None for a
+    plain `ERROR` (what a stick without working +CMEE says for "no SIM")."""
+    if code is None:
+        return SimState.ERROR
+    return CME_SIM_STATES.get(code, SimState.OTHER)
+
+
+@dataclass(frozen=True)
+class PinAnswer:
+    """What `AT+CPIN=<pin>` got: `error` None for OK, else its text and CME code (None for a
+    plain ERROR or silence); the SIM's remaining PIN tries before and after, where known."""
+
+    error: str | None = None
+    cme: int | None = None
+    before: int | None = None
+    after: int | None = None
+
+
+def pin_settled(a: PinAnswer) -> bool:
+    """Does the answer alone say what became of the PIN (no need to read the counter)?"""
+    return a.error is None or a.cme == CME_INCORRECT_PASSWORD
+
+
+def pin_verdict(a: PinAnswer) -> PinAccepted | PinRejected | PinUnsure:
+    """Only `+CME ERROR: 16` or a PIN counter that went down is a rejection; silence,
+    `ERROR` or other codes leave it unknown whether the SIM saw the PIN (unless its counter
+    shows it did not)."""
+    if a.error is None:
+        return PinAccepted()
+    if a.cme == CME_INCORRECT_PASSWORD:
+        return PinRejected(CME_INCORRECT_PASSWORD, a.error)
+    if a.before is not None and a.after is not None:
+        if a.after < a.before:
+            return PinRejected(CME_INCORRECT_PASSWORD, f"{a.error}; PIN tries left went from "
+                               f"{a.before} to {a.after}")
+        return PinUnsure(f"{a.error}; PIN tries left still {a.after}", seen=False)
+    return PinUnsure(a.error)
 
 
 def ready(m: Machine, s: ModemState, e: Event) -> Result:

@@ -58,6 +58,8 @@ class ModemState:
     tries: tuple[int, ...] = field(default=(0,) * len(RUNGS))
     attempts: int = 0  # rungs performed in this climb: the backoff exponent
     pending_rung: Rung | None = None
+    refused: frozenset[Rung] = frozenset()  # refused for good on this stick (ActionFailed
+    # permanent, e.g. port power with the Ethernet adapter on the hub): never climbed again
     reboots: tuple[float, ...] = ()  # wall times of reboots we asked for
     last_error: str | None = None
 
