@@ -261,8 +261,10 @@ def test_crash_in_a_driver_task_is_a_fault_at_once(tmp_path: Path) -> None:
     async def go() -> None:
         async with Rig(tmp_path, opener=opener, step_timeout=60.0) as rig:
             t0 = time.monotonic()
-            await rig.wait_phase(Phase.CONNECTED, timeout=10)
-            assert time.monotonic() - t0 < 30  # the step timer (60 s) did not do it
+            # The step timer (60 s) must not be what recovers it: well under that, with room
+            # for a loaded machine (it takes ~1 s alone).
+            await rig.wait_phase(Phase.CONNECTED, timeout=30)
+            assert time.monotonic() - t0 < 30
             assert any("internal error in modem-open" in r for r in reasons(rig))
             assert rig.driver.state.ladder_counts["redial"] == 1
 
