@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from dyndns_nobody import Nobody
 from failberry import config
 from failberry.alerts.build import build as build_alerts
 from failberry.bus import (
@@ -56,18 +57,6 @@ def test_a_scope_closes_what_was_subscribed_through_it() -> None:
     assert bus.subscribers(DyndnsBlocked) == 1 and bus.subscribers(HealthAlert) == 0
 
 
-class _Nobody:
-    """Neither provider nor verifier is ever asked: no address is set in this test."""
-
-    kind = "test"
-
-    def update(self, record: Record, address: str, source: str | None) -> object:
-        raise AssertionError("no update expected")
-
-    def lookup(self, record: Record) -> frozenset[str]:
-        raise AssertionError("no lookup expected")
-
-
 def _cfg_file(path: Path, tmp: Path, apn: str) -> Path:
     path.write_text(f'[modem]\napn = "{apn}"\n'
                     f'[paths]\nrun_dir = "{tmp / "run"}"\nstate_dir = "{tmp / "state"}"\n')
@@ -78,7 +67,7 @@ def _parts(tmp: Path, builds: list[int]) -> Callable[[Config, Status, Bus], list
     """The real parts that subscribe in `__init__`: dyndns, alerts, Pi health."""
     def parts(cfg: Config, status: Status, bus: Bus) -> list[Part]:
         builds.append(1)
-        updater = Updater(_Nobody(), _Nobody(),  # type: ignore[arg-type]
+        updater = Updater(Nobody(), Nobody(),  # type: ignore[arg-type]
                           [Record("pi.example.org", "A", 60)])
         return [DyndnsPart(updater, status, bus, provider="test"),
                 build_alerts(cfg, Seams(status, bus)),

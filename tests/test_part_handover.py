@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from dyndns_nobody import Nobody
 from failberry import config
 from failberry.bus import Bus, DyndnsBlocked, UplinkHealth
 from failberry.dyndns.base import Record
@@ -99,19 +100,9 @@ def test_the_sms_port_follows_the_modem_part_built_after_a_crash(tmp_path: Path)
     assert urcs == ['+CMTI: "SM",3']
 
 
-class _Nobody:
-    kind = "test"
-
-    def update(self, record: Record, address: str, source: str | None) -> object:
-        raise AssertionError("no update expected")
-
-    def lookup(self, record: Record) -> frozenset[str]:
-        raise AssertionError("no lookup expected")
-
-
 def test_a_fresh_dyndns_part_keeps_its_records_and_what_it_told() -> None:
     def part(kept: object = None) -> DyndnsPart:
-        updater = Updater(_Nobody(), _Nobody(),  # type: ignore[arg-type]
+        updater = Updater(Nobody(), Nobody(),  # type: ignore[arg-type]
                           [Record("pi.example.org", "A", 60)])
         return DyndnsPart(updater, Status(), Bus(), provider="test",
                           kept=kept)  # type: ignore[arg-type]
