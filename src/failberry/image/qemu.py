@@ -106,6 +106,9 @@ def machine_for(name: str, arch: str) -> Machine:
                      f"use --machine {' or '.join(fits)}")
 
 
+NO_PI_WATCHDOG = "modprobe.blacklist=bcm2835_wdt"
+
+
 def virt_cmdline(pi_cmdline: str, console: str, *, journal_to_console: bool = False) -> str:
     """The Pi's kernel command line with its consoles replaced by QEMU's serial port.
 
@@ -163,7 +166,12 @@ def qemu_argv(machine: Machine, files: BootFiles, image: Path, cfg: Config, *,
     if not dtb.is_file():
         raise BootTestError(f"{image}: no {machine.dtb} in the boot partition; "
                             f"--machine {machine.name} needs the Pi's device tree")
+    # QEMU's bcm2835 power manager resets the machine at the first write that arms the
+    # SoC watchdog (the countdown is not emulated): systemd's RuntimeWatchdogSec= would
+    # reset every boot as soon as bcm2835_wdt binds. The real board's watchdog counts; here
+    # its driver stays unloaded.
+    cmdline = virt_cmdline(files.cmdline, machine.console, journal_to_console=True)
     return [*argv, "-dtb", str(dtb), *machine.serial,
-            "-append", virt_cmdline(files.cmdline, machine.console, journal_to_console=True),
+            "-append", f"{cmdline} {NO_PI_WATCHDOG}",
             "-drive", f"if=sd,format=raw,file={image},snapshot=on",
             "-usb", "-device", "usb-net,netdev=lan", "-netdev", lan]
