@@ -109,6 +109,9 @@ class ModemReport:
     bytes_out: int | None = None
     ladder_rung: str | None = None  # the recovery ladder's pending rung
     ladder_counts: Mapping[str, int] = field(default_factory=dict)  # rung -> steps taken
+    # Rungs refused for good on this stick -> why (port power with the Ethernet adapter on the
+    # stick's ganged hub): the ladder skips them until the stick moves.
+    refused: Mapping[str, str] = field(default_factory=dict)
     last_error: str | None = None
     # The reboot budget ([recovery] reboots_per_day): reboots asked for in the last day; once
     # they reach the budget the ladder never reboots and the board stays up.

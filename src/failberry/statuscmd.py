@@ -223,6 +223,10 @@ def render(doc: Mapping[str, Any], now: float | None = None) -> list[str]:
         lines.append(", ".join(words))
         if modem.get("last_error"):
             lines.append(f"  last error: {modem['last_error']}")
+        refused = modem.get("refused")
+        if isinstance(refused, Mapping) and refused:
+            lines.append("  refused for good: " + "; ".join(
+                f"{rung} ({why})" for rung, why in refused.items()))
         lines.extend(_reboot_budget_lines(modem))
     else:
         lines.append("modem: not reported")
