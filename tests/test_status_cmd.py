@@ -151,3 +151,14 @@ def test_status_url_from_config(tmp_path: Path) -> None:
     cfg.write_text('[modem]\napn = "internet"\n[health]\nlisten = "192.168.1.2"\n')
     assert statuscmd.status_url(cfg) == "http://192.168.1.2:9000/status"
     assert statuscmd.status_url(tmp_path / "missing.toml") == "http://127.0.0.1:9000/status"
+
+
+@pytest.mark.parametrize("url", ["notaurl", "http://[::1", "file:///etc/hostname",
+                                 "ftp://127.0.0.1/status"])
+def test_cli_bad_url_is_one_line_and_exit_2(url: str) -> None:
+    """A mistyped --url is bad input: one line naming it, exit 2, never a traceback (and
+    never a local file or an FTP fetch read as if it were the supervisor)."""
+    proc = run_cli(["status", "--url", url])
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and f"--url: {url}" in proc.stderr

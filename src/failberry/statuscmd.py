@@ -7,12 +7,13 @@ import json
 import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from failberry.errors import FailberryError
+from failberry.errors import FailberryError, UsageError
 from failberry.runfile import RunFile
 from failberry.runfile import status_url as runfile_url
 from failberry.units import human_size
@@ -287,9 +288,22 @@ def render(doc: Mapping[str, Any], now: float | None = None) -> list[str]:
     return lines
 
 
+def check_url(url: str) -> str:
+    """`--url` as given, if it is an http(s) URL with a host; UsageError otherwise."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 -- raises ValueError for a port out of range or not a number
+    except ValueError:
+        ok = False
+    if not ok:
+        raise UsageError(f"--url: {url} is not an http:// URL (e.g. http://127.0.0.1:9000/status)")
+    return url
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Show the supervisor's status; exit 1 when it is not running."""
-    url = args.url or status_url(args.config)
+    url = check_url(args.url) if args.url else status_url(args.config)
     doc = fetch(url)
     if args.json:
         print(json.dumps(doc, indent=2, sort_keys=True))
