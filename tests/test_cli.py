@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from conftest import run_cli
 from failberry import __version__
 
@@ -38,3 +40,16 @@ def test_hostguard_does_not_import_router_libraries() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_boot_test_rejects_a_time_that_is_not_positive_before_booting(tmp_path: Path) -> None:
+    """`--timeout -5` or `--hang-kernel 0` would boot QEMU for minutes and then fail at once:
+    bad input, said in one line before anything starts."""
+    image = tmp_path / "x.img"
+    image.write_bytes(b"")  # never read: the arguments are refused first
+    for args in (["--timeout", "-5"], ["--timeout", "0"], ["--timeout", "nan"],
+                 ["--timeout", "inf"], ["--hang-kernel", "-3"], ["--hang-kernel", "0"]):
+        proc = run_cli(["boot-test", *args, str(image)])
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert args[0] in proc.stderr and "MBR" not in proc.stderr

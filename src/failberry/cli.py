@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import math
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -25,6 +26,17 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message}")
+
+
+def _seconds(text: str) -> float:
+    """A positive, finite number of seconds (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return value
 
 
 def _handler(module: str, func: str) -> Callable[[argparse.Namespace], int]:
@@ -64,11 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("boot-test", help="boot an image under QEMU and check it comes up")
     t.add_argument("image", type=Path)
-    t.add_argument("--timeout", type=float, default=300.0)
+    t.add_argument("--timeout", type=_seconds, default=300.0)
     t.add_argument("--machine", choices=["virt", "raspi2b", "raspi3b"], default="virt",
                    help="virt (either architecture), raspi2b (armhf), raspi3b (arm64)")
     t.add_argument("--ssh-key", type=Path, help="private key for the admin login")
-    t.add_argument("--hang-kernel", type=float, nargs="?", const=120.0, default=None,
+    t.add_argument("--hang-kernel", type=_seconds, nargs="?", const=120.0, default=None,
                    metavar="SECONDS",
                    help="after the checks, panic the guest's kernel and require a watchdog "
                         "reset within SECONDS (default 120) of the panic")
