@@ -73,6 +73,13 @@ def connected(m: Machine) -> ModemState:
     return state
 
 
+def test_no_stick_at_start_says_so() -> None:
+    """A Pi booted without the stick: /status and `failberry status` say no modem was found,
+    not "absent, starting" for as long as it runs."""
+    s = ModemState()
+    assert s.phase is Phase.ABSENT and "no modem found" in s.reason
+
+
 def test_plugged_in_to_connected() -> None:
     m, _ = machine()
     s, acts = feed(m, ModemState(), ADDED)

@@ -42,7 +42,7 @@ class ModemState:
     """Everything the machine remembers; replaced, never mutated."""
 
     phase: Phase = Phase.ABSENT
-    reason: str = "starting"
+    reason: str = "no modem found yet; waiting for one to be plugged in"
     port: str | None = None
     data_port: str | None = None
     usb_path: str | None = None
