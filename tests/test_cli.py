@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from conftest import run_cli
 from failberry import __version__
 
@@ -53,3 +55,41 @@ def test_boot_test_rejects_a_time_that_is_not_positive_before_booting(tmp_path: 
         assert proc.returncode == 2, (args, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert args[0] in proc.stderr and "MBR" not in proc.stderr
+
+
+@pytest.mark.root
+def test_net_clean_refuses_while_the_supervisor_runs(tmp_path: Path) -> None:
+    """`failberry net clean` with failberryd running removed everything, and the supervisor
+    put it all back 5 s later (and the saved sysctls were gone): it says so and changes
+    nothing. A stale supervisor.json (the pid is gone, or is not failberry) does not stop it."""
+    import json
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    saved = run_dir / "sysctl-saved.json"
+    saved.write_text('{"net/ipv4/ip_forward": "0"}')
+    fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                             "failberry", "run"])
+    try:
+        (run_dir / "supervisor.json").write_text(json.dumps(
+            {"pid": fake.pid, "config": "/etc/failberry/failberry.toml",
+             "url": "http://127.0.0.1:9000/status"}))
+        # In a network namespace of its own: if it did clean, it cleans nothing of the host's.
+        proc = subprocess.run(["unshare", "--net", sys.executable, "-m", "failberry", "net",
+                               "clean", "--state-dir", str(run_dir)],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert proc.stderr.strip().splitlines() == [
+            f"failberry: error: the supervisor is running (pid {fake.pid}) and would put it "
+            "all back; stop it first: systemctl stop failberryd"]
+        assert proc.stdout == "" and saved.exists()
+    finally:
+        fake.kill()
+        fake.wait()
+    from failberry.runfile import RunFile
+
+    assert RunFile(run_dir).running_pid() is None  # gone: net clean goes ahead
+    (run_dir / "supervisor.json").write_text(json.dumps({"pid": 1, "config": None, "url": ""}))
+    assert RunFile(run_dir).running_pid() is None  # pid 1 is not failberry

@@ -152,6 +152,7 @@ def cmd_net_clean(args: argparse.Namespace) -> int:
     the config exists; a broken config is no reason to leave chains behind)."""
     from failberry import config
     from failberry.net.commands import cmd_net_clean as clean
+    from failberry.runfile import RunFile
 
     if args.state_dir is None:
         run_dir = config.PathsConfig().run_dir
@@ -162,6 +163,12 @@ def cmd_net_clean(args: argparse.Namespace) -> int:
                 LOG.warning("cannot use %s (%s); looking for saved sysctls in %s",
                             args.config, str(e).splitlines()[0], run_dir)
         args.state_dir = Path(run_dir)
+    # A running supervisor puts everything back within seconds (after the saved sysctls
+    # were restored and forgotten): stop it first, which removes all but the closed chains.
+    pid = RunFile(args.state_dir).running_pid()
+    if pid is not None:
+        raise FailberryError(f"the supervisor is running (pid {pid}) and would put it all "
+                             "back; stop it first: systemctl stop failberryd")
     return clean(args)
 
 
