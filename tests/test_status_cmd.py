@@ -162,3 +162,47 @@ def test_cli_bad_url_is_one_line_and_exit_2(url: str) -> None:
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and f"--url: {url}" in proc.stderr
+
+
+def _nulls(value: object, where: str = "") -> list[str]:
+    """Every key path in `value` whose value is null."""
+    if value is None:
+        return [where]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _nulls(v, f"{where}.{k}")]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _nulls(v, f"{where}[{i}]")]
+    return []
+
+
+def test_status_of_a_pi_without_its_stick_has_no_nulls_for_absent_values() -> None:
+    """The example config on a Pi booted without the stick: what is absent (the modem's
+    operator, the mobile link's address, a DNS name, a warning) is left out of /status, not
+    null; null is left only where it is the value: no active uplink, nothing probed yet. The
+    document still reads back strictly as the typed reports."""
+    from failberry import config
+    from failberry.modem.state import ModemState
+    from failberry.status import report_modem
+    from failberry.web.health import HealthApp
+    from failberry.web.httpserver import HttpStats
+
+    st = Status()
+    report_network(st, "down", NetworkReport(
+        active_uplink=None, uplinks={"mobile": UplinkReport(False, "ppp0 is gone", "ppp0",
+                                                            carrier=False, link=False)},
+        data=DataUsage(0, devices={"*": 0})))
+    s = ModemState()
+    report_modem(st, s.phase.value, reports.ModemReport(
+        reason=s.reason, ladder_counts=s.ladder_counts, reboots_last_day=0, reboots_per_day=1,
+        reboot_budget_spent=False))
+    cfg = config.load(Path(__file__).parents[1] / "examples" / "failberry.toml")
+    doc = HealthApp(st, cfg, HttpStats()).document()
+    assert _nulls(doc) == [".active_uplink", ".parts.network.active_uplink"]
+    assert "dyndns" not in doc and "inbound_warning" not in doc
+    modem = {k: v for k, v in doc["modem"].items() if k not in ("state", "age_s", "stale")}
+    assert reports.parse(reports.ModemReport, modem).operator is None
+    net = {k: v for k, v in doc["parts"]["network"].items()
+           if k not in ("state", "age_s", "stale")}
+    assert reports.parse(reports.NetworkReport, net).uplinks["mobile"].address is None
+    assert statuscmd.render(doc)[2] == (
+        "modem: absent, no modem found yet; waiting for one to be plugged in")

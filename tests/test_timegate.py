@@ -141,7 +141,7 @@ def test_dns_updates_wait_for_time_and_go_once_it_is_good() -> None:
             switch.good = True
             await _until(lambda: provider.calls == ["192.0.2.7"])
             await _until(lambda: status.parts["dyndns"].state != "waiting for time")
-            assert status.parts["dyndns"].detail["waiting_for"] is None
+            assert status.parts["dyndns"].detail.get("waiting_for") is None
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
