@@ -93,3 +93,31 @@ def test_net_clean_refuses_while_the_supervisor_runs(tmp_path: Path) -> None:
     assert RunFile(run_dir).running_pid() is None  # gone: net clean goes ahead
     (run_dir / "supervisor.json").write_text(json.dumps({"pid": 1, "config": None, "url": ""}))
     assert RunFile(run_dir).running_pid() is None  # pid 1 is not failberry
+
+
+def test_secrets_in_a_world_readable_config_are_warned_about(tmp_path: Path) -> None:
+    """A hand-edited config with the SIM PIN inline is often 0644: any local user reads the
+    PIN. `config check` says which file, which keys and how to fix it (still exit 0), never
+    the secret; a `*_file` that others can read is named the same way; 0600 is quiet."""
+    cfg = tmp_path / "failberry.toml"
+    key = tmp_path / "tsig.key"
+    key.write_text("c2VrcmV0c2VrcmV0c2VrcmV0\n")
+    cfg.write_text('[modem]\napn = "internet"\npin = "4321"\n[dyndns]\nprovider = "rfc2136"\n'
+                   'name = "pi.example.org"\n[dyndns.rfc2136]\nserver = "192.0.2.53"\n'
+                   'zone = "example.org"\ntsig_key_name = "k"\n'
+                   'tsig_secret_file = "tsig.key"\n')
+    cfg.chmod(0o644)
+    key.chmod(0o644)
+    proc = run_cli(["config", "check", "-c", str(cfg)])
+    assert proc.returncode == 0, proc.stderr
+    warnings = [ln for ln in proc.stderr.splitlines() if "warning" in ln]
+    assert warnings == [
+        f"failberry: warning: {cfg} holds secrets (modem.pin) and every user can read it "
+        f"(mode 0644); chmod 600 {cfg}",
+        f"failberry: warning: {key} holds secrets (dyndns.rfc2136.tsig_secret_file) and every "
+        f"user can read it (mode 0644); chmod 600 {key}"]
+    assert "4321" not in proc.stdout + proc.stderr and "c2Vr" not in proc.stdout + proc.stderr
+    cfg.chmod(0o600)
+    key.chmod(0o640)
+    proc = run_cli(["config", "check", "-c", str(cfg)])
+    assert proc.returncode == 0 and "warning" not in proc.stderr

@@ -139,11 +139,14 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     """`failberry config check`: every error, or a masked summary."""
     from failberry import config
     from failberry.config_render import summary
+    from failberry.secretfiles import exposed
 
     cfg = config.load(args.config)
     print(f"{args.config}: OK")
     for line in summary(cfg):
         print(f"  {line}")
+    for warning in exposed(args.config, cfg):
+        print(f"failberry: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -175,10 +178,13 @@ def cmd_net_clean(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """`failberry run`: the supervisor."""
     from failberry import config, supervisor
+    from failberry.secretfiles import exposed
 
     cfg = config.load(args.config)
     if args.port is not None and not 0 <= args.port <= 65535:
         raise UsageError(f"--port: {args.port} is not a port")
+    for warning in exposed(args.config, cfg):
+        LOG.warning("%s", warning)
     return supervisor.run(cfg, port=args.port, host=args.listen, config_path=args.config,
                           manage_network=not args.no_network)
 
