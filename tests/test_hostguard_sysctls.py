@@ -344,3 +344,18 @@ def test_a_file_we_cannot_write_is_one_line_not_a_traceback(tmp_path: Path) -> N
     assert "Traceback" not in proc.stderr
     errors = [ln for ln in proc.stderr.splitlines() if "error" in ln]
     assert len(errors) == 1 and "sysctl.d" in errors[0], proc.stderr
+
+
+def test_watch_refuses_to_watch_nothing(tmp_path: Path) -> None:
+    """`mounts = []`, or a mount point that does not exist (a typo such as "/vra/lib"): the
+    watcher ran for good, probing nothing useful ("watching : ...", a PROBE-ERROR once) and so
+    never able to see a hang. Bad input: one line, exit 2, before anything starts."""
+    cfg = tmp_path / "hg.toml"
+    for mounts, message in (
+            ("[]", "hostguard.mounts: empty; name at least one mount point to watch"),
+            (f'["/", "{tmp_path}/vra/lib"]',
+             f"hostguard.mounts: {tmp_path}/vra/lib is not a directory")):
+        cfg.write_text(f"[hostguard]\nmounts = {mounts}\n")
+        proc = run_cli(["hostguard", "watch", "-c", str(cfg), "--dry-run"], timeout=20)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip().splitlines() == [f"failberry: error: {message}"]

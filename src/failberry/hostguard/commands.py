@@ -111,4 +111,16 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_watch(args: argparse.Namespace) -> int:
     """Run the watcher until stopped."""
     cfg = load_config(args.config)
+    # A watcher probing nothing (no mounts, a mistyped path) would run for good and never
+    # see a hang: refuse it before anything starts.
+    if not cfg.mounts:
+        raise UsageError("hostguard.mounts: empty; name at least one mount point to watch")
+    # A mounted file system is never stat()ed here: if it hangs now, so would we.
+    try:
+        mounted = watcher.mount_points(Path("/proc/self/mountinfo").read_text(encoding="utf-8"))
+    except OSError:
+        mounted = set()
+    for mount in cfg.mounts:
+        if mount not in mounted and not Path(mount).is_dir():
+            raise UsageError(f"hostguard.mounts: {mount} is not a directory")
     return watcher.main(cfg, dry_run=args.dry_run)
