@@ -206,3 +206,21 @@ def test_status_of_a_pi_without_its_stick_has_no_nulls_for_absent_values() -> No
     assert reports.parse(reports.NetworkReport, net).uplinks["mobile"].address is None
     assert statuscmd.render(doc)[2] == (
         "modem: absent, no modem found yet; waiting for one to be plugged in")
+
+
+def test_status_shows_a_channel_waiting_for_time_and_parts_that_were_rebuilt() -> None:
+    """Two things /status had and `failberry status` did not show: a webhook held back until
+    the clock is synchronised (issue 18: "waiting for time"), and parts that crashed and were
+    rebuilt (the supervisor's restart counts)."""
+    doc = {"status": "ok", "state": "running",
+           "parts": {"alerts": {"channels": {
+               "webhook:ntfy.sh": {"sent": 0, "queued": 1,
+                                   "waiting_for": "time: the clock is not synchronised yet"},
+               "hooks": {"sent": 2}}}},
+           "restarts": {"network": 2, "modem": 0, "alerts": 0}}
+    lines = statuscmd.render(doc, now=0.0)
+    assert ("alerts: webhook:ntfy.sh 0 sent 1 queued (waiting for time: the clock is not "
+            "synchronised yet); hooks 2 sent") in lines
+    assert "restarts: network 2 (crashed and rebuilt; see the journal)" in lines
+    doc["restarts"] = {"network": 0}
+    assert not [ln for ln in statuscmd.render(doc, now=0.0) if ln.startswith("restarts")]

@@ -164,6 +164,8 @@ def _alerts_lines(alerts: Mapping[str, Any], now: float) -> list[str]:
         for key in ("failed", "queued", "held"):
             if c.get(key):
                 text += f" {c[key]} {key}"
+        if c.get("waiting_for"):
+            text += f" (waiting for {c['waiting_for']})"
         if c.get("last_error"):
             text += f" ({c['last_error']})"
         words.append(text)
@@ -285,6 +287,11 @@ def render(doc: Mapping[str, Any], now: float | None = None) -> list[str]:
              if isinstance(p, Mapping) and p.get("stale")]
     if stale:
         lines.append(f"not reporting: {', '.join(sorted(stale))}")
+    restarts = doc.get("restarts")
+    crashed = sorted(f"{n} {c}" for n, c in restarts.items() if isinstance(c, int) and c > 0) \
+        if isinstance(restarts, Mapping) else []
+    if crashed:
+        lines.append(f"restarts: {', '.join(crashed)} (crashed and rebuilt; see the journal)")
     return lines
 
 
