@@ -318,3 +318,44 @@ def test_sysctl_conf_parsing() -> None:
     text = "# c\n; c\n-kernel.panic = 3\nkernel/hung_task_panic=1\nnot a line\n"
     assert list(sysctls.parse_sysctl_conf(text)) == [("kernel.panic", "3"),
                                                      ("kernel.hung_task_panic", "1")]
+
+
+def test_a_root_that_is_not_a_directory_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """`--root` naming a file, or a directory that does not exist: bad input, exit 2."""
+    afile = tmp_path / "f"
+    afile.write_text("")
+    for root in (afile, tmp_path / "missing"):
+        for action in ("install", "uninstall", "check"):
+            proc = run_cli(["hostguard", action, "--root", str(root)])
+            assert proc.returncode == 2, (action, root, proc.stderr)
+            assert "Traceback" not in proc.stderr
+            assert proc.stderr.strip().splitlines() == [
+                f"failberry: error: --root: {root} is not a directory"]
+    assert not (tmp_path / "missing").exists()  # nothing made on the way
+
+
+def test_a_file_we_cannot_write_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """sysctl.d not writable (a read-only /etc, or `etc/sysctl.d` a file): exit 1, one line
+    naming the path."""
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "sysctl.d").write_text("")  # in the way of the drop-in's directory
+    proc = run_cli(["hostguard", "install", "--root", str(tmp_path)])
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if "error" in ln]
+    assert len(errors) == 1 and "sysctl.d" in errors[0], proc.stderr
+
+
+def test_watch_refuses_to_watch_nothing(tmp_path: Path) -> None:
+    """`mounts = []`, or a mount point that does not exist (a typo such as "/vra/lib"): the
+    watcher ran for good, probing nothing useful ("watching : ...", a PROBE-ERROR once) and so
+    never able to see a hang. Bad input: one line, exit 2, before anything starts."""
+    cfg = tmp_path / "hg.toml"
+    for mounts, message in (
+            ("[]", "hostguard.mounts: empty; name at least one mount point to watch"),
+            (f'["/", "{tmp_path}/vra/lib"]',
+             f"hostguard.mounts: {tmp_path}/vra/lib is not a directory")):
+        cfg.write_text(f"[hostguard]\nmounts = {mounts}\n")
+        proc = run_cli(["hostguard", "watch", "-c", str(cfg), "--dry-run"], timeout=20)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip().splitlines() == [f"failberry: error: {message}"]

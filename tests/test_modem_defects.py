@@ -11,10 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from failberry import statuscmd
 from failberry.config import RecoveryConfig
 from failberry.modem.adapters import CommandReboot
 from failberry.modem.at import SerialPort, open_serial
+from failberry.modem.ladder import Rung
 from failberry.modem.machine import Phase
+from failberry.reports import ModemReport, parse
 from modem_fakes.rig import FAST, CpuWatch, Rig
 
 pytestmark = [pytest.mark.root]
@@ -267,5 +270,31 @@ def test_crash_in_a_driver_task_is_a_fault_at_once(tmp_path: Path) -> None:
             assert time.monotonic() - t0 < 30
             assert any("internal error in modem-open" in r for r in reasons(rig))
             assert rig.driver.state.ladder_counts["redial"] == 1
+
+    run(go())
+
+
+# -- 4. a rung refused for good is shown, with why, in /status and `failberry status`
+
+PORT_POWER_ONLY = RecoveryConfig(registration_timeout=1.0, redial_limit=0, modem_reset_limit=0,
+                                 usb_rebind_limit=0, port_power_limit=1, reboots_per_day=0,
+                                 backoff_initial=0.05, backoff_max=0.2, stable_after=600.0)
+
+
+@pytest.mark.timeout(60)
+def test_port_power_refused_for_good_is_in_status(tmp_path: Path) -> None:
+    """Pi 3B: the Ethernet adapter shares the stick's ganged hub, so port power is refused;
+    the user sees that rung, and why, in /status and `failberry status`, not only in the log."""
+    async def go() -> None:
+        async with Rig(tmp_path, {"reg": 2}, recovery=PORT_POWER_ONLY, ganged=True) as rig:
+            await rig.wait_for(lambda: Rung.PORT_POWER in rig.driver.state.refused)
+            rig.driver.report()
+            modem = rig.status.parts["modem"].detail
+            assert list(modem["refused"]) == ["port_power"]
+            assert "1-1.1" in modem["refused"]["port_power"]  # the Ethernet adapter's port
+            parse(ModemReport, modem)  # the typed report reads back strictly
+            lines = statuscmd.render({"modem": {"state": "recovering", **modem}}, now=0.0)
+            refused = [ln for ln in lines if "refused" in ln]
+            assert len(refused) == 1 and refused[0].startswith("  refused for good: port_power (")
 
     run(go())

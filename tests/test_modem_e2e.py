@@ -149,7 +149,7 @@ def test_cme_error_replies_are_typed_and_survived(tmp_path: Path) -> None:
                 rig.status.parts["modem"].detail.get("last_error")))
             detail = rig.status.parts["modem"].detail
             assert "no network service" in detail["last_error"]
-            assert detail["operator"] is None and detail["model"] == ""
+            assert detail.get("operator") is None and detail["model"] == ""
             await asyncio.sleep(1.5)  # a few polls, all of them while connected
             log = rig.ctl(op="get")["log"]
             assert log.count("AT+COPS?") >= 4  # a network error is asked about again...

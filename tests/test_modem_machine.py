@@ -73,6 +73,13 @@ def connected(m: Machine) -> ModemState:
     return state
 
 
+def test_no_stick_at_start_says_so() -> None:
+    """A Pi booted without the stick: /status and `failberry status` say no modem was found,
+    not "absent, starting" for as long as it runs."""
+    s = ModemState()
+    assert s.phase is Phase.ABSENT and "no modem found" in s.reason
+
+
 def test_plugged_in_to_connected() -> None:
     m, _ = machine()
     s, acts = feed(m, ModemState(), ADDED)
@@ -246,6 +253,7 @@ def test_a_rung_refused_for_good_stays_skipped_when_the_ladder_starts_over() -> 
     assert ev.PortPowerCycle("1-1.2") in acts
     s, _ = feed(m, s, ev.ActionFailed(Rung.PORT_POWER, "Ethernet on hub 1-1", permanent=True))
     assert s.refused == {Rung.PORT_POWER} and "port_power failed" in (s.last_error or "")
+    assert s.refusals == ((Rung.PORT_POWER, "Ethernet on hub 1-1"),)  # why, for /status
     # the ladder started over at redial: the refused rung is not climbed again, nor counted
     assert s.pending_rung is Rung.REDIAL and max(s.ladder_counts.values()) <= 1
     for _ in range(3):

@@ -151,3 +151,76 @@ def test_status_url_from_config(tmp_path: Path) -> None:
     cfg.write_text('[modem]\napn = "internet"\n[health]\nlisten = "192.168.1.2"\n')
     assert statuscmd.status_url(cfg) == "http://192.168.1.2:9000/status"
     assert statuscmd.status_url(tmp_path / "missing.toml") == "http://127.0.0.1:9000/status"
+
+
+@pytest.mark.parametrize("url", ["notaurl", "http://[::1", "file:///etc/hostname",
+                                 "ftp://127.0.0.1/status"])
+def test_cli_bad_url_is_one_line_and_exit_2(url: str) -> None:
+    """A mistyped --url is bad input: one line naming it, exit 2, never a traceback (and
+    never a local file or an FTP fetch read as if it were the supervisor)."""
+    proc = run_cli(["status", "--url", url])
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and f"--url: {url}" in proc.stderr
+
+
+def _nulls(value: object, where: str = "") -> list[str]:
+    """Every key path in `value` whose value is null."""
+    if value is None:
+        return [where]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _nulls(v, f"{where}.{k}")]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _nulls(v, f"{where}[{i}]")]
+    return []
+
+
+def test_status_of_a_pi_without_its_stick_has_no_nulls_for_absent_values() -> None:
+    """The example config on a Pi booted without the stick: what is absent (the modem's
+    operator, the mobile link's address, a DNS name, a warning) is left out of /status, not
+    null; null is left only where it is the value: no active uplink, nothing probed yet. The
+    document still reads back strictly as the typed reports."""
+    from failberry import config
+    from failberry.modem.state import ModemState
+    from failberry.status import report_modem
+    from failberry.web.health import HealthApp
+    from failberry.web.httpserver import HttpStats
+
+    st = Status()
+    report_network(st, "down", NetworkReport(
+        active_uplink=None, uplinks={"mobile": UplinkReport(False, "ppp0 is gone", "ppp0",
+                                                            carrier=False, link=False)},
+        data=DataUsage(0, devices={"*": 0})))
+    s = ModemState()
+    report_modem(st, s.phase.value, reports.ModemReport(
+        reason=s.reason, ladder_counts=s.ladder_counts, reboots_last_day=0, reboots_per_day=1,
+        reboot_budget_spent=False))
+    cfg = config.load(Path(__file__).parents[1] / "examples" / "failberry.toml")
+    doc = HealthApp(st, cfg, HttpStats()).document()
+    assert _nulls(doc) == [".active_uplink", ".parts.network.active_uplink"]
+    assert "dyndns" not in doc and "inbound_warning" not in doc
+    modem = {k: v for k, v in doc["modem"].items() if k not in ("state", "age_s", "stale")}
+    assert reports.parse(reports.ModemReport, modem).operator is None
+    net = {k: v for k, v in doc["parts"]["network"].items()
+           if k not in ("state", "age_s", "stale")}
+    assert reports.parse(reports.NetworkReport, net).uplinks["mobile"].address is None
+    assert statuscmd.render(doc)[2] == (
+        "modem: absent, no modem found yet; waiting for one to be plugged in")
+
+
+def test_status_shows_a_channel_waiting_for_time_and_parts_that_were_rebuilt() -> None:
+    """Two things /status had and `failberry status` did not show: a webhook held back until
+    the clock is synchronised (issue 18: "waiting for time"), and parts that crashed and were
+    rebuilt (the supervisor's restart counts)."""
+    doc = {"status": "ok", "state": "running",
+           "parts": {"alerts": {"channels": {
+               "webhook:ntfy.sh": {"sent": 0, "queued": 1,
+                                   "waiting_for": "time: the clock is not synchronised yet"},
+               "hooks": {"sent": 2}}}},
+           "restarts": {"network": 2, "modem": 0, "alerts": 0}}
+    lines = statuscmd.render(doc, now=0.0)
+    assert ("alerts: webhook:ntfy.sh 0 sent 1 queued (waiting for time: the clock is not "
+            "synchronised yet); hooks 2 sent") in lines
+    assert "restarts: network 2 (crashed and rebuilt; see the journal)" in lines
+    doc["restarts"] = {"network": 0}
+    assert not [ln for ln in statuscmd.render(doc, now=0.0) if ln.startswith("restarts")]

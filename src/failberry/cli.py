@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import math
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -25,6 +26,17 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message}")
+
+
+def _seconds(text: str) -> float:
+    """A positive, finite number of seconds (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return value
 
 
 def _handler(module: str, func: str) -> Callable[[argparse.Namespace], int]:
@@ -64,11 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("boot-test", help="boot an image under QEMU and check it comes up")
     t.add_argument("image", type=Path)
-    t.add_argument("--timeout", type=float, default=300.0)
+    t.add_argument("--timeout", type=_seconds, default=300.0)
     t.add_argument("--machine", choices=["virt", "raspi2b", "raspi3b"], default="virt",
                    help="virt (either architecture), raspi2b (armhf), raspi3b (arm64)")
     t.add_argument("--ssh-key", type=Path, help="private key for the admin login")
-    t.add_argument("--hang-kernel", type=float, nargs="?", const=120.0, default=None,
+    t.add_argument("--hang-kernel", type=_seconds, nargs="?", const=120.0, default=None,
                    metavar="SECONDS",
                    help="after the checks, panic the guest's kernel and require a watchdog "
                         "reset within SECONDS (default 120) of the panic")
@@ -127,11 +139,14 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     """`failberry config check`: every error, or a masked summary."""
     from failberry import config
     from failberry.config_render import summary
+    from failberry.secretfiles import exposed
 
     cfg = config.load(args.config)
     print(f"{args.config}: OK")
     for line in summary(cfg):
         print(f"  {line}")
+    for warning in exposed(args.config, cfg):
+        print(f"failberry: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -140,6 +155,7 @@ def cmd_net_clean(args: argparse.Namespace) -> int:
     the config exists; a broken config is no reason to leave chains behind)."""
     from failberry import config
     from failberry.net.commands import cmd_net_clean as clean
+    from failberry.runfile import RunFile
 
     if args.state_dir is None:
         run_dir = config.PathsConfig().run_dir
@@ -150,16 +166,25 @@ def cmd_net_clean(args: argparse.Namespace) -> int:
                 LOG.warning("cannot use %s (%s); looking for saved sysctls in %s",
                             args.config, str(e).splitlines()[0], run_dir)
         args.state_dir = Path(run_dir)
+    # A running supervisor puts everything back within seconds (after the saved sysctls
+    # were restored and forgotten): stop it first, which removes all but the closed chains.
+    pid = RunFile(args.state_dir).running_pid()
+    if pid is not None:
+        raise FailberryError(f"the supervisor is running (pid {pid}) and would put it all "
+                             "back; stop it first: systemctl stop failberryd")
     return clean(args)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """`failberry run`: the supervisor."""
     from failberry import config, supervisor
+    from failberry.secretfiles import exposed
 
     cfg = config.load(args.config)
     if args.port is not None and not 0 <= args.port <= 65535:
         raise UsageError(f"--port: {args.port} is not a port")
+    for warning in exposed(args.config, cfg):
+        LOG.warning("%s", warning)
     return supervisor.run(cfg, port=args.port, host=args.listen, config_path=args.config,
                           manage_network=not args.no_network)
 

@@ -15,6 +15,17 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+# A value a part lacks (the modem's operator while no stick is there, an uplink's address while
+# it is down) is left out of the JSON, not null (`OMIT`: `failberry.status.jsonable` skips the
+# field while it is None); `parse` reads an absent key as None. Null stays only where it is the
+# value itself: no active uplink, an uplink not probed yet.
+OMIT = {"omit_none": True}
+
+
+def _opt() -> Any:
+    return field(default=None, metadata=OMIT)
+
+
 @dataclass(frozen=True)
 class UplinkReport:
     """One uplink as the network part sees it after a probe round."""
@@ -22,14 +33,14 @@ class UplinkReport:
     up: bool | None  # the probes pass (after hysteresis); None: no probe round yet
     reason: str = ""  # why, in a few words ("3/3 targets answer", "carrier lost")
     interface: str = ""
-    carrier: bool | None = None  # the link layer, when known
-    address: str | None = None
-    gateway: str | None = None
-    latency_ms: float | None = None
-    loss_pct: float | None = None
-    rx_bytes: int | None = None
-    tx_bytes: int | None = None
-    link: bool | None = None  # the interface exists, is up and has what the plan needs
+    carrier: bool | None = _opt()  # the link layer, when known
+    address: str | None = _opt()
+    gateway: str | None = _opt()
+    latency_ms: float | None = _opt()
+    loss_pct: float | None = _opt()
+    rx_bytes: int | None = _opt()
+    tx_bytes: int | None = _opt()
+    link: bool | None = _opt()  # the interface exists, is up and has what the plan needs
 
 
 @dataclass(frozen=True)
@@ -49,7 +60,7 @@ class DataUsage:
     used_bytes: int
     cap_bytes: int = 0
     devices: Mapping[str, int] = field(default_factory=dict)  # LAN device -> bytes
-    period_start: float | None = None  # wall clock
+    period_start: float | None = _opt()  # wall clock
     capped: bool = False  # the cap is reached: only critical devices pass
 
 
@@ -61,13 +72,13 @@ class NetworkReport:
     uplinks: Mapping[str, UplinkReport]
     events: tuple[FailoverEvent, ...] = ()
     failovers_total: int = 0
-    data: DataUsage | None = None
+    data: DataUsage | None = _opt()
     health_check_bytes: int = 0  # mobile bytes the probes themselves used
     errors: tuple[str, ...] = ()  # configuration errors (an interface that does not exist)
-    apply_error: str | None = None
+    apply_error: str | None = _opt()
     forwards: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # counters
-    public_address: Mapping[str, str | None] | None = None  # {"local": ..., "public": ...}
-    forced: Mapping[str, Any] | None = None  # a forced uplink, its end
+    public_address: Mapping[str, str | None] | None = _opt()  # {"local": ..., "public": ...}
+    forced: Mapping[str, Any] | None = _opt()  # a forced uplink, its end
 
 
 @dataclass(frozen=True)
@@ -76,54 +87,48 @@ class DyndnsReport:
 
     name: str = ""
     provider: str = ""
-    address: str | None = None  # what the record says now, as far as we know
-    last_success: float | None = None
-    last_confirmed: float | None = None  # the periodic check saw the record right
-    last_error: str | None = None
-    next_retry: float | None = None
+    address: str | None = _opt()  # what the record says now, as far as we know
+    last_success: float | None = _opt()
+    last_confirmed: float | None = _opt()  # the periodic check saw the record right
+    last_error: str | None = _opt()
+    next_retry: float | None = _opt()
     record: str = ""  # "name A" / "name AAAA"
-    published: str | None = None
+    published: str | None = _opt()
     following: str = ""
     records: tuple[Mapping[str, Any], ...] = ()  # every record's own view
-    waiting_for: str | None = None
+    waiting_for: str | None = _opt()
 
 
 @dataclass(frozen=True)
 class ModemReport:
     """The modem's facts, with exactly the keys `modem/driver.py` writes."""
 
-    reason: str | None = None
-    port: str | None = None  # the AT port
-    data_path: str | None = None  # ppp, ncm, ecm, hilink
-    manufacturer: str | None = None
-    model: str | None = None
-    sim: str | None = None
-    signal_dbm: int | None = None
-    operator: str | None = None
-    access_tech: str | None = None  # GSM, UMTS, LTE, ...
-    registration: str | None = None  # home, roaming, searching, denied, ...
-    interface: str | None = None  # ppp0 when connected
-    address: str | None = None
-    private_address: bool | None = None  # NATed (HiLink, CGNAT): no inbound without forwarding
-    bytes_in: int | None = None
-    bytes_out: int | None = None
-    ladder_rung: str | None = None  # the recovery ladder's pending rung
+    reason: str | None = _opt()
+    port: str | None = _opt()  # the AT port
+    data_path: str | None = _opt()  # ppp, ncm, ecm, hilink
+    manufacturer: str | None = _opt()
+    model: str | None = _opt()
+    sim: str | None = _opt()
+    signal_dbm: int | None = _opt()
+    operator: str | None = _opt()
+    access_tech: str | None = _opt()  # GSM, UMTS, LTE, ...
+    registration: str | None = _opt()  # home, roaming, searching, denied, ...
+    interface: str | None = _opt()  # ppp0 when connected
+    address: str | None = _opt()
+    private_address: bool | None = _opt()  # NATed (HiLink, CGNAT): no inbound without forwarding
+    bytes_in: int | None = _opt()
+    bytes_out: int | None = _opt()
+    ladder_rung: str | None = _opt()  # the recovery ladder's pending rung
     ladder_counts: Mapping[str, int] = field(default_factory=dict)  # rung -> steps taken
-    last_error: str | None = None
+    # Rungs refused for good on this stick -> why (port power with the Ethernet adapter on the
+    # stick's ganged hub): the ladder skips them until the stick moves.
+    refused: Mapping[str, str] = field(default_factory=dict)
+    last_error: str | None = _opt()
     # The reboot budget ([recovery] reboots_per_day): reboots asked for in the last day; once
     # they reach the budget the ladder never reboots and the board stays up.
-    reboots_last_day: int | None = None
-    reboots_per_day: int | None = None
-    reboot_budget_spent: bool | None = None
-
-
-# Pi health and alerts: a value the board lacks (or the part has not seen yet) is left out of
-# the JSON, not null (`OMIT`: `failberry.status.jsonable` skips the field while it is None).
-OMIT = {"omit_none": True}
-
-
-def _opt() -> Any:
-    return field(default=None, metadata=OMIT)
+    reboots_last_day: int | None = _opt()
+    reboots_per_day: int | None = _opt()
+    reboot_budget_spent: bool | None = _opt()
 
 
 @dataclass(frozen=True)
@@ -193,7 +198,7 @@ class ChannelReport:
     dropped: int = 0
     queued: int = 0
     held: int = 0
-    last_error: str | None = None
+    last_error: str | None = _opt()
     waiting_for: str | None = _opt()  # "time: ...": an HTTPS channel waiting for the clock
 
 
@@ -225,7 +230,7 @@ class AlertsReport:
     channels: Mapping[str, ChannelReport] = field(default_factory=dict)
     recent: tuple[RecentAlert, ...] = ()
     health_check_bytes: int = 0
-    forecast: DataForecast | None = None
+    forecast: DataForecast | None = _opt()
     sms_commands: Mapping[str, int] | None = _opt()  # only with SMS commands
 
 

@@ -78,6 +78,16 @@ class RunFile:
             if json.loads(self.path.read_text())["pid"] == os.getpid():
                 self.path.unlink()
 
+    def running_pid(self) -> int | None:
+        """The pid of a live supervisor that wrote this file (whatever its config), or None:
+        no file, or a stale one whose pid is gone or is no longer failberry."""
+        try:
+            pid = int(json.loads(self.path.read_text())["pid"])
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return pid if b"failberry" in cmdline and pid != os.getpid() else None
+
     def url_for(self, config: Path) -> str | None:
         """The status URL of a live supervisor that runs `config`, or None."""
         try:

@@ -7,12 +7,13 @@ import json
 import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from failberry.errors import FailberryError
+from failberry.errors import FailberryError, UsageError
 from failberry.runfile import RunFile
 from failberry.runfile import status_url as runfile_url
 from failberry.units import human_size
@@ -163,6 +164,8 @@ def _alerts_lines(alerts: Mapping[str, Any], now: float) -> list[str]:
         for key in ("failed", "queued", "held"):
             if c.get(key):
                 text += f" {c[key]} {key}"
+        if c.get("waiting_for"):
+            text += f" (waiting for {c['waiting_for']})"
         if c.get("last_error"):
             text += f" ({c['last_error']})"
         words.append(text)
@@ -223,6 +226,10 @@ def render(doc: Mapping[str, Any], now: float | None = None) -> list[str]:
         lines.append(", ".join(words))
         if modem.get("last_error"):
             lines.append(f"  last error: {modem['last_error']}")
+        refused = modem.get("refused")
+        if isinstance(refused, Mapping) and refused:
+            lines.append("  refused for good: " + "; ".join(
+                f"{rung} ({why})" for rung, why in refused.items()))
         lines.extend(_reboot_budget_lines(modem))
     else:
         lines.append("modem: not reported")
@@ -280,12 +287,30 @@ def render(doc: Mapping[str, Any], now: float | None = None) -> list[str]:
              if isinstance(p, Mapping) and p.get("stale")]
     if stale:
         lines.append(f"not reporting: {', '.join(sorted(stale))}")
+    restarts = doc.get("restarts")
+    crashed = sorted(f"{n} {c}" for n, c in restarts.items() if isinstance(c, int) and c > 0) \
+        if isinstance(restarts, Mapping) else []
+    if crashed:
+        lines.append(f"restarts: {', '.join(crashed)} (crashed and rebuilt; see the journal)")
     return lines
+
+
+def check_url(url: str) -> str:
+    """`--url` as given, if it is an http(s) URL with a host; UsageError otherwise."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 -- raises ValueError for a port out of range or not a number
+    except ValueError:
+        ok = False
+    if not ok:
+        raise UsageError(f"--url: {url} is not an http:// URL (e.g. http://127.0.0.1:9000/status)")
+    return url
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Show the supervisor's status; exit 1 when it is not running."""
-    url = args.url or status_url(args.config)
+    url = check_url(args.url) if args.url else status_url(args.config)
     doc = fetch(url)
     if args.json:
         print(json.dumps(doc, indent=2, sort_keys=True))

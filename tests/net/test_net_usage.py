@@ -61,3 +61,25 @@ def test_a_new_period_starts_from_zero(tmp_path: Path) -> None:
     u.sample({"a": 950}, dt.date(2026, 3, 11))
     assert u.totals() == {"a": 50}
     assert not u.over_cap()  # no cap set
+
+
+def test_unchanged_counters_are_not_written_again(tmp_path: Path) -> None:
+    """SD-card wear: a Pi whose mobile link carries nothing for days must not rewrite the usage
+    file every minute; it is written at most once a minute and only when it changed."""
+    path = tmp_path / "usage.json"
+    day = dt.date(2026, 3, 15)
+    u = Usage(path, 1, cap=0)
+    u.sample({"a": 0}, day)
+    assert u.maybe_persist(now=100.0)
+    written = path.stat().st_mtime_ns
+    for minute in range(2, 60):  # an idle hour
+        u.sample({"a": 0}, day)
+        assert not u.maybe_persist(now=60.0 * minute)
+    assert not u.maybe_persist(now=4000.0, force=True)  # a stop with nothing new either
+    assert path.stat().st_mtime_ns == written
+    u.sample({"a": 10}, day)  # traffic: written at the next minute
+    assert u.maybe_persist(now=4000.0)
+    assert json.loads(path.read_text())["bytes"] == {"a": 10}
+    again = Usage(path, 1, cap=0)  # a restart reads it, and has nothing new to write
+    again.sample({"a": 10}, day)
+    assert not again.maybe_persist(now=5.0)

@@ -247,7 +247,9 @@ class DyndnsPart:
             address=main["published"], published=main["published"],
             last_success=main["last_success"], last_confirmed=main["last_confirmed"],
             last_error=main["last_error"], next_retry=main["next_retry"],
-            following=self.chooser.following(), records=tuple(views),
+            following=self.chooser.following(),
+            # a fact a record lacks (nothing published yet) is left out, not null
+            records=tuple({k: v for k, v in view.items() if v is not None} for view in views),
             waiting_for=self.waiting_for() if overall == "waiting" else
             f"time: {self._time_wait}" if self._time_wait is not None else None))
 

@@ -273,6 +273,8 @@ class UdevDiscovery:
             if found:
                 self.current = found
                 yield found
+            else:
+                LOG.info("no modem found at start; waiting for a USB stick to be plugged in")
             while True:
                 await wake.wait()
                 wake.clear()

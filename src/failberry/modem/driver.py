@@ -337,6 +337,7 @@ class Driver(AtTasks):
             registration=self.info.get("registration"), interface=s.interface,
             address=s.address, private_address=private_address(s.address), bytes_in=rx,
             bytes_out=tx, ladder_rung=rung, ladder_counts=s.ladder_counts,
+            refused={r.value: why for r, why in s.refusals},
             last_error=s.last_error or self.info.get("last_error"),
             reboots_last_day=reboots, reboots_per_day=per_day,
             reboot_budget_spent=reboots >= per_day))

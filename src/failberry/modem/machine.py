@@ -225,9 +225,9 @@ def _added(m: Machine, s: ModemState, e: Event) -> Result:
     assert isinstance(e, DeviceAdded)
     usb_path = e.usb_path or s.usb_path
     # A refusal is about what sits behind the stick's hub port: a stick elsewhere starts clean.
-    refused = s.refused if usb_path == s.usb_path else frozenset()
+    refusals = s.refusals if usb_path == s.usb_path else ()
     s = replace(s, port=e.port, data_port=e.data_port or e.port, usb_path=usb_path,
-                refused=refused)
+                refusals=refusals)
     new, acts = m.probe(s, f"modem found on {e.port}")
     return new, [CancelTimer(ABSENT_WAIT), *acts]
 
@@ -280,7 +280,8 @@ def _action_failed(m: Machine, s: ModemState, e: Event) -> Result:
         # e.g. port power refused because the Ethernet adapter shares the hub: skip the rung,
         # also after the ladder starts over, while the stick stays where it is.
         LOG.info("modem recovery: rung %s refused for good: %s", e.rung.value, e.reason)
-        s = replace(s, refused=s.refused | {e.rung})
+        if e.rung not in s.refused:
+            s = replace(s, refusals=(*s.refusals, (e.rung, e.reason)))
     return m.fail(s, f"{e.rung.value} failed: {e.reason}")
 
 

@@ -42,7 +42,7 @@ class ModemState:
     """Everything the machine remembers; replaced, never mutated."""
 
     phase: Phase = Phase.ABSENT
-    reason: str = "starting"
+    reason: str = "no modem found yet; waiting for one to be plugged in"
     port: str | None = None
     data_port: str | None = None
     usb_path: str | None = None
@@ -58,10 +58,16 @@ class ModemState:
     tries: tuple[int, ...] = field(default=(0,) * len(RUNGS))
     attempts: int = 0  # rungs performed in this climb: the backoff exponent
     pending_rung: Rung | None = None
-    refused: frozenset[Rung] = frozenset()  # refused for good on this stick (ActionFailed
-    # permanent, e.g. port power with the Ethernet adapter on the hub): never climbed again
+    # Rungs refused for good on this stick, with why (ActionFailed permanent, e.g. port power
+    # with the Ethernet adapter on the hub): never climbed again, and shown in /status.
+    refusals: tuple[tuple[Rung, str], ...] = ()
     reboots: tuple[float, ...] = ()  # wall times of reboots we asked for
     last_error: str | None = None
+
+    @property
+    def refused(self) -> frozenset[Rung]:
+        """The rungs refused for good on this stick."""
+        return frozenset(rung for rung, _ in self.refusals)
 
     @property
     def ladder_counts(self) -> dict[str, int]:

@@ -48,6 +48,7 @@ class Usage:
         self.base: dict[str, int] = {}
         self.last: dict[str, int] = {}
         self._persisted_at: float | None = None
+        self._written: str | None = None  # the file's content as we last read or wrote it
         self._load()
 
     def _load(self) -> None:
@@ -57,6 +58,7 @@ class Usage:
             totals = {str(k): int(v) for k, v in data["bytes"].items()}
             self.last = {str(k): int(v) for k, v in data.get("live", {}).items()}
             self.base = {k: v - self.last.get(k, 0) for k, v in totals.items()}
+            self._written = self._render()
         except FileNotFoundError:
             pass
         except (ValueError, KeyError, TypeError, AttributeError) as e:
@@ -91,14 +93,21 @@ class Usage:
         """The cap is set and reached."""
         return bool(self.cap) and sum(self.totals().values()) >= self.cap
 
+    def _render(self) -> str:
+        keys = sorted(set(self.base) | set(self.last))
+        return json.dumps({"period": self.period, "bytes": {k: self.total(k) for k in keys},
+                           "live": self.last}, sort_keys=True)
+
     def maybe_persist(self, now: float, force: bool = False) -> bool:
-        """Write the file if a minute has passed since the last write (or `force`)."""
+        """Write the file if it changed and a minute has passed since the last write (or
+        `force`): an idle mobile link must not rewrite the SD card every minute."""
         if not force and self._persisted_at is not None \
                 and now - self._persisted_at < PERSIST_EVERY:
             return False
-        keys = sorted(set(self.base) | set(self.last))
-        write_atomic(self.path, json.dumps({"period": self.period,
-                                            "bytes": {k: self.total(k) for k in keys},
-                                            "live": self.last}, sort_keys=True))
+        text = self._render()
+        if text == self._written:
+            return False
+        write_atomic(self.path, text)
+        self._written = text
         self._persisted_at = now
         return True

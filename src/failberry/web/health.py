@@ -118,6 +118,9 @@ def versions() -> dict[str, str]:
 PING = Response(200, b"ok\n", "text/plain; charset=utf-8")
 
 
+_OMITTED_WHEN_NONE = frozenset({"inbound_warning", "modem", "data", "dyndns"})
+
+
 def _inbound_warning(net: NetworkView | None) -> str | None:
     """The CGNAT/NAT sentence for the mobile uplink's current address, or None."""
     mobile = None if net is None else net.uplinks.get("mobile")
@@ -241,7 +244,7 @@ class HealthApp:
                 verdict = decide_uplink(net, name)
                 uplinks[name] = {"health": "ok" if verdict.ok else "fail",
                                  "active": name == net.active_uplink, **jsonable(u)}
-        return {
+        doc: dict[str, Any] = {
             "status": "ok" if v.ok else "fail",
             "reason": v.reason,
             "state": snap["state"],
@@ -265,3 +268,7 @@ class HealthApp:
                      "evicted": self.http.evicted, "timed_out": self.http.timed_out,
                      "requests": {str(k): n for k, n in sorted(self.http.requests.items())}},
         }
+        # What is absent (no modem part, no DNS name, no warning) is left out, not null;
+        # active_uplink stays: null there is the fact that no uplink works.
+        return {k: val for k, val in doc.items()
+                if val is not None or k not in _OMITTED_WHEN_NONE}
