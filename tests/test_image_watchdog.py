@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from failberry import config, statuscmd
-from failberry.image import boottest, hangtest, ipv6, qemu
+from failberry.image import boottest, hangtest, ipv6, partimage, qemu
 from failberry.image.customise import customise_rootfs
 from failberry.image.runner import Runner
 from test_image_customise import make_config, make_rootfs
@@ -247,8 +247,8 @@ def test_the_built_image_holds_the_watchdog_clock_and_ipv6_files(
         built: tuple[Path, str]) -> None:
     out, _ = built
     runner = Runner()
-    _boot, root = boottest.partitions(runner, out)
-    fs = f"{out}?offset={root.start}"
+    _boot, root = partimage.boot_and_root(out)
+    fs = f"{out}?offset={root.offset}"
 
     def cat(path: str) -> str:
         return runner.run(["debugfs", "-R", f"cat {path}", fs], capture=True).stdout.decode()
