@@ -225,6 +225,11 @@ def test_a_crashing_part_is_restarted_with_backoff(tmp_path: Path,
     assert crashed == [(logging.ERROR, f"part flaky crashed: OSError: flaky failure {i}; "
                         f"restarting it in {wait}s (restart {i})")
                        for i, wait in ((1, 0.05), (2, 0.1), (3, 0.2))]
+    # The first crash's traceback is at ERROR (for a bug report); the repeats only at DEBUG.
+    tracebacks = [r for r in caplog.records if r.getMessage() == "part flaky traceback"]
+    assert [r.levelno for r in tracebacks] == [logging.ERROR]
+    first = tracebacks[0].exc_info
+    assert first is not None and "flaky failure 1" in str(first[1])
 
 
 class _Fresh:

@@ -195,7 +195,10 @@ class Supervisor:
                 what = ("crashed" if current is not None else
                         "could not be rebuilt" if previous is not None else "could not be built")
                 why, level = f"{what}: {type(e).__name__}: {e}", logging.ERROR
-                LOG.debug("part %s traceback", name, exc_info=True)
+                # The first crash of a run of crashes carries its traceback (what a bug
+                # report needs); the ones that follow only at DEBUG, so a loop cannot flood.
+                LOG.log(logging.ERROR if failures == 0 else logging.DEBUG,
+                        "part %s traceback", name, exc_info=True)
             if loop.time() - started >= t.stable_after:
                 failures = 0
             failures += 1
