@@ -104,6 +104,17 @@ def test_missing_image_is_a_usage_error(tmp_path: Path) -> None:
     assert "nope.img: no such image file" in proc.stderr
 
 
+@pytest.mark.parametrize("command", [["flash", "{d}", "/dev/null", "--yes"],
+                                     ["boot-test", "{d}"]])
+def test_a_directory_for_the_image_says_so(tmp_path: Path, command: list[str]) -> None:
+    # e.g. the output directory of a build instead of the image in it
+    proc = run_cli([a.format(d=tmp_path) for a in command])
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"failberry: error: {tmp_path}: is a directory; give the image file "
+        f"(e.g. {tmp_path}/failberry.img)"]
+
+
 def test_block_map_is_parsed(tmp_path: Path) -> None:
     bmap = tmp_path / "x.bmap"
     bmap.write_text("""<?xml version="1.0" ?>

@@ -22,7 +22,7 @@ from pathlib import Path
 from failberry import config as config_mod
 from failberry.config import Config
 from failberry.errors import UsageError
-from failberry.image.partimage import Partition, boot_and_root
+from failberry.image.partimage import Partition, boot_and_root, require_image
 from failberry.image.qemu import (
     BootFiles,
     BootTestError,
@@ -245,10 +245,7 @@ def boot_test(opts: BootTestOptions, runner: Runner | None = None) -> BootReport
     """Boot the image, check health and SSH, power off; the report says what happened."""
     runner = runner or Runner()
     image = opts.image.resolve()
-    if not image.is_file():
-        raise UsageError(f"{opts.image}: no such image file")
-    if image.suffix == ".xz":
-        raise UsageError(f"{opts.image}: decompress it first (`xz -dk {opts.image}`)")
+    require_image(image, opts.image)
     parts = boot_and_root(image)
     cfg = image_config(runner, image, parts[1])
     key = opts.ssh_key or default_key(image, cfg)

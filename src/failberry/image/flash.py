@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from failberry.errors import FailberryError, UsageError
+from failberry.image.partimage import require_image
 from failberry.units import human_size
 
 LOG = logging.getLogger(__name__)
@@ -293,10 +294,7 @@ def flash(image: Path, device_path: Path, *, yes: bool, allow_large: bool,
           confirm: Confirm = ask_terminal, system: System | None = None,
           progress: Callable[[int, int], None] | None = None) -> str:
     """Check, confirm, write and verify; returns the SHA-256 of the bytes written."""
-    if not image.is_file():
-        raise UsageError(f"{image}: no such image file")
-    if image.suffix == ".xz":
-        raise UsageError(f"{image}: compressed; decompress it first (xz -dk {image})")
+    require_image(image)
     device = check_device(device_path, allow_large=allow_large, system=system)
     bmap_path = image.with_name(image.name + ".bmap")
     bmap = read_bmap(bmap_path) if bmap_path.is_file() else None

@@ -11,7 +11,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from failberry.errors import FailberryError
+from failberry.errors import FailberryError, UsageError
 from failberry.image.runner import run
 
 LOG = logging.getLogger(__name__)
@@ -55,6 +55,18 @@ def read_mbr(image: Path) -> list[Partition]:
         if ptype and sectors:
             parts.append(Partition(i + 1, ptype, start * SECTOR, sectors * SECTOR))
     return parts
+
+
+def require_image(path: Path, shown: Path | None = None) -> None:
+    """UsageError unless `path` is an uncompressed image file (`shown`: the name the user
+    gave, for the message)."""
+    name = shown or path
+    if path.is_dir():
+        raise UsageError(f"{name}: is a directory; give the image file (e.g. {name}/failberry.img)")
+    if not path.is_file():
+        raise UsageError(f"{name}: no such image file")
+    if path.suffix == ".xz":
+        raise UsageError(f"{name}: compressed; decompress it first (`xz -dk {name}`)")
 
 
 def boot_and_root(image: Path) -> tuple[Partition, Partition]:
