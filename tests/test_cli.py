@@ -121,3 +121,19 @@ def test_secrets_in_a_world_readable_config_are_warned_about(tmp_path: Path) -> 
     key.chmod(0o640)
     proc = run_cli(["config", "check", "-c", str(cfg)])
     assert proc.returncode == 0 and "warning" not in proc.stderr
+
+
+def test_a_world_readable_config_with_a_webhook_url_is_warned_about(tmp_path: Path) -> None:
+    # A Slack hook URL or an ntfy topic is all it takes to post (or read) the alerts.
+    cfg = tmp_path / "failberry.toml"
+    hook = "https://hooks.slack.com/services/T0/B0/abcdefsecret"
+    cfg.write_text(f'[modem]\napn = "internet"\n[alerts]\nwebhooks = ["slack {hook}"]\n')
+    cfg.chmod(0o644)
+    proc = run_cli(["config", "check", "-c", str(cfg)])
+    assert proc.returncode == 0, proc.stderr
+    assert [ln for ln in proc.stderr.splitlines() if "warning" in ln] == [
+        f"failberry: warning: {cfg} holds secrets (alerts.webhooks) and every user can read it "
+        f"(mode 0644); chmod 600 {cfg}"]
+    assert "abcdefsecret" not in proc.stdout + proc.stderr
+    cfg.chmod(0o600)
+    assert "warning" not in run_cli(["config", "check", "-c", str(cfg)]).stderr

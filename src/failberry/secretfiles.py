@@ -60,6 +60,11 @@ def exposed(config_path: Path, cfg: Any) -> list[str]:
             file = Path(os.path.expanduser(table[f"{key}_file"]))
             file = file if file.is_absolute() else config_path.parent / file
             files.setdefault(file, []).append(f"{path}_file")
+    # A webhook's URL is a capability (a Slack hook or an ntfy topic is all it takes to post
+    # alerts or read them), though not a Secret-typed key: the config holding one counts.
+    alerts = raw.get("alerts")
+    if isinstance(alerts, dict) and alerts.get("webhooks"):
+        files.setdefault(config_path, []).append("alerts.webhooks")
     out = []
     for file, keys in files.items():
         mode = _world_readable(file)
