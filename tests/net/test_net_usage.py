@@ -61,3 +61,22 @@ def test_a_new_period_starts_from_zero(tmp_path: Path) -> None:
     u.sample({"a": 950}, dt.date(2026, 3, 11))
     assert u.totals() == {"a": 50}
     assert not u.over_cap()  # no cap set
+
+
+def test_unchanged_counters_are_not_written_again(tmp_path: Path) -> None:
+    # An idle Pi's counters do not move: rewriting the same file each minute only wears the
+    # SD card (issue 18).
+    path = tmp_path / "usage.json"
+    day = dt.date(2026, 3, 15)
+    u = Usage(path, 1, cap=0)
+    u.sample({"a": 0}, day)
+    u.sample({"a": 400}, day)
+    assert u.maybe_persist(now=100.0)
+    inode = path.stat().st_ino
+    u.sample({"a": 400}, day)
+    assert not u.maybe_persist(now=200.0)
+    assert not u.maybe_persist(now=300.0, force=True)
+    assert path.stat().st_ino == inode
+    u.sample({"a": 401}, day)
+    assert u.maybe_persist(now=400.0)
+    assert path.stat().st_ino != inode
