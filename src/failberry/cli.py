@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--machine", choices=["virt", "raspi2b", "raspi3b"], default="virt",
                    help="virt (either architecture), raspi2b (armhf), raspi3b (arm64)")
     t.add_argument("--ssh-key", type=Path, help="private key for the admin login")
+    t.add_argument("--idle-window", type=float, default=60.0, metavar="SECONDS",
+                   help="measure the idle guest's disk writes this long (0: skip)")
+    t.add_argument("--exec", dest="execs", action="append", default=[], metavar="CMD",
+                   help="run CMD in the guest over SSH after the checks and show its output "
+                        "(repeatable; a non-zero exit fails the test)")
     t.set_defaults(func=_handler("failberry.image.commands", "cmd_boot_test"))
 
     c = sub.add_parser("config", help="config tools")

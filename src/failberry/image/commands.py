@@ -327,7 +327,8 @@ def cmd_boot_test(args: argparse.Namespace) -> int:
     # SIGTERM unwinds like Ctrl-C, so QEMU is stopped and the scratch directory removed.
     signal.signal(signal.SIGTERM, _interrupt)
     report = boot_test(BootTestOptions(
-        image=args.image, timeout=args.timeout, machine=args.machine, ssh_key=args.ssh_key))
+        image=args.image, timeout=args.timeout, machine=args.machine, ssh_key=args.ssh_key,
+        idle_window=args.idle_window, execs=tuple(args.execs)))
     print(report.render())
     if not report.ok:
         sys.stdout.flush()

@@ -347,6 +347,10 @@ def customise_rootfs(cfg: Config, root: Path, *, source_dir: Path, out_dir: Path
     set_timezone(tree, cfg)
     add_admin(tree, cfg, keys)
     clear_identity(tree)
+    from failberry.image import upkeep  # it builds on this module's Tree
+
+    upkeep.configure_upkeep(tree, cfg)
+    upkeep.compile_package(tree)
     entries = tuple(tree.entries[p] for p in sorted(tree.entries))
     LOG.info("customised %s: %d paths written, %d removed", root, len(entries),
              len(tree.removed))
