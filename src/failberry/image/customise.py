@@ -227,7 +227,8 @@ def enable_unit(tree: Tree, unit: str, source: str, target: str = "multi-user.ta
 
 def install_units(tree: Tree, debs: Sequence[Path] = ()) -> None:
     """failberryd and the first-boot unit, enabled; `debs` for it to install offline."""
-    tree.write(f"{UNIT_DIR}/{render.SERVICE_UNIT}", render.failberryd_service())
+    tree.write(f"{UNIT_DIR}/{render.SERVICE_UNIT}",
+               render.failberryd_service(after_firstboot=bool(debs)))
     tree.write(f"{UNIT_DIR}/{render.FIRSTBOOT_UNIT}", render.firstboot_service())
     tree.write("/usr/lib/failberry/firstboot", render.firstboot_script(), 0o755)
     tree.mkdir(render.DEB_DIR)

@@ -22,7 +22,7 @@ DISKS = "/sys/block/vd* /sys/block/mmcblk[0-9] /sys/block/mmcblk[0-9][0-9] /sys/
 FACTS = """\
 echo @@watchdog
 for w in /sys/class/watchdog/watchdog*; do
-    [ -r "$w/identity" ] && echo "${w##*/}: $(cat "$w/identity")"
+    if [ -r "$w/identity" ]; then echo "${w##*/}: $(cat "$w/identity")"; fi
 done
 echo @@swap
 tail -n +2 /proc/swaps
@@ -40,7 +40,8 @@ cut -d' ' -f1 /proc/uptime
 def writes_script(window: float) -> str:
     """Sectors written by every disk, `window` seconds apart (one session: the login's own
     writes come before the first reading)."""
-    read = f"for d in {DISKS}; do [ -r $d/stat ] && echo ${{d##*/}} $(cat $d/stat); done"
+    read = (f"for d in {DISKS}; do if [ -r $d/stat ]; then echo ${{d##*/}} $(cat $d/stat); "
+            "fi; done")
     return f"echo @@before; {read}; sleep {window:g}; echo @@after; {read}"
 
 
