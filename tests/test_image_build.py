@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+import upkeep_guest
 from conftest import ROOT, SSH_KEY, run_cli
 from failberry import config
 from failberry.errors import CommandFailed, UsageError
@@ -493,9 +494,12 @@ def test_second_build_from_the_same_inputs_is_byte_identical(built: tuple[Path, 
 def test_boot_test_reaches_health_and_logs_in_with_the_key_only(built: tuple[Path, str],
                                                                admin_key: Path) -> None:
     out, _ = built
-    res = run_cli(["boot-test", str(out), "--ssh-key", str(admin_key), "--timeout", "400"],
-                  timeout=800)
+    # The same boot also proves the security-update configuration (issue 18): a dry run of
+    # unattended-upgrade against repositories made in the guest (upkeep_guest.DRY_RUN).
+    res = run_cli(["boot-test", str(out), "--ssh-key", str(admin_key), "--timeout", "400",
+                   "--exec", upkeep_guest.DRY_RUN], timeout=800)
     assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-3000:]
+    upkeep_guest.check_report(res.stdout)
     assert re.search(r"/health: HTTP (200|503) \{", res.stdout), res.stdout
     assert "failberry status (exit" in res.stdout
     # QEMU's virt board has none of the Pi's power, thermal or SD-card sources: the Pi-health

@@ -192,6 +192,19 @@ def test_security_updates_off_masks_the_timers(tmp_path: Path) -> None:
     assert not (root / "etc/systemd/system/failberry-reboot.timer").exists()
 
 
+def test_ifupdown_which_configures_nothing_is_off_the_boot_path(tmp_path: Path) -> None:
+    tree = Tree(tmp_path)
+    image_upkeep.mask_slow_unused_units(tree)
+    for unit in ("networking.service", "ifupdown-pre.service"):
+        assert (tmp_path / "etc/systemd/system" / unit).readlink() == Path("/dev/null")
+
+
+def test_a_long_exec_command_is_shortened_in_the_report() -> None:
+    report = guestreport.GuestReport(execs=[("\nset -eu\nwork=$(mktemp -d)\n", 0, "fine")])
+    assert "  exec 'set -eu...' (exit 0):" in report.render()
+    assert guestreport.short("true") == "'true'"
+
+
 def test_the_journal_lives_in_ram_and_is_saved_hourly_and_at_shutdown() -> None:
     overlay = ROOT / "rootfs-overlay/etc/systemd"
     conf = (overlay / "journald.conf.d/90-failberry.conf").read_text()

@@ -5,6 +5,8 @@ against them. The image's configuration must pick the security update and only t
 
 from __future__ import annotations
 
+import re
+
 FIX, OTHER = "failberry-test-fix", "failberry-test-other"
 
 DRY_RUN = r"""
@@ -47,3 +49,16 @@ sudo unattended-upgrade --dry-run --debug 2>&1 |
 sudo dpkg --purge FIX OTHER >/dev/null
 sudo rm $list
 """.replace("FIX", FIX).replace("OTHER", OTHER)
+
+
+def check_report(out: str) -> None:
+    """What boot-test printed about the guest (issue 18), and the dry run's verdict."""
+    assert re.search(r"^  watchdog: \S", out, re.MULTILINE), out  # a device, or "none"
+    assert "  swap: none" in out, out
+    assert re.search(r"^  root mount: \S*noatime", out, re.MULTILINE), out
+    assert re.search(r"failberryd start -> /health: -?\d+\.\ds", out), out
+    assert re.search(r"idle writes: .+ in 60s, .+/day", out), out
+    assert re.search(r"critical chain .*:\n    failberryd\.service", out), out
+    assert "Allowed origins are: origin=Debian,codename=bookworm-security," \
+           "label=Debian-Security\n" in out, out
+    assert f"Packages that will be upgraded: {FIX}\n" in out, out

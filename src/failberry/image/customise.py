@@ -351,6 +351,7 @@ def customise_rootfs(cfg: Config, root: Path, *, source_dir: Path, out_dir: Path
     from failberry.image import upkeep  # it builds on this module's Tree
 
     upkeep.configure_upkeep(tree, cfg)
+    upkeep.mask_slow_unused_units(tree)
     upkeep.compile_package(tree)
     entries = tuple(tree.entries[p] for p in sorted(tree.entries))
     LOG.info("customised %s: %d paths written, %d removed", root, len(entries),

@@ -45,6 +45,14 @@ def writes_script(window: float) -> str:
     return f"echo @@before; {read}; sleep {window:g}; echo @@after; {read}"
 
 
+def short(cmd: str, width: int = 60) -> str:
+    """A command for a report line: its first non-blank line, cut to `width`."""
+    lines = [line.strip() for line in cmd.splitlines() if line.strip()]
+    first = lines[0] if lines else ""
+    more = len(lines) > 1 or len(first) > width
+    return repr(first[:width] + ("..." if more else ""))
+
+
 def sections(text: str) -> dict[str, list[str]]:
     """The script's output split at its "@@name" lines."""
     out: dict[str, list[str]] = {}
@@ -104,7 +112,7 @@ class GuestReport:
             lines.append("  critical chain (systemd-analyze critical-chain failberryd.service):")
             lines += [f"    {line}" for line in self.chain[:30]]
         for cmd, code, output in self.execs:
-            lines.append(f"  exec {cmd} (exit {code}):")
+            lines.append(f"  exec {short(cmd)} (exit {code}):")
             lines += [f"    {line}" for line in output.splitlines()[-60:]]
         lines += [f"  problem: {p}" for p in self.problems]
         return lines

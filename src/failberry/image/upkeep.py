@@ -114,6 +114,19 @@ WantedBy=timers.target
 """
 
 
+# ifupdown's networking.service orders itself before network.target, which failberryd waits
+# for, and first waits for udev's coldplug (ifupdown-pre): 30-60 s of a boot under QEMU, for
+# an /etc/network/interfaces with nothing in it. systemd-networkd configures the LAN and
+# systemd brings up lo; ifupdown stays installed for an admin who wants it (unmask both).
+SLOW_UNUSED_UNITS = ("networking.service", "ifupdown-pre.service")
+
+
+def mask_slow_unused_units(tree: Tree) -> None:
+    """Units on failberryd's critical path that configure nothing on a failberry image."""
+    for unit in SLOW_UNUSED_UNITS:
+        tree.symlink(f"{UNIT_DIR}/{unit}", "/dev/null")
+
+
 def configure_upkeep(tree: Tree, cfg: Config) -> None:
     """Security updates, the metered-link guard and the reboot timer, or all of it off."""
     image = cfg.image
