@@ -497,7 +497,8 @@ def test_boot_test_reaches_health_and_logs_in_with_the_key_only(built: tuple[Pat
     # The same boot also proves the security-update configuration (issue 18): a dry run of
     # unattended-upgrade against repositories made in the guest (upkeep_guest.DRY_RUN).
     res = run_cli(["boot-test", str(out), "--ssh-key", str(admin_key), "--timeout", "400",
-                   "--exec", upkeep_guest.DRY_RUN], timeout=800)
+                   "--exec", upkeep_guest.DRY_RUN, "--exec", upkeep_guest.JOURNAL_SAVE],
+                  timeout=800)
     assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-3000:]
     upkeep_guest.check_report(res.stdout)
     assert re.search(r"/health: HTTP (200|503) \{", res.stdout), res.stdout

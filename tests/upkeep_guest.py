@@ -50,6 +50,11 @@ sudo dpkg --purge FIX OTHER >/dev/null
 sudo rm $list
 """.replace("FIX", FIX).replace("OTHER", OTHER)
 
+# The journal is in RAM; its saver appends it to the card (what the hourly timer runs).
+JOURNAL_SAVE = ("sudo systemctl start failberry-journal-save.service && "
+                "sudo grep -q 'supervisor running' /var/log/failberry/journal.log && echo saved && "
+                "sudo find /var/log/journal -name '*.journal' | wc -l")
+
 
 def check_report(out: str) -> None:
     """What boot-test printed about the guest (issue 18), and the dry run's verdict."""
@@ -62,3 +67,6 @@ def check_report(out: str) -> None:
     assert "Allowed origins are: origin=Debian,codename=bookworm-security," \
            "label=Debian-Security\n" in out, out
     assert f"Packages that will be upgraded: {FIX}\n" in out, out
+    # failberryd's line saved, and no journal file on the card
+    assert re.search(r"exec 'sudo systemctl start failberry-journal-save.+ \(exit 0\):\n"
+                     r"    saved\n    0\n", out), out
