@@ -173,7 +173,8 @@ def test_customised_raspberry_pi_os_image_boots_with_key_only_ssh(work: Path) ->
     assert out.is_file() and out.with_name(out.name + ".sha256").is_file()
     base.unlink()  # room on the disk for QEMU's snapshot
 
-    boot = run_cli(["boot-test", str(out), "--ssh-key", str(key), "--timeout", "400"],
+    boot = run_cli(["boot-test", str(out), "--ssh-key", str(key), "--timeout", "400",
+                    "--idle-window", "0"],
                    timeout=800)
     text = boot.stdout
     assert boot.returncode == 0, text[:1500] + text[-5000:] + boot.stderr[-3000:]

@@ -63,7 +63,8 @@ def test_rpi2_image_has_the_pi_2_kernel_device_tree_and_console(rpi2_built: Path
 @pytest.mark.timeout(900)
 def test_rpi2_image_boots_under_qemu_virt_with_health_and_key_login(rpi2_built: Path,
                                                                     rpi2_key: Path) -> None:
-    res = run_cli(["boot-test", str(rpi2_built), "--ssh-key", str(rpi2_key), "--timeout", "400"],
+    res = run_cli(["boot-test", str(rpi2_built), "--ssh-key", str(rpi2_key), "--timeout", "400",
+                   "--idle-window", "0"],
                   timeout=800)
     assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-3000:]
     assert "boot-test (virt, armhf): ok" in res.stdout

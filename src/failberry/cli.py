@@ -84,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="SECONDS",
                    help="after the checks, panic the guest's kernel and require a watchdog "
                         "reset within SECONDS (default 120) of the panic")
+    t.add_argument("--idle-window", type=float, default=60.0, metavar="SECONDS",
+                   help="measure the idle guest's disk writes this long (0: skip)")
+    t.add_argument("--exec", dest="execs", action="append", default=[], metavar="CMD",
+                   help="run CMD in the guest over SSH after the checks and show its output "
+                        "(repeatable; a non-zero exit fails the test)")
     t.set_defaults(func=_handler("failberry.image.commands", "cmd_boot_test"))
 
     c = sub.add_parser("config", help="config tools")

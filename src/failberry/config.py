@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from failberry import checks
+from failberry import upkeep as _upkeep
 from failberry.alerts import spec as alert_spec
 from failberry.config_dyndns import DnsProvider as DnsProvider  # noqa: PLC0414 (re-exported)
 from failberry.config_dyndns import Dyndns2Config as Dyndns2Config  # noqa: PLC0414
@@ -85,6 +86,13 @@ class ImageConfig:
     hostname: str = opt("failberry", _str(checks.hostname_label))
     size: int = opt(parse_size("1GiB"), _size)
     extra_packages: tuple[str, ...] = opt((), _str_list(checks.deb_package))
+    security_updates: bool = opt(True, doc="unattended-upgrades installs Debian security "
+                                 "updates daily")
+    reboot_window: str = opt("03:00-05:00", _optional_str(_upkeep.parse_window),
+                             doc="local time when an upgrade may reboot the Pi (never while the "
+                             "mobile link is active); empty: never")
+    updates_over_mobile: bool = opt(False, doc="let apt download while the mobile (metered) "
+                                    "link is the active uplink")
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from pathlib import Path
 from failberry import config as config_mod
 from failberry.config import Config
 from failberry.errors import UsageError
+from failberry.image import guestreport
 from failberry.image.partimage import Partition, boot_and_root, require_image
 from failberry.image.qemu import (
     BootFiles,
@@ -72,6 +73,10 @@ class BootTestOptions:
     # --hang-kernel: after the checks, hang the guest kernel; the watchdog must reset it
     # within this many seconds of the panic (image/hangtest.py).
     hang_kernel: float | None = None
+    # Seconds of idle disk writes to measure once the checks pass (0: none); commands to run
+    # in the guest after that, their output shown.
+    idle_window: float = 60.0
+    execs: tuple[str, ...] = ()
 
 
 @dataclass
@@ -89,6 +94,7 @@ class BootReport:
     hang: str = ""  # --hang-kernel's finding (image/hangtest.py)
     console: list[str] = field(default_factory=list)
     failure: str = ""
+    guest: guestreport.GuestReport | None = None
 
     @property
     def ok(self) -> bool:
@@ -112,6 +118,8 @@ class BootReport:
             lines.append(f"  password login: {self.password_login}")
         if self.note:
             lines.append(f"  note: {self.note}")
+        if self.guest is not None:
+            lines += self.guest.render()
         if self.hang:
             lines.append(f"  {self.hang}")
         if self.failure:
@@ -182,6 +190,7 @@ class Console:
         self.report = report
         self._clock = clock
         self._start = clock()
+        self.started = self._start
         self._lock = threading.Lock()
         self._seen: set[str] = set()
         self.kernel_spoke = False
@@ -377,6 +386,27 @@ def _checks(guest: _Guest, report: BootReport, opts: BootTestOptions) -> None:
         report.password_login = f"refused (server offers only: {offered.group(1)})"
     else:
         report.failure = f"password login not clearly refused: {res.stderr_tail[-200:]}"
+        return
+    _guest_report(guest, report, opts)
+
+
+def _guest_report(guest: _Guest, report: BootReport, opts: BootTestOptions) -> None:
+    """Watchdog, critical chain, start to /health, idle writes, and --exec, over SSH."""
+    key = guest.key
+    assert key is not None
+
+    def ssh(argv: list[str], timeout: float) -> tuple[int, str, str]:
+        res = guest.runner.run([*ssh_argv(key, guest.ssh_port, guest.cfg.admin.user), *argv],
+                               capture=True, check=False, timeout=timeout)
+        return res.returncode, res.stdout.decode("utf-8", "replace"), res.stderr_tail
+
+    health = report.seconds_to("/health answered")
+    host_health = None if health is None else guest.console.started + health
+    report.guest = guestreport.collect(ssh, host_health=host_health,
+                                       idle_window=opts.idle_window, execs=opts.execs)
+    failed = [f"{cmd!r} exited {code}" for cmd, code, _ in report.guest.execs if code != 0]
+    if failed:
+        report.failure = "--exec: " + ", ".join(failed)
 
 
 def _power_off(guest: _Guest, report: BootReport) -> None:

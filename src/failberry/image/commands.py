@@ -318,7 +318,8 @@ def cmd_boot_test(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     report = boot_test(BootTestOptions(
         image=args.image, timeout=args.timeout, machine=args.machine, ssh_key=args.ssh_key,
-        hang_kernel=args.hang_kernel))
+        hang_kernel=args.hang_kernel, idle_window=args.idle_window,
+        execs=tuple(args.execs)))
     print(report.render())
     if not report.ok:
         sys.stdout.flush()

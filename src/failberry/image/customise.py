@@ -231,7 +231,8 @@ def enable_unit(tree: Tree, unit: str, source: str, target: str = "multi-user.ta
 
 def install_units(tree: Tree, debs: Sequence[Path] = ()) -> None:
     """failberryd and the first-boot unit, enabled; `debs` for it to install offline."""
-    tree.write(f"{UNIT_DIR}/{render.SERVICE_UNIT}", render.failberryd_service())
+    tree.write(f"{UNIT_DIR}/{render.SERVICE_UNIT}",
+               render.failberryd_service(after_firstboot=bool(debs)))
     tree.write(f"{UNIT_DIR}/{render.FIRSTBOOT_UNIT}", render.firstboot_service())
     tree.write("/usr/lib/failberry/firstboot", render.firstboot_script(), 0o755)
     tree.mkdir(render.DEB_DIR)
@@ -242,6 +243,10 @@ def install_units(tree: Tree, debs: Sequence[Path] = ()) -> None:
     # Debian's openssh-server enables ssh itself; Raspberry Pi OS only with a boot-partition
     # flag file. Enabling it here makes both the same.
     enable_unit(tree, "ssh.service", SYSTEM_UNITS)
+    # The in-RAM journal's copy on the card (the overlay's units): saved by a timer and at
+    # shutdown. Enabled here, not as overlay symlinks, which a wheel would turn into files.
+    enable_unit(tree, "failberry-journal-save.timer", UNIT_DIR, "timers.target")
+    enable_unit(tree, "failberry-journal-shutdown.service", UNIT_DIR)
 
 
 def configure_network(tree: Tree, cfg: Config) -> None:
@@ -353,6 +358,11 @@ def customise_rootfs(cfg: Config, root: Path, *, out_dir: Path, debs: Sequence[P
     set_timezone(tree, cfg)
     add_admin(tree, cfg, keys)
     clear_identity(tree)
+    from failberry.image import upkeep  # it builds on this module's Tree
+
+    upkeep.configure_upkeep(tree, cfg)
+    upkeep.mask_slow_unused_units(tree)
+    upkeep.compile_package(tree)
     entries = tuple(tree.entries[p] for p in sorted(tree.entries))
     LOG.info("customised %s: %d paths written, %d removed", root, len(entries),
              len(tree.removed))

@@ -16,13 +16,16 @@ SERVICE_UNIT = "failberryd.service"
 WATCHDOG_SEC = 30
 
 
-def failberryd_service() -> str:
-    """The supervisor's unit: notify, watchdog, always restarted."""
+def failberryd_service(*, after_firstboot: bool = True) -> str:
+    """The supervisor's unit: notify, watchdog, always restarted. It waits for the first-boot
+    unit only when that installs packages it needs (the base-image path); otherwise both run
+    at once (host keys and growing the root need nothing of the supervisor's)."""
+    after = f"network.target {FIRSTBOOT_UNIT}" if after_firstboot else "network.target"
     return f"""\
 [Unit]
 Description=failberry supervisor (mobile backup link, failover, health endpoint)
 Documentation=file:///usr/share/doc/failberry/README.md
-After=network.target {FIRSTBOOT_UNIT}
+After={after}
 Wants=network.target
 # A boot loop must not stop the router from coming back: never give up restarting.
 StartLimitIntervalSec=0
@@ -48,7 +51,7 @@ def firstboot_service() -> str:
 Description=failberry first boot: host keys, machine id, random seed, grow root, packages
 ConditionPathExists=!{FIRSTBOOT_MARKER}
 After=local-fs.target systemd-remount-fs.service
-Before=ssh.service ssh.socket {SERVICE_UNIT} avahi-daemon.service
+Before=ssh.service ssh.socket avahi-daemon.service
 Wants=local-fs.target
 
 [Service]
