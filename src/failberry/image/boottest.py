@@ -11,18 +11,17 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from failberry import config as config_mod
 from failberry.config import Config
 from failberry.errors import UsageError
 from failberry.image import guestreport
+from failberry.image.bootreport import BootReport, Console
 from failberry.image.partimage import Partition, boot_and_root, require_image
 from failberry.image.qemu import (
     BootFiles,
@@ -38,27 +37,6 @@ LOG = logging.getLogger(__name__)
 
 CONFIG_IN_IMAGE = "/etc/failberry/failberry.toml"
 # Console lines that mark the boot's progress, in the order they appear.
-MILESTONES = (
-    ("kernel", re.compile(r"Booting Linux on physical CPU")),
-    ("initramfs", re.compile(r"Run /init as init process|Loading, please wait")),
-    ("root mounted", re.compile(r"EXT4-fs \(\w+\): mounted filesystem")),
-    ("systemd", re.compile(r"systemd\[1\]: systemd \d+|Welcome to .*Debian")),
-    # systemd started the unit (its status lines ellipsize long names)...
-    ("failberryd started", re.compile(r"Started failberryd")),
-    # ...and failberryd's own "supervisor running" line, which reaches the console through
-    # journald on the Pi models (systemd.journald.forward_to_console=1): the proof there
-    # that the supervisor runs, not only that systemd launched it.
-    ("failberryd", re.compile(r"supervisor running \(failberry ")),
-    ("multi-user", re.compile(r"Reached target multi-user\.target")),
-)
-# A kernel line: printk's time stamp, or the first line Linux prints.
-KERNEL_LINE = re.compile(r"^\[\s*\d+\.\d+\]|Booting Linux on physical CPU")
-# The guest kernel crashed: the boot will not come back from it.
-KERNEL_CRASH = re.compile(r"Internal error: Oops|Kernel panic - not syncing|"
-                          r"Unable to handle kernel (NULL pointer|paging request)")
-CONSOLE_TAIL = 80
-
-
 @dataclass(frozen=True)
 class BootTestOptions:
     """What to boot and how long to wait."""
@@ -77,56 +55,6 @@ class BootTestOptions:
     # in the guest after that, their output shown.
     idle_window: float = 60.0
     execs: tuple[str, ...] = ()
-
-
-@dataclass
-class BootReport:
-    """What happened: milestones with seconds since QEMU started, the checks, the console."""
-
-    machine: str
-    milestones: list[tuple[str, float]] = field(default_factory=list)
-    health: str = ""
-    health_status: int = 0
-    status_output: str = ""
-    status_exit: int | None = None
-    password_login: str = ""
-    note: str = ""
-    hang: str = ""  # --hang-kernel's finding (image/hangtest.py)
-    console: list[str] = field(default_factory=list)
-    failure: str = ""
-    guest: guestreport.GuestReport | None = None
-
-    @property
-    def ok(self) -> bool:
-        """Health answered, and the admin's key logged in and ran `failberry status`."""
-        return not self.failure
-
-    def seconds_to(self, name: str) -> float | None:
-        """When a milestone was reached, if it was."""
-        return next((t for n, t in self.milestones if n == name), None)
-
-    def render(self) -> str:
-        """The timeline, the check results, and the console's end when something failed."""
-        lines = [f"boot-test ({self.machine}): {'ok' if self.ok else 'FAILED'}"]
-        lines += [f"  {t:6.1f}s  {name}" for name, t in self.milestones]
-        if self.health:
-            lines.append(f"  /health: HTTP {self.health_status} {self.health}")
-        if self.status_exit is not None:
-            lines.append(f"  failberry status (exit {self.status_exit}):")
-            lines += [f"    {line}" for line in self.status_output.splitlines()[:40]]
-        if self.password_login:
-            lines.append(f"  password login: {self.password_login}")
-        if self.note:
-            lines.append(f"  note: {self.note}")
-        if self.guest is not None:
-            lines += self.guest.render()
-        if self.hang:
-            lines.append(f"  {self.hang}")
-        if self.failure:
-            lines.append(f"  failure: {self.failure}")
-            lines.append(f"  console (last {CONSOLE_TAIL} lines):")
-            lines += [f"    | {line}" for line in self.console[-CONSOLE_TAIL:]]
-        return "\n".join(lines)
 
 
 def parse_config_txt(text: str) -> tuple[str, str]:
@@ -181,47 +109,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-class Console:
-    """Collects QEMU's serial output and notes when each milestone first shows."""
-
-    def __init__(self, report: BootReport, clock: Callable[[], float] = time.monotonic) -> None:
-        self.report = report
-        self._clock = clock
-        self._start = clock()
-        self.started = self._start
-        self._lock = threading.Lock()
-        self._seen: set[str] = set()
-        self.kernel_spoke = False
-        self.crash = ""
-
-    def line(self, text: str) -> None:
-        """Feed one console line."""
-        text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
-        with self._lock:
-            self.report.console.append(text)
-            self.kernel_spoke = self.kernel_spoke or bool(KERNEL_LINE.search(text))
-            if not self.crash and KERNEL_CRASH.search(text):
-                self.crash = text.strip()
-            for name, pattern in MILESTONES:
-                if name not in self._seen and pattern.search(text):
-                    self._seen.add(name)
-                    t = self._clock() - self._start
-                    self.report.milestones.append((name, t))
-                    LOG.info("boot: %s after %.1fs", name, t)
-
-    def silent_for(self, limit: float) -> bool:
-        """True once `limit` seconds have passed without a single kernel line."""
-        return not self.kernel_spoke and self._clock() - self._start >= limit
-
-    def mark(self, name: str) -> float:
-        """Record a milestone seen from outside the console (health, SSH)."""
-        with self._lock:
-            t = self._clock() - self._start
-            self.report.milestones.append((name, t))
-        LOG.info("boot: %s after %.1fs", name, t)
-        return t
 
 
 def get_health(port: int, timeout: float = 3.0) -> tuple[int, str] | None:
