@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SSH_KEY
+from conftest import ROOT, SSH_KEY
 from failberry import config, upkeep
 from failberry.errors import ConfigError
 from failberry.image import guestreport
@@ -74,6 +74,10 @@ def test_apt_fetches_only_when_the_mobile_link_is_not_carrying_the_traffic() -> 
     assert not upkeep.may_fetch("mobile", over_mobile=False)[0]
     assert not upkeep.may_fetch(None, over_mobile=False)[0]  # unknown counts as metered
     assert upkeep.may_fetch("mobile", over_mobile=True)[0]
+    # Sidecar mode: the mobile link is the Pi's only uplink, always the active one; holding
+    # updates for a wired uplink would hold them for ever (the shipped default is sidecar).
+    ok, why = upkeep.may_fetch("mobile", over_mobile=False, sidecar=True)
+    assert ok and "sidecar" in why
 
 
 def test_a_reboot_needs_a_request_the_window_and_a_non_mobile_uplink() -> None:
@@ -89,6 +93,11 @@ def test_a_reboot_needs_a_request_the_window_and_a_non_mobile_uplink() -> None:
         due, reason = upkeep.reboot_due(required=required, window=window, now=now,
                                         active_uplink=active)
         assert not due and why in reason
+    # Sidecar: the window alone decides (the mobile link is always the active uplink there).
+    assert upkeep.reboot_due(required=True, window="03:00-05:00", now=night,
+                             active_uplink="mobile", sidecar=True)[0]
+    assert not upkeep.reboot_due(required=True, window="03:00-05:00", now=noon,
+                                 active_uplink="mobile", sidecar=True)[0]
 
 
 class _Status(http.server.BaseHTTPRequestHandler):
@@ -112,12 +121,18 @@ def status_server(tmp_path: Path) -> Iterator[tuple[Path, type[_Status]]]:
     thread.start()
     cfg = tmp_path / "failberry.toml"
     cfg.write_text(MINIMAL + f'[health]\nlisten = "127.0.0.1"\nport = {server.server_port}\n'
-                   f'[paths]\nrun_dir = "{tmp_path}/run"\nstate_dir = "{tmp_path}/state"\n')
+                   f'[paths]\nrun_dir = "{tmp_path}/run"\nstate_dir = "{tmp_path}/state"\n'
+                   + GATEWAY)
     try:
         yield cfg, _Status
     finally:
         server.shutdown()
         server.server_close()
+
+
+# Gateway mode: the Pi is the router, with a wired uplink beside the mobile one.
+GATEWAY = ('[failover]\nmode = "gateway"\n[uplink.wired]\ninterface = "eth1"\n'
+           '[lan]\ninterface = "eth0"\n')
 
 
 def _may_fetch(cfg: Path, *extra: str) -> int:
@@ -138,8 +153,20 @@ def test_may_fetch_asks_the_running_supervisor_which_uplink_is_active(
 def test_may_fetch_without_a_supervisor_skips(tmp_path: Path) -> None:
     cfg = tmp_path / "failberry.toml"
     cfg.write_text(MINIMAL + '[health]\nlisten = "127.0.0.1"\nport = 1\n'
-                   f'[paths]\nrun_dir = "{tmp_path}/run"\n')
+                   f'[paths]\nrun_dir = "{tmp_path}/run"\n' + GATEWAY)
     assert _may_fetch(cfg) == 1
+
+
+def test_in_sidecar_mode_apt_may_fetch_over_the_pis_only_uplink(
+        status_server: tuple[Path, type[_Status]]) -> None:
+    # The shipped default (examples/failberry.toml) is sidecar: there the mobile link is
+    # always the active uplink, and updates held for another one would never come.
+    cfg, handler = status_server
+    cfg.write_text(cfg.read_text().replace(GATEWAY, ""))
+    handler.doc = {"active_uplink": "mobile"}
+    assert _may_fetch(cfg) == 0
+    example = (ROOT / "examples/failberry.toml").read_text()
+    assert re.search(r'^mode = "sidecar"', example, re.MULTILINE)
 
 
 # ---------------------------------------------------------------- files on the image

@@ -89,10 +89,10 @@ class ImageConfig:
     security_updates: bool = opt(True, doc="unattended-upgrades installs Debian security "
                                  "updates daily")
     reboot_window: str = opt("03:00-05:00", _optional_str(_upkeep.parse_window),
-                             doc="local time when an upgrade may reboot the Pi (never while the "
-                             "mobile link is active); empty: never")
-    updates_over_mobile: bool = opt(False, doc="let apt download while the mobile (metered) "
-                                    "link is the active uplink")
+                             doc="local time when an upgrade may reboot the Pi (gateway mode: "
+                             "never while the mobile link is active); empty: never")
+    updates_over_mobile: bool = opt(False, doc="gateway mode: let apt download while the "
+                                    "mobile (metered) link is active (sidecar: always)")
 
 
 @dataclass(frozen=True)

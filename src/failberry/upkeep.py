@@ -2,8 +2,9 @@
 (an ExecCondition= of apt-daily*.service: no package lists or upgrades while the metered mobile
 link carries the Pi's traffic) and `reboot-if-due --window HH:MM-HH:MM` (a timer: reboot when
 an upgrade asked for one, inside the reboot window, and only while the mobile link is not the
-active uplink). unattended-upgrades cannot know which link is up; the supervisor's /status
-says. Pure decisions first; the shell around them reads /status, the clock and
+active uplink; in sidecar mode, where the mobile link is the Pi's only uplink, the window
+alone). unattended-upgrades cannot know which link is up; the supervisor's /status says.
+Pure decisions first; the shell around them reads the config, /status, the clock and
 /run/reboot-required."""
 
 from __future__ import annotations
@@ -43,11 +44,20 @@ def in_window(window: str, now: dt.time) -> bool:
     return now >= start or now < end
 
 
-def may_fetch(active_uplink: str | None, *, over_mobile: bool) -> tuple[bool, str]:
+SIDECAR_WHY = ("sidecar mode: the mobile link is the Pi's only uplink and carries the LAN "
+               "only while the main router has failed over to it")
+
+
+def may_fetch(active_uplink: str | None, *, over_mobile: bool,
+              sidecar: bool = False) -> tuple[bool, str]:
     """Whether apt may download now, and why (unknown counts as metered: better a day late
-    than a month's data cap spent on packages)."""
+    than a month's data cap spent on packages). In sidecar mode the Pi's own traffic always
+    goes out over the mobile link: holding updates for a wired uplink would hold them for
+    ever, so they go ahead (a few megabytes a month, counted with the rest)."""
     if over_mobile:
         return True, "updates over the mobile link are allowed ([image] updates_over_mobile)"
+    if sidecar:
+        return True, SIDECAR_WHY
     if active_uplink is None:
         return False, "the supervisor does not say which uplink is active"
     if active_uplink == MOBILE:
@@ -56,19 +66,36 @@ def may_fetch(active_uplink: str | None, *, over_mobile: bool) -> tuple[bool, st
 
 
 def reboot_due(*, required: bool, window: str, now: dt.time,
-               active_uplink: str | None) -> tuple[bool, str]:
-    """Whether to reboot now for an upgrade, and why (or why not)."""
+               active_uplink: str | None, sidecar: bool = False) -> tuple[bool, str]:
+    """Whether to reboot now for an upgrade, and why (or why not). In sidecar mode the mobile
+    link is always the Pi's active uplink, so the window alone decides (else never)."""
     if not required:
         return False, "no upgrade asked for a reboot"
     if not window:
         return False, "no reboot window configured"
     if not in_window(window, now):
         return False, f"outside the reboot window {window}"
+    if sidecar:
+        return True, f"an upgrade asked for a reboot; inside {window} ({SIDECAR_WHY})"
     if active_uplink is None:
         return False, "the supervisor does not say which uplink is active"
     if active_uplink == MOBILE:
         return False, "the mobile link is the active uplink: a reboot would cut the backup"
     return True, f"an upgrade asked for a reboot; inside {window}, active uplink {active_uplink}"
+
+
+def is_sidecar(config: Path) -> bool:
+    """Whether the Pi runs in sidecar mode (False when the config cannot be read: then the
+    gateway rules, which hold updates while the mobile link is active, apply)."""
+    from failberry import config as config_mod
+    from failberry.config import FailoverMode
+    from failberry.errors import FailberryError
+
+    try:
+        return config_mod.load(config).failover.mode is FailoverMode.SIDECAR
+    except FailberryError as e:
+        LOG.warning("%s", e)
+        return False
 
 
 def active_uplink(config: Path) -> str | None:
@@ -98,14 +125,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.verb == "may-fetch":
-        ok, why = may_fetch(None if args.over_mobile else active_uplink(args.config),
-                            over_mobile=args.over_mobile)
+        sidecar = not args.over_mobile and is_sidecar(args.config)
+        ok, why = may_fetch(None if args.over_mobile or sidecar else active_uplink(args.config),
+                            over_mobile=args.over_mobile, sidecar=sidecar)
         LOG.info("apt %s: %s", "may fetch" if ok else "skipped", why)
         return RUN if ok else SKIP
     required = REBOOT_REQUIRED.exists()
+    sidecar = required and is_sidecar(args.config)
     due, why = reboot_due(required=required, window=args.window,
-                          now=dt.datetime.now().time(),
-                          active_uplink=active_uplink(args.config) if required else None)
+                          now=dt.datetime.now().time(), sidecar=sidecar,
+                          active_uplink=active_uplink(args.config)
+                          if required and not sidecar else None)
     LOG.info("%s: %s", "rebooting" if due else "no reboot", why)
     if due and not args.dry_run:
         return subprocess.run(["systemctl", "reboot"], check=False).returncode
