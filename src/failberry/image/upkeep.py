@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from failberry.config import Config
+from failberry.config import Config, FailoverMode
 from failberry.image.customise import PACKAGE_DIR, UNIT_DIR, Tree, enable_unit
 from failberry.image.render import SERVICE_UNIT
 
@@ -148,8 +148,9 @@ def configure_upkeep(tree: Tree, cfg: Config) -> None:
         tree.write(f"{UNIT_DIR}/{REBOOT_UNIT}.service", reboot_service(image.reboot_window))
         tree.write(f"{UNIT_DIR}/{REBOOT_UNIT}.timer", reboot_timer())
         enable_unit(tree, f"{REBOOT_UNIT}.timer", UNIT_DIR, "timers.target")
+    sidecar = cfg.failover.mode is FailoverMode.SIDECAR  # the Pi's only uplink: always over it
     LOG.info("security updates: daily, %s the mobile link, reboots %s",
-             "also over" if image.updates_over_mobile else "never over",
+             "also over" if image.updates_over_mobile or sidecar else "never over",
              f"in {image.reboot_window}" if image.reboot_window else "never")
 
 
