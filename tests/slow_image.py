@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
-
 # The slow tier shares one cache, kept between runs on the same machine so reruns are warm.
 CACHE = Path(os.environ.get("FAILBERRY_TEST_CACHE", "/var/cache/failberry-test"))
 HAVE_BUILD_TOOLS = all(shutil.which(t) for t in ("mmdebstrap", "mke2fs", "mkfs.vfat", "mcopy",
@@ -43,6 +41,8 @@ def write_config(where: Path, key: Path, hostname: str = "fbtest", board: str = 
 
 
 def build_image(cfg: Path, out: Path, timeout: float = 1500) -> subprocess.CompletedProcess[str]:
+    from conftest import run_cli  # conftest imports this module's fixtures: no cycle at load
+
     res = run_cli(["build", "-c", str(cfg), "-o", str(out), "--cache-dir", str(CACHE)],
                   timeout=timeout)
     assert res.returncode == 0, res.stderr[-4000:]
