@@ -22,8 +22,6 @@ replaces a crashed one (`Bus.hand_over`).
 
 from __future__ import annotations
 
-import importlib
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -31,8 +29,6 @@ from typing import TYPE_CHECKING, Protocol
 from failberry.bus import Bus
 from failberry.config import Config
 from failberry.status import Status
-
-LOG = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from failberry.modem.smsport import DriverSmsProvider
@@ -129,18 +125,3 @@ def build_first(cfg: Config, status: Status, bus: Bus, *,
     for a test to look at)."""
     return [r.build(Seams(status, bus))
             for r in build_parts(cfg, status, bus, manage_network=manage_network)]
-
-
-PART_MODULES = ("failberry.modem.part", "failberry.dyndns.part", "failberry.pihealth.part",
-                "failberry.alerts.build", "requests", "dns.resolver")
-NETWORK_MODULES = ("failberry.net.part", "pyroute2", "iptc")
-
-
-def preload(*, manage_network: bool = True) -> None:
-    """Import what the real parts' builds import (a warm-up: the builds import them anyway;
-    one that cannot be imported here fails there, with the part's own error)."""
-    for name in (*(NETWORK_MODULES if manage_network else ()), *PART_MODULES):
-        try:
-            importlib.import_module(name)
-        except Exception as e:  # noqa: BLE001 - reported when the part is built
-            LOG.debug("preloading %s: %s", name, e)

@@ -27,7 +27,7 @@ from failberry.config import Config
 from failberry.errors import ConfigError, FailberryError
 from failberry.ioexec import IoExecutor, raise_nofile
 from failberry.logsetup import redact_secrets
-from failberry.parts import Part, Recipe, Seams, build_parts, preload
+from failberry.parts import Part, Recipe, Seams, build_parts
 from failberry.runfile import RunFile
 from failberry.sdnotify import Notifier, watchdog_interval
 from failberry.status import Status, modem_view, network_view
@@ -95,7 +95,6 @@ class Supervisor:
         self._withholding = False
         self._status_line = ""
         self.runfile = RunFile(Path(cfg.paths.run_dir))  # how `failberry status` finds us
-        self.preload_network = False  # `run` (the real parts) warms up the network modules
 
     def _address(self, cfg: Config) -> tuple[str, int]:
         host = self._host_override if self._host_override is not None else cfg.health.listen
@@ -337,12 +336,8 @@ class Supervisor:
         except OSError as e:
             raise ListenError(f"cannot listen on {self.http.host}:{self.http.port}: "
                               f"{os.strerror(e.errno) if e.errno else e}") from None
-        self.runfile.write(self.http.host, self.http.port, self.config_path)
-        # The parts' modules (netlink, iptables, HTTP clients) take seconds to import on a
-        # Pi: imported in a thread, the loop answers /health meanwhile ("supervisor
-        # starting", 503: nothing is proven yet) instead of after all of them.
-        await asyncio.to_thread(preload, manage_network=self.preload_network)
         self.status.state = "running"
+        self.runfile.write(self.http.host, self.http.port, self.config_path)
         self._start_parts()
         heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
         # Everything imported and built so far lives as long as the process: move it out of
@@ -382,6 +377,5 @@ def run(cfg: Config, port: int | None = None, host: str | None = None,
     factory = functools.partial(build_parts, manage_network=manage_network)
     sup = Supervisor(cfg, port=port, host=host, config_path=config_path,
                      watchdog_period=watchdog_interval(), parts=factory)
-    sup.preload_network = manage_network
     asyncio.run(sup.run())
     return 0
