@@ -354,6 +354,7 @@ def test_only_the_supervisors_own_line_proves_failberryd_runs() -> None:
     console = boottest.Console(boottest.BootReport("raspi2b"))
     console.line("         Starting failberryd.servic…ink, failover, health endpoint)...")
     console.line("[  200.154327] systemd[1]: Starting failberryd.service - failberry supervisor")
+    assert console.report.seconds_to("failberryd starting") is not None
     assert console.report.seconds_to("failberryd") is None
     console.line("[  OK  ] Started failberryd.service - failberry supervisor (mobile backup")
     assert console.report.seconds_to("failberryd started") is not None
@@ -392,6 +393,21 @@ def test_boot_report_lists_the_console_only_on_failure() -> None:
     assert "hello" not in report.render() and report.ok
     report.failure = "nothing answered"
     assert "| hello" in report.render() and not report.ok
+
+
+def test_a_failed_boot_ends_with_failberrys_lines_even_when_the_tail_is_noise(
+        tmp_path: Path) -> None:
+    why = "[  387.9] systemd[1]: failberryd.service: Failed with result 'exit-code'."
+    noise = [f"[  {400 + i}.0] usb 1-1: device descriptor read/64, error -71"
+             for i in range(200)]
+    report = boottest.BootReport("raspi2b", console=["[  1.0] Booting Linux", why, *noise],
+                                 failure="failberryd's line did not show")
+    text = report.render()
+    assert why not in text.split("console (last")[1].split("console lines about")[0]
+    assert text.splitlines()[-2:] == [
+        "  console lines about failberry and failures (1, last 40 shown):", f"    ! {why}"]
+    report.write_console(tmp_path / "console.txt")
+    assert (tmp_path / "console.txt").read_text().splitlines() == report.console
 
 
 # ------------------------------------------------------------- reproducible assembly (real)

@@ -245,6 +245,8 @@ def test_units_are_enabled_and_well_formed(rootfs: Path, tmp_path: Path) -> None
     assert unit["Service"]["Type"] == "notify"
     assert unit["Service"]["Restart"] == "always"
     assert int(unit["Service"]["WatchdogSec"]) > 0
+    # Longer than systemd's 90 s: a Pi 2 under load took 45 s before it could extend it.
+    assert unit["Service"]["TimeoutStartSec"] == "3min"
     assert unit["Service"]["ExecStart"] == \
         "/usr/bin/failberry run -c /etc/failberry/failberry.toml"
     wants = system / "multi-user.target.wants"
@@ -320,6 +322,9 @@ def test_package_and_launcher_are_installed(rootfs: Path, tmp_path: Path) -> Non
     assert proc.stdout.startswith("failberry ")
     assert (rootfs / "etc/sysctl.d/90-failberry.conf").read_text().count("ip_forward = 1") == 1
     assert (rootfs / "etc/usb_modeswitch.d/19d2:2000").is_file()
+    # A headless router loads none of the VideoCore's drivers (vchiq oopsed QEMU's raspi3b).
+    headless = (rootfs / "etc/modprobe.d/failberry-headless.conf").read_text().splitlines()
+    assert "blacklist vchiq" in headless and "blacklist snd_bcm2835" in headless
 
 
 def test_generated_key_when_config_has_none(rootfs: Path, tmp_path: Path) -> None:

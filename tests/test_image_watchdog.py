@@ -80,11 +80,12 @@ def test_qemu_virt_arm64_has_a_watchdog_and_reboots_only_for_the_hang_test(
                               health_port=4000, ssh_port=4001, reboot=reboot)
 
     virt = argv("virt", "arm64")
-    assert "-no-reboot" in virt
-    i = virt.index("i6300esb")
-    assert virt[i - 1] == "-device"
+    # Only the hang test gets a watchdog: QEMU's counts host time, so a guest starved on a
+    # busy host would be reset in an ordinary boot test.
+    assert "-no-reboot" in virt and "i6300esb" not in virt
     hang = argv("virt", "arm64", reboot=True)
-    assert "-no-reboot" not in hang and "i6300esb" in hang
+    i = hang.index("i6300esb")
+    assert hang[i - 1] == "-device" and "-no-reboot" not in hang
     for name, arch in (("virt", "armhf"), ("raspi3b", "arm64"), ("raspi2b", "armhf")):
         assert "i6300esb" not in argv(name, arch), (name, arch)
         assert "-no-reboot" in argv(name, arch), (name, arch)

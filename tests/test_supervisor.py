@@ -51,14 +51,20 @@ def test_run_health_ready_and_sigterm(tmp_path: Path) -> None:
          "--no-network", "--port", str(port), "--listen", "127.0.0.1"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        status = None
+        status, seen = None, set()
         while time.monotonic() - started < 2.0:
             try:
                 status, body = _get(port, "/health")
-                break
             except OSError:
                 time.sleep(0.02)
-        assert status == 200, "no /health answer within 2 s of start"
+                continue
+            seen.add((status, body.get("reason")))
+            if status == 200:
+                break
+            time.sleep(0.02)
+        # While the parts' modules load, /health says so (503); OK once they run.
+        assert seen <= {(503, "supervisor starting"), (200, "running")}, seen
+        assert status == 200, f"no healthy /health answer within 2 s of start: {seen}"
         assert body["status"] == "ok"
         messages = []
         deadline = time.monotonic() + 3
@@ -66,6 +72,12 @@ def test_run_health_ready_and_sigterm(tmp_path: Path) -> None:
             messages.append(notify.recv(4096).decode())
         assert any("READY=1" in m for m in messages), messages
         assert any("WATCHDOG=1" in m for m in messages), messages
+        # While it starts (listening, each of the parts' modules imported) it asks systemd for
+        # more start time, so a slow board is not killed mid-start; all of that before READY.
+        ready = next(i for i, m in enumerate(messages) if "READY=1" in m)
+        assert messages[0] == "EXTEND_TIMEOUT_USEC=90000000", messages
+        assert sum(m == "EXTEND_TIMEOUT_USEC=90000000" for m in messages[:ready]) >= 3, messages
+        assert not any("EXTEND_TIMEOUT_USEC" in m for m in messages[ready:]), messages
         code, snap = _get(port, "/status")
         assert code == 200 and snap["state"] == "running"
         code, _ = _get(port, "/nope")
@@ -405,3 +417,91 @@ def test_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
     assert f"failberry: error: cannot listen on 127.0.0.1:{port}: Address already in use" in (
         proc.stderr)
     assert "Traceback" not in proc.stderr
+
+
+def _slow_modules(where: Path, count: int, seconds: float) -> list[str]:
+    """Modules that take `seconds` each to import (as netlink and iptables do on a Pi)."""
+    where.mkdir()
+    names = []
+    for i in range(count):
+        name = f"fb_slow_{os.getpid()}_{i}"
+        (where / f"{name}.py").write_text(f"import time\ntime.sleep({seconds})\n")
+        names.append(name)
+    return names
+
+
+async def _get_raw(port: int, path: str = "/health") -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nConnection: close\r\n\r\n".encode())
+    reply = await reader.read()
+    writer.close()
+    return reply
+
+
+@pytest.mark.timeout(30)
+def test_health_answers_starting_while_the_parts_modules_import(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # On a Pi the parts' modules take seconds to import. The health server listens first and
+    # the loop imports them one at a time, answering between them: /health says "starting"
+    # (503, nothing is proven yet) within one module's time, never 200 before the parts run,
+    # and no part is built until every module is in.
+    names = _slow_modules(tmp_path / "mods", count=5, seconds=0.3)
+    monkeypatch.syspath_prepend(str(tmp_path / "mods"))
+    cfg = config.load(_cfg_file(tmp_path / "f.toml"))
+    made: list[_Flaky] = []
+
+    def parts(_cfg: Config, status: Status, _bus: Bus) -> list[Part]:
+        made.append(_Flaky(status, crashes=0))
+        return [made[-1]]
+
+    async def scenario() -> None:
+        sup = Supervisor(cfg, port=0, host="127.0.0.1", parts=parts, warm_up=names)
+        task = asyncio.create_task(sup.run())
+        await _until(lambda: sup.http.port != 0 and names[0] in sys.modules, 5)
+        asked = time.monotonic()
+        reply = await _get_raw(sup.http.port)
+        answered = time.monotonic() - asked
+        assert reply.startswith(b"HTTP/1.1 503 ") and b"supervisor starting" in reply, reply
+        assert answered < 0.9, f"/health waited {answered:.2f}s: not answered between imports"
+        assert made == [] and not all(n in sys.modules for n in names)
+        await _until(lambda: bool(made) and made[0].runs == 1, 5)
+        assert all(n in sys.modules for n in names)
+        await _until(lambda: sup.app.verdict().ok, 5)
+        sup.request_stop("test")
+        await task
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        for n in names:
+            sys.modules.pop(n, None)
+
+
+@pytest.mark.timeout(30)
+def test_a_stop_while_the_parts_modules_import_ends_at_the_next_module(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    names = _slow_modules(tmp_path / "mods", count=20, seconds=0.2)
+    monkeypatch.syspath_prepend(str(tmp_path / "mods"))
+    cfg = config.load(_cfg_file(tmp_path / "f.toml"))
+    made: list[_Flaky] = []
+
+    def parts(_cfg: Config, status: Status, _bus: Bus) -> list[Part]:
+        made.append(_Flaky(status, crashes=0))
+        return [made[-1]]
+
+    async def scenario() -> None:
+        sup = Supervisor(cfg, port=0, host="127.0.0.1", parts=parts, warm_up=names)
+        task = asyncio.create_task(sup.run())
+        await _until(lambda: names[1] in sys.modules, 5)
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler the supervisor installed
+        asked = time.monotonic()
+        await asyncio.wait_for(task, 5)
+        assert time.monotonic() - asked < 1.0
+        assert names[-1] not in sys.modules
+        assert made == []  # no part built only to be stopped
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        for n in names:
+            sys.modules.pop(n, None)

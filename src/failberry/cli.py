@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--exec", dest="execs", action="append", default=[], metavar="CMD",
                    help="run CMD in the guest over SSH after the checks and show its output "
                         "(repeatable; a non-zero exit fails the test)")
+    t.add_argument("--console", type=Path, metavar="FILE",
+                   help="write the guest's whole serial console to FILE")
     t.set_defaults(func=_handler("failberry.image.commands", "cmd_boot_test"))
 
     c = sub.add_parser("config", help="config tools")

@@ -125,3 +125,21 @@ def build_first(cfg: Config, status: Status, bus: Bus, *,
     for a test to look at)."""
     return [r.build(Seams(status, bus))
             for r in build_parts(cfg, status, bus, manage_network=manage_network)]
+
+
+def part_modules(cfg: Config, *, manage_network: bool = True) -> list[str]:
+    """What building this config's real parts imports, the slowest libraries first, one
+    name each: the supervisor imports them one at a time before it builds the parts,
+    answering /health in between (on a Pi they take seconds, and an import cannot yield).
+    A module that fails to import there fails again, with the part's own error, in its
+    build."""
+    from failberry.config import DnsProvider
+
+    names: list[str] = []
+    if manage_network:
+        names += ["pyroute2", "iptc", "failberry.net.part"]
+    if cfg.modem.enabled:
+        names += ["serial", "pyudev", "usb.core", "failberry.modem.part"]
+    if cfg.dyndns.provider is not DnsProvider.NONE:
+        names += ["dns.resolver", "dns.update", "failberry.dyndns.part"]
+    return [*names, "requests", "failberry.pihealth.part", "failberry.alerts.build"]

@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import importlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +29,7 @@ from failberry.config import Config
 from failberry.errors import ConfigError, FailberryError
 from failberry.ioexec import IoExecutor, raise_nofile
 from failberry.logsetup import redact_secrets
-from failberry.parts import Part, Recipe, Seams, build_parts
+from failberry.parts import Part, Recipe, Seams, build_parts, part_modules
 from failberry.runfile import RunFile
 from failberry.sdnotify import Notifier, watchdog_interval
 from failberry.status import Status, modem_view, network_view
@@ -35,6 +37,12 @@ from failberry.web.health import HealthApp
 from failberry.web.httpserver import HttpServer, HttpStats, Limits
 
 LOG = logging.getLogger(__name__)
+
+# While it starts, each step done (listening, each module imported) gives systemd's start
+# timeout this much more (sd_notify EXTEND_TIMEOUT_USEC): a slow board (a Pi 2 on its first
+# boot, busy with host keys) is not killed mid-start and restarted for ever, and a start that
+# stops making progress still is.
+STARTING_EXTENSION = f"EXTEND_TIMEOUT_USEC={90 * 1_000_000}"
 
 LOOP_PART = "loop"
 
@@ -70,7 +78,7 @@ class Supervisor:
                  port: int | None = None, host: str | None = None,
                  parts: PartsFactory = build_parts, config_path: Path | None = None,
                  watchdog_period: float | None = None, timing: Timing | None = None,
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None, warm_up: Sequence[str] = ()) -> None:
         self.cfg = cfg
         self.config_path = config_path
         self.parts_factory = parts
@@ -95,6 +103,7 @@ class Supervisor:
         self._withholding = False
         self._status_line = ""
         self.runfile = RunFile(Path(cfg.paths.run_dir))  # how `failberry status` finds us
+        self.warm_up = tuple(warm_up)  # modules imported before the parts are built
 
     def _address(self, cfg: Config) -> tuple[str, int]:
         host = self._host_override if self._host_override is not None else cfg.health.listen
@@ -279,6 +288,43 @@ class Supervisor:
         await old.stop()
         self.runfile.write(new.host, new.port, self.config_path)
 
+    async def _import_part_modules(self) -> None:
+        """Import the parts' modules one by one on the loop, letting it answer /health
+        ("supervisor starting", 503) and signals between them: on a Pi they take seconds, and
+        the health server listened before any of them. (On the loop, not in a thread: a thread
+        importing while the loop imports too hung the supervisor once.)"""
+        started = time.monotonic()
+        for name in self.warm_up:
+            if self._stop.is_set():
+                return
+            try:
+                importlib.import_module(name)
+            except Exception as e:  # noqa: BLE001 - the part's build reports it
+                LOG.debug("importing %s before the parts: %s", name, e)
+            self.notifier.notify(STARTING_EXTENSION)
+            # A few turns of the loop: an accepted /health request is read, answered, written.
+            for _ in range(8):
+                await asyncio.sleep(0)
+        if self.warm_up:
+            LOG.debug("parts' modules imported in %.1fs", time.monotonic() - started)
+
+    def _go_live(self) -> asyncio.Task[None]:
+        """Start the parts and the heartbeat, tell systemd we are ready; the heartbeat."""
+        self.status.state = "running"
+        self._start_parts()
+        heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
+        # Everything imported and built so far lives as long as the process: move it out of
+        # the cyclic collector's sight, so the full collections that request garbage
+        # triggers stay short (they were the millisecond stalls in /health's p99).
+        gc.collect()
+        gc.freeze()
+        self.notifier.notify("READY=1", f"STATUS=failberry {__version__} running; "
+                             f"health on port {self.http.port}")
+        LOG.info("supervisor running (failberry %s, mode %s, watchdog %s)", __version__,
+                 self.cfg.failover.mode.value,
+                 f"every {self.watchdog_period:g}s" if self.watchdog_period else "off")
+        return heartbeat
+
     # -- heartbeat, watchdog, STATUS= --
 
     def status_line(self) -> str:
@@ -336,30 +382,21 @@ class Supervisor:
         except OSError as e:
             raise ListenError(f"cannot listen on {self.http.host}:{self.http.port}: "
                               f"{os.strerror(e.errno) if e.errno else e}") from None
-        self.status.state = "running"
         self.runfile.write(self.http.host, self.http.port, self.config_path)
-        self._start_parts()
-        heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
-        # Everything imported and built so far lives as long as the process: move it out of
-        # the cyclic collector's sight, so the full collections that request garbage
-        # triggers stay short (they were the millisecond stalls in /health's p99).
-        gc.collect()
-        gc.freeze()
-        self.notifier.notify("READY=1", f"STATUS=failberry {__version__} running; "
-                             f"health on port {self.http.port}")
-        LOG.info("supervisor running (failberry %s, mode %s, watchdog %s)", __version__,
-                 self.cfg.failover.mode.value,
-                 f"every {self.watchdog_period:g}s" if self.watchdog_period else "off")
+        self.notifier.notify(STARTING_EXTENSION)
+        await self._import_part_modules()
+        # A stop asked for while the modules loaded: no part is started only to be stopped.
+        heartbeat = None if self._stop.is_set() else self._go_live()
         try:
             await self._stop.wait()
         finally:
             self.status.state = "stopping"
             self.notifier.notify("STOPPING=1")
-            heartbeat.cancel()
-            for task in self._background:
+            tasks = [t for t in (heartbeat, *self._background) if t is not None]
+            for task in tasks:
                 task.cancel()
             await self._stop_parts()
-            await asyncio.gather(heartbeat, *self._background, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             await self.http.stop()
             self.runfile.remove()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -376,6 +413,7 @@ def run(cfg: Config, port: int | None = None, host: str | None = None,
                     "the LAN is not routed")
     factory = functools.partial(build_parts, manage_network=manage_network)
     sup = Supervisor(cfg, port=port, host=host, config_path=config_path,
-                     watchdog_period=watchdog_interval(), parts=factory)
+                     watchdog_period=watchdog_interval(), parts=factory,
+                     warm_up=part_modules(cfg, manage_network=manage_network))
     asyncio.run(sup.run())
     return 0

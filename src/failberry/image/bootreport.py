@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from failberry.image import guestreport
 
@@ -20,7 +21,9 @@ MILESTONES = (
     ("initramfs", re.compile(r"Run /init as init process|Loading, please wait")),
     ("root mounted", re.compile(r"EXT4-fs \(\w+\): mounted filesystem")),
     ("systemd", re.compile(r"systemd\[1\]: systemd \d+|Welcome to .*Debian")),
-    # systemd started the unit (its status lines ellipsize long names)...
+    # systemd launched the unit, then reported it started (its status lines ellipsize long
+    # names)...
+    ("failberryd starting", re.compile(r"Starting failberryd")),
     ("failberryd started", re.compile(r"Started failberryd")),
     # ...and failberryd's own "supervisor running" line, which reaches the console through
     # journald on the Pi models (systemd.journald.forward_to_console=1): the proof there
@@ -34,6 +37,10 @@ KERNEL_LINE = re.compile(r"^\[\s*\d+\.\d+\]|Booting Linux on physical CPU")
 KERNEL_CRASH = re.compile(r"Internal error: Oops|Kernel panic - not syncing|"
                           r"Unable to handle kernel (NULL pointer|paging request)")
 CONSOLE_TAIL = 80
+# On failure, the console's lines about failberry and failed units, wherever they were: a
+# tail of kernel noise often hides why failberryd did not come up.
+NOTABLE = re.compile(r"failberry|Failed|failed with result|timed out|Traceback|Error:")
+NOTABLE_MAX = 40
 
 
 @dataclass
@@ -83,7 +90,17 @@ class BootReport:
             lines.append(f"  failure: {self.failure}")
             lines.append(f"  console (last {CONSOLE_TAIL} lines):")
             lines += [f"    | {line}" for line in self.console[-CONSOLE_TAIL:]]
+            # Last, so that a reader who keeps only the end of the output still sees it.
+            notable = [line for line in self.console if NOTABLE.search(line)]
+            lines.append(f"  console lines about failberry and failures "
+                         f"({len(notable)}, last {NOTABLE_MAX} shown):")
+            lines += [f"    ! {line}" for line in notable[-NOTABLE_MAX:]]
         return "\n".join(lines)
+
+    def write_console(self, path: Path) -> None:
+        """The whole serial console, one line each (`boot-test --console FILE`)."""
+        path.write_text("".join(f"{line.rstrip()}\n" for line in self.console),
+                        encoding="utf-8")
 
 
 class Console:

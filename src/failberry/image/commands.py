@@ -316,11 +316,18 @@ def cmd_boot_test(args: argparse.Namespace) -> int:
 
     # SIGTERM unwinds like Ctrl-C, so QEMU is stopped and the scratch directory removed.
     signal.signal(signal.SIGTERM, _interrupt)
+    if args.console is not None and not args.console.parent.is_dir():
+        raise UsageError(f"--console {args.console}: no directory {args.console.parent}")
     report = boot_test(BootTestOptions(
         image=args.image, timeout=args.timeout, machine=args.machine, ssh_key=args.ssh_key,
         hang_kernel=args.hang_kernel, idle_window=args.idle_window,
         execs=tuple(args.execs)))
     print(report.render())
+    if args.console is not None:
+        try:
+            report.write_console(args.console)
+        except OSError as e:
+            raise UsageError(f"--console {args.console}: {e.strerror or e}") from None
     if not report.ok:
         sys.stdout.flush()
         return 1

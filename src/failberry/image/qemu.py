@@ -150,10 +150,13 @@ def netdev(cfg: Config, *, health_port: int, ssh_port: int) -> str:
 def qemu_argv(machine: Machine, files: BootFiles, image: Path, cfg: Config, *,
               health_port: int, ssh_port: int, reboot: bool = False) -> list[str]:
     """The QEMU command line that boots `image` on `machine`. A guest reboot ends QEMU
-    (-no-reboot) unless `reboot`: then a watchdog reset boots the guest again."""
+    (-no-reboot) unless `reboot` (--hang-kernel): then the guest gets the machine's watchdog,
+    and its reset boots the guest again. Only then: QEMU's watchdog counts host time, and on
+    a busy host a starved guest misses systemd's pings (seen: a plain boot-test reset 150 s
+    into a boot beside another QEMU), which would fail a boot test for the host's load."""
     lan = netdev(cfg, health_port=health_port, ssh_port=ssh_port)
     argv = [machine.emulator, *machine.args, "-display", "none", "-monitor", "none",
-            *([] if reboot else ["-no-reboot"]), *machine.watchdog,
+            *(machine.watchdog if reboot else ["-no-reboot"]),
             "-kernel", str(files.kernel)]
     if files.initrd:
         argv += ["-initrd", str(files.initrd)]

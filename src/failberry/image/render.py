@@ -35,6 +35,10 @@ Type=notify
 NotifyAccess=main
 ExecStart=/usr/bin/failberry run -c {CONFIG_PATH}
 WatchdogSec={WATCHDOG_SEC}
+# Python's start under load on a Pi 2 (its first boot, making host keys) took 45 s before the
+# supervisor could say anything; from then on it extends this itself while it makes progress
+# (EXTEND_TIMEOUT_USEC). The default 90 s killed such starts, and restarted them for ever.
+TimeoutStartSec=3min
 Restart=always
 RestartSec=2
 TimeoutStopSec=20
