@@ -501,5 +501,42 @@ def test_lan_only_with_real_packets(tmp_path: Path) -> None:
         subprocess.run(["ip", "netns", "del", ns], check=False)
 
 
+@pytest.mark.root
+@pytest.mark.timeout(60)
+def test_listens_on_a_lan_address_that_is_configured_only_later(tmp_path: Path) -> None:
+    """At boot failberryd starts beside systemd-networkd: `[health] listen` may name the LAN
+    address before networkd has given it (IP_FREEBIND); it answers once it exists."""
+    ns = f"fb-health-{os.getpid()}-late"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        def nsrun(*cmd: str) -> None:
+            subprocess.run(["ip", "netns", "exec", ns, *cmd], check=True, timeout=10)
+
+        nsrun("ip", "link", "set", "lo", "up")
+        cfg = write_config(tmp_path / "f.toml", lan="10.93.0.1/24")
+        (tmp_path / "control.json").write_text(json.dumps({"uplinks": {"mobile": {"up": True}}}))
+        port = free_port()
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable,
+                                 str(HERE / "test_health.py"), str(cfg), str(port),
+                                 str(tmp_path / "control.json"), "1024", "10.93.0.1"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        get = ("import http.client,sys\n"
+               "c=http.client.HTTPConnection('10.93.0.1',int(sys.argv[1]),timeout=3)\n"
+               "c.request('GET','/health'); print(c.getresponse().status)\n")
+        try:
+            deadline = time.monotonic() + 20
+            while "health endpoint listening" not in (line := proc.stderr.readline().decode()):
+                assert line and time.monotonic() < deadline, "the server did not start"
+            nsrun("ip", "addr", "add", "10.93.0.1/24", "dev", "lo")
+            res = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", get,
+                                  str(port)], capture_output=True, text=True, timeout=30)
+            assert res.stdout.strip() == "200", res.stderr
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(10)
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
 if __name__ == "__main__":
     sys.exit(serve(sys.argv[1:]))

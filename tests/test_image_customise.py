@@ -15,6 +15,7 @@ import pytest
 
 from conftest import ROOT, SSH_KEY
 from failberry import config
+from failberry.image import render
 from failberry.image.accounts import AccountDb, AccountsError
 from failberry.image.customise import CustomiseError, CustomiseResult, customise_rootfs
 
@@ -247,6 +248,12 @@ def test_units_are_enabled_and_well_formed(rootfs: Path, tmp_path: Path) -> None
     assert int(unit["Service"]["WatchdogSec"]) > 0
     # Longer than systemd's 90 s: a Pi 2 under load took 45 s before it could extend it.
     assert unit["Service"]["TimeoutStartSec"] == "3min"
+    # It starts beside systemd-networkd, not after network.target (nor, without packages to
+    # install, after the first-boot unit); the base-image path waits for that unit.
+    assert "After" not in unit["Unit"] and unit["Unit"]["Wants"] == "network.target"
+    base = configparser.ConfigParser(strict=False, interpolation=None)
+    base.read_string(render.failberryd_service(after_firstboot=True))
+    assert base["Unit"]["After"] == "failberry-firstboot.service"
     assert unit["Service"]["ExecStart"] == \
         "/usr/bin/failberry run -c /etc/failberry/failberry.toml"
     wants = system / "multi-user.target.wants"

@@ -505,3 +505,32 @@ def test_a_stop_while_the_parts_modules_import_ends_at_the_next_module(
     finally:
         for n in names:
             sys.modules.pop(n, None)
+
+
+def test_the_parts_modules_come_lightest_first_and_follow_the_config(tmp_path: Path) -> None:
+    from failberry.parts import part_modules
+
+    full = part_modules(config.load(EXAMPLES / "failberry.toml"))
+    # pyroute2 loads every module it has (seconds on a Pi): last, after the first gaps.
+    assert full[0] == "failberry.pihealth.part" and full[-2:] == ["pyroute2",
+                                                                   "failberry.net.part"]
+    assert "failberry.net.iptclib" in full and "failberry.modem.part" in full
+    bare = part_modules(config.load(_cfg_file(tmp_path / "f.toml")), manage_network=False)
+    assert "pyroute2" not in bare and "failberry.dyndns.part" not in bare
+    for name in full:  # every name is importable here, as on the image
+        __import__(name)
+
+
+def test_iptc_is_told_where_debians_libraries_are(tmp_path: Path) -> None:
+    from failberry.net.iptclib import library_env
+
+    lib = tmp_path / "usr/lib/aarch64-linux-gnu"
+    (lib / "xtables").mkdir(parents=True)
+    (lib / "libxtables.so.12").write_bytes(b"")
+    (lib / "libxtables.so.12.7.0").write_bytes(b"")
+    assert library_env((str(tmp_path / "usr/lib"),)) == {
+        "XTABLES_LIBDIR": f"{lib}/xtables", "PYTHON_IPTABLES_XTABLES_VERSION": "12",
+        "IPTABLES_LIBDIR": str(lib)}
+    # No extension directory beside it: python-iptables is left to find its own way.
+    (lib / "xtables").rmdir()
+    assert library_env((str(tmp_path / "usr/lib"),)) == {}

@@ -128,18 +128,22 @@ def build_first(cfg: Config, status: Status, bus: Bus, *,
 
 
 def part_modules(cfg: Config, *, manage_network: bool = True) -> list[str]:
-    """What building this config's real parts imports, the slowest libraries first, one
-    name each: the supervisor imports them one at a time before it builds the parts,
-    answering /health in between (on a Pi they take seconds, and an import cannot yield).
+    """What building this config's real parts imports, one name each: the supervisor imports
+    them one at a time before it builds the parts, answering /health in between (on a Pi
+    they take seconds, and an import cannot yield). The lighter ones come first, so the
+    first gap comes early; pyroute2 (which loads every module it has: 5-6 s in QEMU) last.
     A module that fails to import there fails again, with the part's own error, in its
     build."""
     from failberry.config import DnsProvider
 
-    names: list[str] = []
-    if manage_network:
-        names += ["pyroute2", "iptc", "failberry.net.part"]
+    names = ["failberry.pihealth.part"]
     if cfg.modem.enabled:
-        names += ["serial", "pyudev", "usb.core", "failberry.modem.part"]
+        names += ["serial", "pyudev", "usb.core"]
+    names += ["requests", "failberry.alerts.build"]
     if cfg.dyndns.provider is not DnsProvider.NONE:
         names += ["dns.resolver", "dns.update", "failberry.dyndns.part"]
-    return [*names, "requests", "failberry.pihealth.part", "failberry.alerts.build"]
+    if cfg.modem.enabled:
+        names += ["failberry.modem.part"]
+    if manage_network:
+        names += ["failberry.net.iptclib", "pyroute2", "failberry.net.part"]
+    return names

@@ -49,8 +49,7 @@ class IptcFirewall:
     """The real one: python-iptables in the calling process's network namespace."""
 
     def __init__(self) -> None:
-        import iptc
-        import iptc.easy
+        from failberry.net.iptclib import iptc
 
         self._iptc = iptc
         self._easy = iptc.easy

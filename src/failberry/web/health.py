@@ -15,7 +15,6 @@ import platform
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any
 
 from failberry import __version__
@@ -103,6 +102,8 @@ def decide_uplink(net: NetworkView | None, name: str) -> Verdict:
 
 def versions() -> dict[str, str]:
     """failberry's, Python's, the kernel's and the runtime libraries' versions."""
+    from importlib import metadata  # seconds to import on a Pi: only when /status asks
+
     out = {"failberry": __version__, "python": platform.python_version(),
            "kernel": os.uname().release}
     for lib in _LIBRARIES:

@@ -14,6 +14,7 @@ the Pi's small cores, which matters when a checker or a load test hammers `/heal
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 import time
@@ -71,6 +72,31 @@ class HttpStats:
     timed_out: int = 0
 
 
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)  # Linux; the constant is 15 on every arch
+
+
+def _listening_socket(host: str, port: int) -> socket.socket | None:
+    """A bound TCP socket for an IP address (None for a host name), free to bind an address
+    not yet configured."""
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    family = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+        if addr.version == 6:  # as asyncio binds "::": IPv6 only
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class HttpServer:
     """Serves `handler` on host:port with `limits`."""
 
@@ -89,10 +115,17 @@ class HttpServer:
         self._cache: dict[tuple[Response, bool, bool, bool], bytes] = {}
 
     async def start(self) -> None:
-        """Bind and listen; raises OSError if the address is taken or missing."""
+        """Bind and listen; raises OSError if the address is taken. An address the machine
+        does not have yet is fine (IP_FREEBIND): at boot the supervisor starts beside
+        systemd-networkd, which gives the LAN its address a moment later."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _Conn(self), self.host, self.port, reuse_address=True, backlog=1024)
+        sock = _listening_socket(self.host, self.port)
+        if sock is None:  # a name, not an address: asyncio resolves and binds it
+            self._server = await loop.create_server(
+                lambda: _Conn(self), self.host, self.port, reuse_address=True, backlog=1024)
+        else:
+            self._server = await loop.create_server(lambda: _Conn(self), sock=sock,
+                                                    backlog=1024)
         self.port = self._server.sockets[0].getsockname()[1]
         self._sweeper = asyncio.create_task(self._sweep(), name="http-sweeper")
         LOG.info("health endpoint listening on http://%s:%d/health", self.host, self.port)
