@@ -87,6 +87,10 @@ BAD: list[tuple[str, str, str]] = [
      "admin.ssh_authorized_keys"),
     ("user-root", MINIMAL + '[admin]\nuser = "root"\n', "admin.user"),
     ("timezone", MINIMAL + '[admin]\ntimezone = "Mars/Olympus"\n', "admin.timezone"),
+    ("timezone-dir", MINIMAL + '[admin]\ntimezone = "Europe"\n', "admin.timezone"),
+    ("timezone-posix", MINIMAL + '[admin]\ntimezone = "posix/Europe/Berlin"\n',
+     "admin.timezone"),
+    ("timezone-not-tzif", MINIMAL + '[admin]\ntimezone = "leapseconds"\n', "admin.timezone"),
     ("password-plain", MINIMAL + f'[admin]\npassword_hash = "{SECRET_PW}"\n',
      "admin.password_hash"),
     ("dns-provider", MINIMAL + '[dyndns]\nprovider = "godaddy"\n', "dyndns.provider"),
@@ -274,3 +278,14 @@ def test_sizes(value: object, size: int) -> None:
 
     assert parse_size(value) == size
     assert parse_size(format_size(size)) == size
+
+
+def test_time_zones_are_the_ones_zoneinfo_lists() -> None:
+    # Checked by the zone's own file (listing them all took seconds at a Pi's boot): the same
+    # names zoneinfo.available_timezones gives are accepted.
+    import zoneinfo
+
+    from failberry import checks
+
+    for name in sorted(zoneinfo.available_timezones()):
+        assert checks.timezone(name) == name

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import os
 import re
 import struct
 import zoneinfo
@@ -196,12 +197,32 @@ def crypt_hash(value: str) -> str:
     return value
 
 
+def _is_tzif(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"TZif"
+    except OSError:  # absent, or a directory
+        return False
+
+
 def timezone(value: str) -> str:
     """An IANA time zone name such as `Europe/Berlin`."""
     if not _TZ.match(value):
         raise ValueError(f"{value!r} is not a time zone name such as \"Europe/Berlin\"")
-    known = zoneinfo.available_timezones()
-    if known and value not in known and value != "UTC":
+    if value == "UTC":
+        return value
+    # The zone's file where the system keeps them (the name cannot leave that directory);
+    # listing every zone instead walks the whole database: seconds at a Pi's boot.
+    bases = [b for b in zoneinfo.TZPATH if os.path.isfile(os.path.join(b, "zone1970.tab"))]
+    if bases:
+        # As zoneinfo.available_timezones counts them: TZif files, not the posix/ and right/
+        # copies nor posixrules.
+        known = (value.split("/", maxsplit=1)[0] not in ("posix", "right", "posixrules")
+                 and any(_is_tzif(os.path.join(b, value)) for b in bases))
+    else:  # no system database: the tzdata package's list, if any, decides
+        names = zoneinfo.available_timezones()
+        known = not names or value in names
+    if not known:
         raise ValueError(f"unknown time zone {value!r}; see `timedatectl list-timezones`")
     return value
 
