@@ -534,3 +534,40 @@ def test_iptc_is_told_where_debians_libraries_are(tmp_path: Path) -> None:
     # No extension directory beside it: python-iptables is left to find its own way.
     (lib / "xtables").rmdir()
     assert library_env((str(tmp_path / "usr/lib"),)) == {}
+
+
+@pytest.mark.timeout(30)
+def test_a_reload_while_the_parts_modules_import_starts_nothing_early(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # SIGHUP before the parts run: the new config is the one they are built from, and they
+    # are built once, after the modules, not by the reload.
+    names = _slow_modules(tmp_path / "mods", count=8, seconds=0.2)
+    monkeypatch.syspath_prepend(str(tmp_path / "mods"))
+    path = _cfg_file(tmp_path / "f.toml")
+    cfg = config.load(path)
+    made: list[tuple[_Flaky, str]] = []
+
+    def parts(c: Config, status: Status, _bus: Bus) -> list[Part]:
+        made.append((_Flaky(status, crashes=0), c.failover.mode.value))
+        return [made[-1][0]]
+
+    async def scenario() -> None:
+        sup = Supervisor(cfg, port=0, host="127.0.0.1", parts=parts, warm_up=names,
+                         config_path=path)
+        task = asyncio.create_task(sup.run())
+        await _until(lambda: names[1] in sys.modules, 5)
+        _cfg_file(path, mode="gateway")
+        os.kill(os.getpid(), signal.SIGHUP)
+        await _until(lambda: sup.cfg.failover.mode.value == "gateway", 5)
+        assert made == []
+        await _until(lambda: bool(made) and made[0][0].runs == 1, 5)
+        await asyncio.sleep(0.2)
+        assert [mode for _, mode in made] == ["gateway"]
+        sup.request_stop("test")
+        await task
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        for n in names:
+            sys.modules.pop(n, None)
