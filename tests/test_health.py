@@ -451,6 +451,19 @@ def test_status_and_metrics_lan_only_decision(tmp_path: Path) -> None:
     assert app("GET", "/status", "203.0.113.9").code == 200
 
 
+def _serve_in(ns: str, tmp_path: Path, lan: str, host: str) -> tuple[subprocess.Popen[bytes], int]:
+    """The fake supervisor in namespace `ns`, its mobile uplink up, listening on host; and
+    its port."""
+    cfg = write_config(tmp_path / "f.toml", lan=lan)
+    (tmp_path / "control.json").write_text(json.dumps({"uplinks": {"mobile": {"up": True}}}))
+    port = free_port()
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable,
+                             str(HERE / "test_health.py"), str(cfg), str(port),
+                             str(tmp_path / "control.json"), "1024", host],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return proc, port
+
+
 @pytest.mark.root
 @pytest.mark.timeout(120)
 def test_lan_only_with_real_packets(tmp_path: Path) -> None:
@@ -468,13 +481,7 @@ def test_lan_only_with_real_packets(tmp_path: Path) -> None:
         nsrun("ip", "addr", "add", "10.92.0.1/24", "dev", "fbl1")
         nsrun("ip", "link", "set", "fbl0", "up")
         nsrun("ip", "link", "set", "fbl1", "up")
-        cfg = write_config(tmp_path / "f.toml", lan="10.91.0.2/24")
-        (tmp_path / "control.json").write_text(json.dumps({"uplinks": {"mobile": {"up": True}}}))
-        port = free_port()
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable,
-                                 str(HERE / "test_health.py"), str(cfg), str(port),
-                                 str(tmp_path / "control.json"), "1024", "0.0.0.0"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc, port = _serve_in(ns, tmp_path, "10.91.0.2/24", "0.0.0.0")
         script = ("import http.client,sys,time\n"
                   "for i in range(200):\n"
                   "  try:\n"
@@ -513,13 +520,7 @@ def test_listens_on_a_lan_address_that_is_configured_only_later(tmp_path: Path) 
             subprocess.run(["ip", "netns", "exec", ns, *cmd], check=True, timeout=10)
 
         nsrun("ip", "link", "set", "lo", "up")
-        cfg = write_config(tmp_path / "f.toml", lan="10.93.0.1/24")
-        (tmp_path / "control.json").write_text(json.dumps({"uplinks": {"mobile": {"up": True}}}))
-        port = free_port()
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable,
-                                 str(HERE / "test_health.py"), str(cfg), str(port),
-                                 str(tmp_path / "control.json"), "1024", "10.93.0.1"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc, port = _serve_in(ns, tmp_path, "10.93.0.1/24", "10.93.0.1")
         get = ("import http.client,sys\n"
                "c=http.client.HTTPConnection('10.93.0.1',int(sys.argv[1]),timeout=3)\n"
                "c.request('GET','/health'); print(c.getresponse().status)\n")

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -419,15 +419,39 @@ def test_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
-def _slow_modules(where: Path, count: int, seconds: float) -> list[str]:
-    """Modules that take `seconds` each to import (as netlink and iptables do on a Pi)."""
-    where.mkdir()
-    names = []
-    for i in range(count):
-        name = f"fb_slow_{os.getpid()}_{i}"
-        (where / f"{name}.py").write_text(f"import time\ntime.sleep({seconds})\n")
-        names.append(name)
-    return names
+class _Warming:
+    """A supervisor whose parts' modules take `seconds` each to import (as netlink and
+    iptables do on a Pi); records each part built: (its config's mode, modules all in)."""
+
+    def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int,
+                 seconds: float) -> None:
+        where = tmp_path / "mods"
+        where.mkdir()
+        self.names = [f"fb_slow_{os.getpid()}_{i}" for i in range(count)]
+        for name in self.names:
+            (where / f"{name}.py").write_text(f"import time\ntime.sleep({seconds})\n")
+        monkeypatch.syspath_prepend(str(where))
+        self.path = _cfg_file(tmp_path / "f.toml")
+        self.made: list[tuple[_Flaky, str, bool]] = []
+        self.sup = Supervisor(config.load(self.path), port=0, host="127.0.0.1",
+                              parts=self._parts, warm_up=self.names, config_path=self.path)
+
+    def _parts(self, cfg: Config, status: Status, _bus: Bus) -> list[Part]:
+        self.made.append((_Flaky(status, crashes=0), cfg.failover.mode.value, self.imported()))
+        return [self.made[-1][0]]
+
+    def imported(self, upto: int | None = None) -> bool:
+        return all(n in sys.modules for n in self.names[:upto])
+
+    def run(self, scenario: Callable[[asyncio.Task[None]], Awaitable[None]]) -> None:
+        async def main() -> None:
+            await scenario(asyncio.create_task(self.sup.run()))
+
+        try:
+            asyncio.run(main())
+        finally:
+            for n in self.names:
+                sys.modules.pop(n, None)
 
 
 async def _get_raw(port: int, path: str = "/health") -> bytes:
@@ -445,66 +469,41 @@ def test_health_answers_starting_while_the_parts_modules_import(
     # the loop imports them one at a time, answering between them: /health says "starting"
     # (503, nothing is proven yet) within one module's time, never 200 before the parts run,
     # and no part is built until every module is in.
-    names = _slow_modules(tmp_path / "mods", count=5, seconds=0.3)
-    monkeypatch.syspath_prepend(str(tmp_path / "mods"))
-    cfg = config.load(_cfg_file(tmp_path / "f.toml"))
-    made: list[_Flaky] = []
+    rig = _Warming(tmp_path, monkeypatch, count=5, seconds=0.3)
+    sup = rig.sup
 
-    def parts(_cfg: Config, status: Status, _bus: Bus) -> list[Part]:
-        made.append(_Flaky(status, crashes=0))
-        return [made[-1]]
-
-    async def scenario() -> None:
-        sup = Supervisor(cfg, port=0, host="127.0.0.1", parts=parts, warm_up=names)
-        task = asyncio.create_task(sup.run())
-        await _until(lambda: sup.http.port != 0 and names[0] in sys.modules, 5)
+    async def scenario(task: asyncio.Task[None]) -> None:
+        await _until(lambda: sup.http.port != 0 and rig.imported(1), 5)
         asked = time.monotonic()
         reply = await _get_raw(sup.http.port)
         answered = time.monotonic() - asked
         assert reply.startswith(b"HTTP/1.1 503 ") and b"supervisor starting" in reply, reply
         assert answered < 0.9, f"/health waited {answered:.2f}s: not answered between imports"
-        assert made == [] and not all(n in sys.modules for n in names)
-        await _until(lambda: bool(made) and made[0].runs == 1, 5)
-        assert all(n in sys.modules for n in names)
+        assert rig.made == [] and not rig.imported()
+        await _until(lambda: bool(rig.made) and rig.made[0][0].runs == 1, 5)
+        assert rig.made[0][2]  # built after every module was in
         await _until(lambda: sup.app.verdict().ok, 5)
         sup.request_stop("test")
         await task
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        for n in names:
-            sys.modules.pop(n, None)
+    rig.run(scenario)
 
 
 @pytest.mark.timeout(30)
 def test_a_stop_while_the_parts_modules_import_ends_at_the_next_module(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    names = _slow_modules(tmp_path / "mods", count=20, seconds=0.2)
-    monkeypatch.syspath_prepend(str(tmp_path / "mods"))
-    cfg = config.load(_cfg_file(tmp_path / "f.toml"))
-    made: list[_Flaky] = []
+    rig = _Warming(tmp_path, monkeypatch, count=20, seconds=0.2)
 
-    def parts(_cfg: Config, status: Status, _bus: Bus) -> list[Part]:
-        made.append(_Flaky(status, crashes=0))
-        return [made[-1]]
-
-    async def scenario() -> None:
-        sup = Supervisor(cfg, port=0, host="127.0.0.1", parts=parts, warm_up=names)
-        task = asyncio.create_task(sup.run())
-        await _until(lambda: names[1] in sys.modules, 5)
+    async def scenario(task: asyncio.Task[None]) -> None:
+        await _until(lambda: rig.imported(2), 5)
         os.kill(os.getpid(), signal.SIGTERM)  # the handler the supervisor installed
         asked = time.monotonic()
         await asyncio.wait_for(task, 5)
         assert time.monotonic() - asked < 1.0
-        assert names[-1] not in sys.modules
-        assert made == []  # no part built only to be stopped
+        assert rig.names[-1] not in sys.modules
+        assert rig.made == []  # no part built only to be stopped
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        for n in names:
-            sys.modules.pop(n, None)
+    rig.run(scenario)
 
 
 def test_the_parts_modules_come_lightest_first_and_follow_the_config(tmp_path: Path) -> None:
@@ -541,33 +540,17 @@ def test_a_reload_while_the_parts_modules_import_starts_nothing_early(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # SIGHUP before the parts run: the new config is the one they are built from, and they
     # are built once, after the modules, not by the reload.
-    names = _slow_modules(tmp_path / "mods", count=8, seconds=0.2)
-    monkeypatch.syspath_prepend(str(tmp_path / "mods"))
-    path = _cfg_file(tmp_path / "f.toml")
-    cfg = config.load(path)
-    made: list[tuple[_Flaky, str, bool]] = []  # (part, its config's mode, modules all in)
+    rig = _Warming(tmp_path, monkeypatch, count=8, seconds=0.2)
 
-    def parts(c: Config, status: Status, _bus: Bus) -> list[Part]:
-        made.append((_Flaky(status, crashes=0), c.failover.mode.value,
-                     all(n in sys.modules for n in names)))
-        return [made[-1][0]]
-
-    async def scenario() -> None:
-        sup = Supervisor(cfg, port=0, host="127.0.0.1", parts=parts, warm_up=names,
-                         config_path=path)
-        task = asyncio.create_task(sup.run())
-        await _until(lambda: names[1] in sys.modules, 5)
-        _cfg_file(path, mode="gateway")
+    async def scenario(task: asyncio.Task[None]) -> None:
+        await _until(lambda: rig.imported(2), 5)
+        _cfg_file(rig.path, mode="gateway")
         os.kill(os.getpid(), signal.SIGHUP)
-        await _until(lambda: bool(made) and made[0][0].runs == 1, 5)
+        await _until(lambda: bool(rig.made) and rig.made[0][0].runs == 1, 5)
         await asyncio.sleep(0.2)
-        assert sup.cfg.failover.mode.value == "gateway"
-        assert [(mode, modules_in) for _, mode, modules_in in made] == [("gateway", True)]
-        sup.request_stop("test")
+        assert rig.sup.cfg.failover.mode.value == "gateway"
+        assert [(mode, modules_in) for _, mode, modules_in in rig.made] == [("gateway", True)]
+        rig.sup.request_stop("test")
         await task
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        for n in names:
-            sys.modules.pop(n, None)
+    rig.run(scenario)
