@@ -142,3 +142,24 @@ def test_port_that_disappears_fails_fast_without_spinning() -> None:
 def test_opening_a_missing_port_is_a_clear_error(tmp_path: object) -> None:
     with pytest.raises(PortGone, match="cannot open"):
         open_serial("/dev/does-not-exist-ttyUSB9")
+
+
+@pytest.mark.timeout(20)
+def test_a_command_cancelled_as_its_port_closes_ends_cancelled() -> None:
+    # The modem part's stop cancels the poller, then closes the port at once, which fails the
+    # waiting command. Python 3.11's asyncio.wait_for then returned that failure (PortGone)
+    # and dropped the cancellation: the poller caught PortGone and polled on, for ever, and
+    # the part never stopped (the CI failure of test_sim_problems_are_rechecked...).
+    async def go() -> None:
+        modem = PtyModem({})  # never answers: the command waits
+        ch, _, _ = await channel_for(modem)
+        task = asyncio.create_task(ch.command("AT+CSQ", 5.0))
+        while b"AT+CSQ" not in modem.seen:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        ch.close()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        modem.unplug()
+
+    asyncio.run(go())

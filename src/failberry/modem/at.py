@@ -355,8 +355,12 @@ class AtChannel:
                 await self._prompted(pending)
                 if not pending.future.done():
                     self._write(body.encode("ascii") + CTRL_Z)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the future's
+            # outcome when it is done as the caller is cancelled (the port closed in the same
+            # step), dropping the cancellation; a poller then never stopped.
             try:
-                return await asyncio.wait_for(pending.future, timeout)
+                async with asyncio.timeout(timeout):
+                    return await pending.future
             except TimeoutError:
                 self.stale = True
                 raise AtTimeout(pending.label, timeout, self.name) from None
