@@ -4,6 +4,7 @@ port, a port that goes away."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pty
 import time
@@ -161,5 +162,62 @@ def test_a_command_cancelled_as_its_port_closes_ends_cancelled() -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
         modem.unplug()
+
+    asyncio.run(go())
+
+
+def test_within_keeps_a_cancellation_that_arrives_as_its_event_is_set() -> None:
+    # The shape of every "wait for a wake-up or a timeout" loop (alerts, dyndns, inbox,
+    # HiLink): asyncio.wait_for returned normally here and the loop went round again.
+    from failberry.aio import within
+
+    async def go() -> None:
+        wake = asyncio.Event()
+        rounds = 0
+
+        async def loop() -> None:
+            nonlocal rounds
+            while True:
+                rounds += 1
+                with contextlib.suppress(TimeoutError):
+                    await within(wake.wait(), 5.0)
+                wake.clear()
+
+        task = asyncio.create_task(loop())
+        await asyncio.sleep(0.05)
+        wake.set()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 2.0)
+        assert rounds == 1
+
+    asyncio.run(go())
+
+
+def test_within_times_out_in_the_clean_up_of_a_cancelled_task() -> None:
+    # A part's stop runs its clean-up (pppd's SIGTERM grace, the data-mode escape) after its
+    # task was cancelled: a timeout there is a TimeoutError, as with wait_for (3.11's
+    # asyncio.timeout raised CancelledError there and cut the escape short).
+    from failberry.aio import within
+
+    async def go() -> None:
+        seen: list[str] = []
+
+        async def part() -> None:
+            try:
+                await asyncio.sleep(3600)
+            finally:
+                try:
+                    await within(asyncio.sleep(3600), 0.05)
+                except TimeoutError:
+                    seen.append("timeout")
+                seen.append(str(await within(asyncio.sleep(0, result="done"), 1.0)))
+
+        task = asyncio.create_task(part())
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert seen == ["timeout", "done"]
 
     asyncio.run(go())

@@ -13,6 +13,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from failberry.aio import within
 from failberry.alerts.channel import ChannelError
 from failberry.alerts.model import Alert
 from failberry.alerts.outbox import Policy
@@ -76,12 +77,12 @@ async def run_script(path: Path, env: dict[str, str], timeout: float) -> HookRes
             str(path), stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, env=env,
             start_new_session=True, cwd="/")
         try:
-            rc: int | None = await asyncio.wait_for(proc.wait(), timeout)
+            rc: int | None = await within(proc.wait(), timeout)
         except TimeoutError:
             rc = None
             _killpg(proc.pid, signal.SIGTERM)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), KILL_GRACE)
+                await within(proc.wait(), KILL_GRACE)
             _killpg(proc.pid, signal.SIGKILL)  # also whatever it started, still in its group
             await proc.wait()
         except asyncio.CancelledError:

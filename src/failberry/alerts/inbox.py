@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from failberry.aio import within
 from failberry.alerts import commands
 from failberry.alerts.channel import ChannelError
 from failberry.alerts.sms import Incoming, SmsModem
@@ -59,7 +60,7 @@ class Inbox:
             except (ModemError, ChannelError) as e:
                 LOG.debug("cannot read SMS now: %s", e)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._new.wait(), self.poll_every)
+                await within(self._new.wait(), self.poll_every)
 
     async def handle(self, msg: Incoming) -> None:
         """Carry out one message's command if its sender may give it."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from failberry.aio import within
 from failberry.alerts import translate
 from failberry.alerts.channel import Channel, ChannelError
 from failberry.alerts.forecast import DataWatch
@@ -169,7 +170,7 @@ class AlertsPart:
                 at = box.wake_at(now)
                 timeout = None if at is None else max(0.05, at - now)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), timeout)
+                    await within(wake.wait(), timeout)
                 continue
             try:
                 await channel.send(entry.alert, entry.text())

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from failberry.aio import within
 from failberry.bus import (
     ActiveUplinkChanged,
     AddressChanged,
@@ -283,7 +284,7 @@ class DyndnsPart:
             self._report_now.clear()
             self.report()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._report_now.wait(), self.report_every)
+                await within(self._report_now.wait(), self.report_every)
 
     async def run(self) -> None:
         """Run until cancelled."""

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from failberry.aio import within
 from failberry.backoff import jittered
 from failberry.dyndns.base import DyndnsError, Provider, Record, Retry, UpdateResult, Verifier
 
@@ -337,7 +338,7 @@ class Updater:
             if isinstance(action, Wait):
                 timeout = None if action.until is None else max(0.0, action.until - now)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), timeout)
+                    await within(wake.wait(), timeout)
             elif isinstance(action, Verify):
                 await self._verify(st)
             else:

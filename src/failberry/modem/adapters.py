@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
+from failberry.aio import within
 from failberry.errors import CommandFailed
 from failberry.fileio import write_atomic
 from failberry.modem.errors import ModemError
@@ -52,7 +53,7 @@ class CommandReboot:
         except OSError as exc:
             raise RebootFailed(f"cannot run `{shlex.join(self.argv)}`: {exc}") from None
         try:
-            out, _ = await asyncio.wait_for(proc.communicate(), self.timeout)
+            out, _ = await within(proc.communicate(), self.timeout)
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)  # its own session: children go too

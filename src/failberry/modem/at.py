@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from failberry.aio import within
 from failberry.modem.errors import (
     AtError,
     AtTimeout,
@@ -355,12 +356,10 @@ class AtChannel:
                 await self._prompted(pending)
                 if not pending.future.done():
                     self._write(body.encode("ascii") + CTRL_Z)
-            # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the future's
-            # outcome when it is done as the caller is cancelled (the port closed in the same
-            # step), dropping the cancellation; a poller then never stopped.
+            # Not asyncio.wait_for: it dropped the cancellation of a command whose port
+            # closed in the same step (failberry.aio), and the poller never stopped.
             try:
-                async with asyncio.timeout(timeout):
-                    return await pending.future
+                return await within(pending.future, timeout)
             except TimeoutError:
                 self.stale = True
                 raise AtTimeout(pending.label, timeout, self.name) from None

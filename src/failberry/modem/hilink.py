@@ -28,6 +28,7 @@ from typing import Any
 
 import requests  # type: ignore[import-untyped]  # Debian ships no stubs
 
+from failberry.aio import within
 from failberry.modem import events as ev
 from failberry.modem.dhcp import DhcpClient, DhcpError, Lease
 from failberry.modem.errors import ModemError
@@ -296,7 +297,7 @@ class HilinkRunner:
             self.lease = None
             self._dhcp_task = asyncio.create_task(self.dhcp.run(self.net, self._dhcp_event))
         try:
-            await asyncio.wait_for(self._leased.wait(), self.lease_timeout)
+            await within(self._leased.wait(), self.lease_timeout)
         except TimeoutError:
             raise HilinkError(f"no DHCP lease from the stick on {self.net} within "
                               f"{self.lease_timeout:g}s") from None
@@ -322,7 +323,7 @@ class HilinkRunner:
             missed = 0
             while missed < self.misses:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), self.watch)
+                    await within(self._stop.wait(), self.watch)
                 if self._stop.is_set():
                     self.why = "stopped"
                     return 5

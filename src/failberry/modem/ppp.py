@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from failberry.aio import within
 from failberry.config import ModemConfig
 from failberry.modem.errors import PppError
 
@@ -175,7 +176,7 @@ async def terminate(proc: asyncio.subprocess.Process, grace: float, name: str, *
     with contextlib.suppress(ProcessLookupError):
         proc.send_signal(signal.SIGTERM)
     try:
-        await asyncio.wait_for(proc.wait(), grace)
+        await within(proc.wait(), grace)
     except TimeoutError:
         LOG.warning("%s ignored SIGTERM for %gs; killing it", name, grace)
         with contextlib.suppress(ProcessLookupError):
@@ -191,7 +192,7 @@ async def _reaped(proc: asyncio.subprocess.Process, limit: float, name: str) -> 
     also waits for the child's output pipe to close, which a grandchild that inherited it
     can hold open for ever: the exit status alone is what counts here."""
     try:
-        await asyncio.wait_for(proc.wait(), limit)
+        await within(proc.wait(), limit)
     except TimeoutError:
         if proc.returncode is None:
             LOG.error("%s (pid %d) did not end %gs after SIGKILL", name, proc.pid, limit)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from failberry.aio import within
 from failberry.modem.at import AtChannel, SerialPort
 from failberry.modem.errors import AtError, AtTimeout, CmeError, PortGone
 from failberry.modem.parsers import (
@@ -223,7 +224,7 @@ async def command_mode_within(opener: Callable[[str], SerialPort], port: str, gu
     ok = False
     if left > 0:
         with contextlib.suppress(TimeoutError):
-            ok = await asyncio.wait_for(command_mode(opener, port, guard, timeout), left)
+            ok = await within(command_mode(opener, port, guard, timeout), left)
     LOG.info("modem: on stop, %s %s", port, "is back in command mode" if ok
              else "is left in data mode (no time to escape it)")
     return ok

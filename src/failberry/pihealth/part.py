@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from failberry.aio import within
 from failberry.bus import Bus, ModemStateChanged
 from failberry.clock import Clock, SystemClock
 from failberry.config import Config, PihealthConfig
@@ -327,7 +328,7 @@ class PiHealthPart:
                 until = loop.time() + self.cfg.interval
                 while (left := until - loop.time()) > 0:
                     try:
-                        ev = await asyncio.wait_for(self._modem.get(), left)
+                        ev = await within(self._modem.get(), left)
                     except TimeoutError:
                         break
                     if self.on_modem(ev) is not None:
