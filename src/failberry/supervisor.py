@@ -104,7 +104,6 @@ class Supervisor:
         self._status_line = ""
         self.runfile = RunFile(Path(cfg.paths.run_dir))  # how `failberry status` finds us
         self.warm_up = tuple(warm_up)  # modules imported before the parts are built
-        self._live = False  # the parts were started (after the modules were imported)
 
     def _address(self, cfg: Config) -> tuple[str, int]:
         host = self._host_override if self._host_override is not None else cfg.health.listen
@@ -267,7 +266,7 @@ class Supervisor:
                 return True
             # Before the parts run (their modules still loading) the new config is simply
             # the one they will be built from.
-            live = self._live
+            live = self.status.state == "running"
             LOG.info("reload: applying the new %s%s", self.config_path,
                      "; restarting the parts" if live else "")
             redact_secrets(cfg)
@@ -318,7 +317,6 @@ class Supervisor:
     def _go_live(self) -> asyncio.Task[None]:
         """Start the parts and the heartbeat, tell systemd we are ready; the heartbeat."""
         self.status.state = "running"
-        self._live = True
         self._start_parts()
         heartbeat = asyncio.create_task(self._heartbeat(), name="heartbeat")
         # Everything imported and built so far lives as long as the process: move it out of

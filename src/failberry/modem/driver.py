@@ -72,7 +72,6 @@ class Driver(AtTasks):
         self.counters = counters
         self.guard_time = guard_time
         self.stop_budget = stop_budget
-        self._stopping = False  # run() is cleaning up
         self.state = ModemState(reboots=reboot_log.load() if reboot_log else ())
         self.queue: asyncio.Queue[ev.Event] = asyncio.Queue()
         self.gen = 0  # bumped whenever the AT channel changes; stale replies are dropped
@@ -138,7 +137,6 @@ class Driver(AtTasks):
                 self.step(event)
         finally:
             deadline = asyncio.get_running_loop().time() + self.stop_budget
-            self._stopping = True  # the poller ends even if its cancellation is lost
             poller.cancel()
             for handle in self.timers.values():
                 handle.cancel()
@@ -298,7 +296,7 @@ class Driver(AtTasks):
     # -- status
 
     async def _poll_loop(self) -> None:
-        while not self._stopping:
+        while True:
             await asyncio.sleep(self.poll_interval)
             await self.poll()
 
