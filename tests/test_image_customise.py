@@ -237,6 +237,12 @@ def test_config_is_root_only_and_the_only_home_of_secrets(rootfs: Path, tmp_path
             assert TSIG.encode() not in data and HASH.encode() not in data, entry.path
 
 
+def _all_values(unit: str, key: str) -> set[str]:
+    """Every value of KEY in a unit's text, over repeated lines (configparser keeps the last)."""
+    return {word for line in unit.splitlines() if line.startswith(f"{key}=")
+            for word in line.split("=", 1)[1].split()}
+
+
 def test_units_are_enabled_and_well_formed(rootfs: Path, tmp_path: Path) -> None:
     customise(rootfs, make_config(tmp_path), tmp_path / "out")
     system = rootfs / "etc/systemd/system"
@@ -249,11 +255,20 @@ def test_units_are_enabled_and_well_formed(rootfs: Path, tmp_path: Path) -> None
     # Longer than systemd's 90 s: a Pi 2 under load took 45 s before it could extend it.
     assert unit["Service"]["TimeoutStartSec"] == "3min"
     # It starts beside systemd-networkd, not after network.target (nor, without packages to
-    # install, after the first-boot unit); the base-image path waits for that unit.
-    assert "After" not in unit["Unit"] and unit["Unit"]["Wants"] == "network.target"
-    base = configparser.ConfigParser(strict=False, interpolation=None)
-    base.read_string(render.failberryd_service(after_firstboot=True))
-    assert base["Unit"]["After"] == "failberry-firstboot.service"
+    # install, after the first-boot unit); the base-image path waits for that unit. Nor after
+    # sysinit.target (udev's coldplug): after the file systems, /tmp's clean-up, the sysctls
+    # and modules; stopped before the file systems at shutdown.
+    unit_text = (system / "failberryd.service").read_text()
+    after = _all_values(unit_text, "After")
+    assert unit["Unit"]["DefaultDependencies"] == "no"
+    assert after == {"local-fs.target", "systemd-tmpfiles-setup.service",
+                     "systemd-sysctl.service", "systemd-modules-load.service"}
+    assert _all_values(unit_text, "Conflicts") == _all_values(unit_text, "Before") \
+        == {"shutdown.target"}
+    assert unit["Unit"]["Wants"] == "network.target"
+    assert int(unit["Service"]["StartupCPUWeight"]) > 100
+    base = _all_values(render.failberryd_service(after_firstboot=True), "After")
+    assert base == after | {"failberry-firstboot.service"}
     assert unit["Service"]["ExecStart"] == \
         "/usr/bin/failberry run -c /etc/failberry/failberry.toml"
     wants = system / "multi-user.target.wants"
@@ -273,7 +288,7 @@ def test_units_are_enabled_and_well_formed(rootfs: Path, tmp_path: Path) -> None
     assert stat.S_IMODE(script.stat().st_mode) == 0o755
     text = script.read_text()
     for needed in ("ssh-keygen -q -t $t", "systemd-machine-id-setup", "random-seed", "resize2fs",
-                   "systemctl disable failberry-firstboot.service"):
+                   "systemctl --no-reload disable failberry-firstboot.service"):
         assert needed in text
     subprocess.run(["sh", "-n", str(script)], check=True, timeout=10)
     if Path("/usr/bin/systemd-analyze").exists():

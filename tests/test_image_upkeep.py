@@ -223,8 +223,14 @@ def test_security_updates_off_masks_the_timers(tmp_path: Path) -> None:
 def test_ifupdown_which_configures_nothing_is_off_the_boot_path(tmp_path: Path) -> None:
     tree = Tree(tmp_path)
     image_upkeep.mask_slow_unused_units(tree)
-    for unit in ("networking.service", "ifupdown-pre.service"):
+    for unit in ("networking.service", "ifupdown-pre.service", "sys-kernel-debug.mount",
+                 "systemd-binfmt.service", "proc-sys-fs-binfmt_misc.automount",
+                 "e2scrub_reap.service"):
         assert (tmp_path / "etc/systemd/system" / unit).readlink() == Path("/dev/null")
+    # Nothing the router uses: not the supervisor's own, the network's, SSH or the clock.
+    for needed in ("systemd-networkd.service", "ssh.service", "systemd-timesyncd.service",
+                   "systemd-udevd.service", "dev-mqueue.mount", "kmod-static-nodes.service"):
+        assert needed not in image_upkeep.SLOW_UNUSED_UNITS
 
 
 def test_a_long_exec_command_is_shortened_in_the_report() -> None:

@@ -118,7 +118,16 @@ WantedBy=timers.target
 # for, and first waits for udev's coldplug (ifupdown-pre): 30-60 s of a boot under QEMU, for
 # an /etc/network/interfaces with nothing in it. systemd-networkd configures the LAN and
 # systemd brings up lo; ifupdown stays installed for an admin who wants it (unmask both).
-SLOW_UNUSED_UNITS = ("networking.service", "ifupdown-pre.service")
+# The rest are started at every boot and serve nothing on a headless router: kernel debug,
+# tracing and configfs (USB gadgets) mounts, FUSE's control file system, huge pages, foreign
+# binary formats, LVM scrub snapshots, EFI pstore. Each costs a process or a mount early in
+# a boot that is CPU-bound on the Pi (and under emulation).
+SLOW_UNUSED_UNITS = ("networking.service", "ifupdown-pre.service",
+                     "sys-kernel-debug.mount", "sys-kernel-tracing.mount",
+                     "sys-kernel-config.mount", "sys-fs-fuse-connections.mount",
+                     "dev-hugepages.mount", "systemd-binfmt.service",
+                     "proc-sys-fs-binfmt_misc.automount", "e2scrub_reap.service",
+                     "systemd-pstore.service")
 
 
 def mask_slow_unused_units(tree: Tree) -> None:
