@@ -303,6 +303,8 @@ failberryd.service +4.200s
 └─network.target @20.100s
 @@start
 21000000
+@@ready
+47250000
 @@uptime
 40.50
 """
@@ -320,6 +322,9 @@ def test_guest_facts_give_the_watchdog_chain_and_start_to_health() -> None:
     assert "watchdog: watchdog0: i6300ESB timer" in text
     assert "swap: none" in text
     assert "failberryd start -> /health: 9.5s" in text
+    # READY (guest 47.25) 26.25 s after the start.
+    assert report.start_to_ready == pytest.approx(26.25)
+    assert "failberryd start -> READY (parts running): 26.2s" in text
     assert "└─network.target @20.100s" in text
 
 
@@ -328,6 +333,14 @@ def test_no_watchdog_is_reported_as_none() -> None:
     guestreport.apply_facts(report, FACTS_OUT.replace("watchdog0: i6300ESB timer\n", ""),
                             host_health=None, host_after=0.0)
     assert report.watchdog == "none" and report.start_to_health is None
+
+
+def test_a_supervisor_not_yet_ready_has_no_ready_time() -> None:
+    # Still starting: systemd's ActiveEnter time is 0 (before the start).
+    report = guestreport.GuestReport()
+    guestreport.apply_facts(report, FACTS_OUT.replace("47250000", "0"), host_health=100.0,
+                            host_after=110.0)
+    assert report.start_to_ready is None and report.start_to_health == pytest.approx(9.5)
 
 
 def test_idle_writes_are_summed_over_disks_and_scaled_to_a_day() -> None:

@@ -32,6 +32,8 @@ echo @@chain
 systemd-analyze critical-chain --no-pager failberryd.service 2>&1 | tail -n +3
 echo @@start
 systemctl show -p ExecMainStartTimestampMonotonic --value failberryd.service
+echo @@ready
+systemctl show -p ActiveEnterTimestampMonotonic --value failberryd.service
 echo @@uptime
 cut -d' ' -f1 /proc/uptime
 """
@@ -84,6 +86,7 @@ class GuestReport:
     root_options: str = ""
     chain: list[str] = field(default_factory=list)
     start_to_health: float | None = None
+    start_to_ready: float | None = None  # READY=1: every part built, /health says their state
     written: int | None = None
     window: float = 0.0
     execs: list[tuple[str, int, str]] = field(default_factory=list)
@@ -105,6 +108,9 @@ class GuestReport:
                  f"  root mount: {self.root_options or '?'}"]
         if self.start_to_health is not None:
             lines.append(f"  failberryd start -> /health: {self.start_to_health:.1f}s")
+        if self.start_to_ready is not None:
+            lines.append(f"  failberryd start -> READY (parts running): "
+                         f"{self.start_to_ready:.1f}s")
         if self.per_day is not None and self.written is not None:
             lines.append(f"  idle writes: {human_size(self.written)} in {self.window:g}s, "
                          f"{human_size(int(self.per_day))}/day")
@@ -136,6 +142,9 @@ def apply_facts(report: GuestReport, text: str, *, host_health: float | None,
         return
     if host_health is not None and start > 0:
         report.start_to_health = uptime - (host_after - host_health) - start
+    ready = parts.get("ready", [])
+    if ready and ready[0].isdigit() and int(ready[0]) / 1e6 >= start > 0:
+        report.start_to_ready = int(ready[0]) / 1e6 - start
 
 
 def apply_writes(report: GuestReport, text: str, window: float) -> None:
