@@ -531,6 +531,7 @@ def test_boot_test_reaches_health_and_logs_in_with_the_key_only(built: tuple[Pat
     #   i6300esb) brings it back: the console shows a second boot.
     res = run_cli(["boot-test", str(out), "--ssh-key", str(admin_key), "--timeout", "400",
                    "--exec", upkeep_guest.DRY_RUN, "--exec", upkeep_guest.JOURNAL_SAVE,
+                   "--exec", upkeep_guest.BOOT_SHAPE,
                    "--hang-kernel", "150"], timeout=1100)
     assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-3000:]
     upkeep_guest.check_report(res.stdout)

@@ -227,6 +227,14 @@ def test_ifupdown_which_configures_nothing_is_off_the_boot_path(tmp_path: Path) 
                  "systemd-binfmt.service", "proc-sys-fs-binfmt_misc.automount",
                  "e2scrub_reap.service"):
         assert (tmp_path / "etc/systemd/system" / unit).readlink() == Path("/dev/null")
+    generators = tmp_path / "etc/systemd/system-generators"
+    for generator in ("systemd-gpt-auto-generator", "systemd-cryptsetup-generator"):
+        assert (generators / generator).readlink() == Path("/dev/null")
+    # fstab's and the getty's generators stay: the image mounts its boot partition by fstab,
+    # and the serial console gets its login prompt from the kernel's command line.
+    assert sorted(p.name for p in generators.iterdir()) == sorted(image_upkeep.UNUSED_GENERATORS)
+    assert "systemd-fstab-generator" not in image_upkeep.UNUSED_GENERATORS
+    assert "systemd-getty-generator" not in image_upkeep.UNUSED_GENERATORS
     # Nothing the router uses: not the supervisor's own, the network's, SSH or the clock.
     for needed in ("systemd-networkd.service", "ssh.service", "systemd-timesyncd.service",
                    "systemd-udevd.service", "dev-mqueue.mount", "kmod-static-nodes.service"):

@@ -55,6 +55,13 @@ JOURNAL_SAVE = ("sudo systemctl start failberry-journal-save.service && "
                 "sudo grep -q 'supervisor running' /var/log/failberry/journal.log && echo saved && "
                 "sudo find /var/log/journal -name '*.journal' | wc -l")
 
+# The boot's shape as systemd sees it: no unit failed (the masked ones included), and
+# failberryd ordered after neither sysinit.target nor udev's coldplug.
+BOOT_SHAPE = ("echo \"failed units: $(systemctl --failed --no-legend --plain | wc -l)\"; "
+              "systemctl show -p After --value failberryd.service | tr ' ' '\\n' | "
+              "grep -cxE 'sysinit.target|basic.target|systemd-udev-trigger.service' "
+              "| sed 's/^/failberryd after sysinit or coldplug: /'")
+
 
 def check_report(out: str) -> None:
     """What boot-test printed about the guest (issue 18), and the dry run's verdict."""
@@ -62,6 +69,9 @@ def check_report(out: str) -> None:
     assert "  swap: none" in out, out
     assert re.search(r"^  root mount: \S*noatime", out, re.MULTILINE), out
     assert re.search(r"failberryd start -> /health: -?\d+\.\ds", out), out
+    assert re.search(r"failberryd start -> READY \(parts running\): \d+\.\ds", out), out
+    assert "    failed units: 0\n" in out, out
+    assert "    failberryd after sysinit or coldplug: 0\n" in out, out
     assert re.search(r"idle writes: .+ in 60s, .+/day", out), out
     assert re.search(r"critical chain .*:\n    failberryd\.service", out), out
     assert "Allowed origins are: origin=Debian,codename=bookworm-security," \

@@ -130,10 +130,22 @@ SLOW_UNUSED_UNITS = ("networking.service", "ifupdown-pre.service",
                      "systemd-pstore.service")
 
 
+# Generators PID 1 runs, and waits for, before it loads a single unit, for what a failberry
+# image has none of: GPT partitions to mount by type (the card is MBR), hibernation, crypttab,
+# integritytab, veritytab, offline system updates. A /dev/null link in /etc disables one
+# (systemd.generator(7)); fstab, getty, SysV scripts, rc.local and the kernel command line's
+# debug and run options keep theirs.
+UNUSED_GENERATORS = ("systemd-gpt-auto-generator", "systemd-hibernate-resume-generator",
+                     "systemd-cryptsetup-generator", "systemd-integritysetup-generator",
+                     "systemd-veritysetup-generator", "systemd-system-update-generator")
+
+
 def mask_slow_unused_units(tree: Tree) -> None:
-    """Units on failberryd's critical path that configure nothing on a failberry image."""
+    """Units and generators at every boot that configure nothing on a failberry image."""
     for unit in SLOW_UNUSED_UNITS:
         tree.symlink(f"{UNIT_DIR}/{unit}", "/dev/null")
+    for generator in UNUSED_GENERATORS:
+        tree.symlink(f"/etc/systemd/system-generators/{generator}", "/dev/null")
 
 
 def configure_upkeep(tree: Tree, cfg: Config) -> None:
