@@ -85,13 +85,13 @@ def main() -> int:
     print(f"\nfailberry boot-test ({args.board}, {args.boots} first boots) on "
           f"{os.cpu_count()} cores")
     print(f"{'milestone':<22} {'median':>8} {'min':>8} {'max':>8}")
-    for name in (*MILESTONES, *SPANS):
-        values = [r[name] for r in runs if name in r]
+    series = {name: [r[name] for r in runs if name in r] for name in (*MILESTONES, *SPANS)}
+    for name, values in series.items():
         if values:
             print(f"{name:<22} {statistics.median(values):>7.1f}s {min(values):>7.1f}s "
                   f"{max(values):>7.1f}s")
     name, target = TARGET
-    values = [r[name] for r in runs if name in r]
+    values = series[name]
     if len(values) < len(runs):
         print(f"{len(runs) - len(values)} boot(s) never answered /health")
         return 1

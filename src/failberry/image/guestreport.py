@@ -143,8 +143,8 @@ def apply_facts(report: GuestReport, text: str, *, host_health: float | None,
     if host_health is not None and start > 0:
         report.start_to_health = uptime - (host_after - host_health) - start
     ready = parts.get("ready", [])
-    if ready and ready[0].isdigit() and int(ready[0]) / 1e6 >= start > 0:
-        report.start_to_ready = int(ready[0]) / 1e6 - start
+    if ready and ready[0].isdigit() and (at := int(ready[0]) / 1e6) >= start > 0:
+        report.start_to_ready = at - start
 
 
 def apply_writes(report: GuestReport, text: str, window: float) -> None:
