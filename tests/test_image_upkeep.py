@@ -9,6 +9,7 @@ import datetime as dt
 import hashlib
 import http.server
 import json
+import os
 import re
 import subprocess
 import sys
@@ -235,6 +236,11 @@ def test_ifupdown_which_configures_nothing_is_off_the_boot_path(tmp_path: Path) 
     assert sorted(p.name for p in generators.iterdir()) == sorted(image_upkeep.UNUSED_GENERATORS)
     assert "systemd-fstab-generator" not in image_upkeep.UNUSED_GENERATORS
     assert "systemd-getty-generator" not in image_upkeep.UNUSED_GENERATORS
+    # The journal lives in RAM: nothing to flush to /var, and tmpfiles need not wait for it.
+    assert (tmp_path / "etc/systemd/system/systemd-journal-flush.service").readlink() == Path(
+        "/dev/null")
+    dropin = tmp_path / "etc/systemd/system/systemd-networkd.service.d/50-failberry-boot.conf"
+    assert "[Service]\nStartupCPUWeight=1000\n" in dropin.read_text()
     # Nothing the router uses: not the supervisor's own, the network's, SSH or the clock.
     for needed in ("systemd-networkd.service", "ssh.service", "systemd-timesyncd.service",
                    "systemd-udevd.service", "dev-mqueue.mount", "kmod-static-nodes.service"):
@@ -422,3 +428,15 @@ def test_the_write_counter_script_runs_in_a_real_shell() -> None:
     if report.problems:  # a machine without any disk QEMU or a Pi would have
         pytest.skip("no vd*, mmcblk* or sd* disk here")
     assert report.written is not None and report.written >= 0
+
+
+def test_update_stamps_carry_the_time_of_usr_so_sysusers_skips_at_boot(tmp_path: Path) -> None:
+    usr = tmp_path / "usr"
+    usr.mkdir()
+    os.utime(usr, ns=(1_700_000_000_123_456_789, 1_700_000_000_123_456_789))
+    tree = Tree(tmp_path)
+    image_upkeep.mark_updated(tree)
+    for stamp in ("etc/.updated", "var/.updated"):
+        # systemd's ConditionNeedsUpdate= holds only while /usr is newer than the stamp
+        assert (tmp_path / stamp).stat().st_mtime_ns == usr.stat().st_mtime_ns
+        assert (tmp_path / stamp).stat().st_mode & 0o777 == 0o644

@@ -60,7 +60,13 @@ JOURNAL_SAVE = ("sudo systemctl start failberry-journal-save.service && "
 BOOT_SHAPE = ("echo \"failed units: $(systemctl --failed --no-legend --plain | wc -l)\"; "
               "systemctl show -p After --value failberryd.service | tr ' ' '\\n' | "
               "grep -cxE 'sysinit.target|basic.target|systemd-udev-trigger.service' "
-              "| sed 's/^/failberryd after sysinit or coldplug: /'")
+              "| sed 's/^/failberryd after sysinit or coldplug: /'; "
+              # /etc/.updated from the build: sysusers, which networkd and /dev's static
+              # nodes wait for, has nothing to do (and skipped every boot says so)
+              "systemctl show -p ConditionResult --value systemd-sysusers.service "
+              "| sed 's/^/sysusers condition: /'; "
+              "systemctl show -p StartupCPUWeight --value systemd-networkd.service "
+              "| sed 's/^/networkd startup weight: /'")
 
 
 def check_report(out: str) -> None:
@@ -72,6 +78,8 @@ def check_report(out: str) -> None:
     assert re.search(r"failberryd start -> READY \(parts running\): \d+\.\ds", out), out
     assert "    failed units: 0\n" in out, out
     assert "    failberryd after sysinit or coldplug: 0\n" in out, out
+    assert "    sysusers condition: no\n" in out, out
+    assert "    networkd startup weight: 1000\n" in out, out
     assert re.search(r"idle writes: .+ in 60s, .+/day", out), out
     assert re.search(r"critical chain .*:\n    failberryd\.service", out), out
     assert "Allowed origins are: origin=Debian,codename=bookworm-security," \

@@ -363,6 +363,7 @@ def customise_rootfs(cfg: Config, root: Path, *, out_dir: Path, debs: Sequence[P
     upkeep.configure_upkeep(tree, cfg)
     upkeep.mask_slow_unused_units(tree)
     upkeep.compile_package(tree)
+    upkeep.mark_updated(tree)
     entries = tuple(tree.entries[p] for p in sorted(tree.entries))
     LOG.info("customised %s: %d paths written, %d removed", root, len(entries),
              len(tree.removed))

@@ -121,8 +121,13 @@ WantedBy=timers.target
 # The rest are started at every boot and serve nothing on a headless router: kernel debug,
 # tracing and configfs (USB gadgets) mounts, FUSE's control file system, huge pages, foreign
 # binary formats, LVM scrub snapshots, EFI pstore. Each costs a process or a mount early in
-# a boot that is CPU-bound on the Pi (and under emulation).
+# a boot that is CPU-bound on the Pi (and under emulation). The journal lives in RAM
+# (journald.conf.d/90-failberry.conf, Storage=volatile), so systemd-journal-flush has nothing
+# to move to /var; it only ordered systemd-tmpfiles-setup (and failberryd, which waits for
+# that) after journald's whole start, 1.5-7 s of a boot under QEMU. An admin who makes the
+# journal persistent unmasks it.
 SLOW_UNUSED_UNITS = ("networking.service", "ifupdown-pre.service",
+                     "systemd-journal-flush.service",
                      "sys-kernel-debug.mount", "sys-kernel-tracing.mount",
                      "sys-kernel-config.mount", "sys-fs-fuse-connections.mount",
                      "dev-hugepages.mount", "systemd-binfmt.service",
@@ -146,6 +151,40 @@ def mask_slow_unused_units(tree: Tree) -> None:
         tree.symlink(f"{UNIT_DIR}/{unit}", "/dev/null")
     for generator in UNUSED_GENERATORS:
         tree.symlink(f"/etc/systemd/system-generators/{generator}", "/dev/null")
+    tree.write(f"{UNIT_DIR}/systemd-networkd.service.d/50-failberry-boot.conf",
+               networkd_boot_dropin())
+
+
+def networkd_boot_dropin() -> str:
+    """systemd-networkd gives the LAN its address, without which /health (and SSH) cannot be
+    reached; at boot it must not queue for the CPU behind the supervisor's own start, which
+    StartupCPUWeight favours. Seen under QEMU: the address came 3 s after failberryd listened,
+    networkd's start taking 6 s for 1.3 s of CPU."""
+    return ("# Written by failberry: the LAN's address is as urgent as the supervisor at boot.\n"
+            "[Service]\nStartupCPUWeight=1000\n")
+
+
+# systemd-sysusers runs at boot while /usr is newer than /etc/.updated (ConditionNeedsUpdate);
+# Debian ships no systemd-update-done to write that file, so it ran at every boot, one second
+# under QEMU on the way to the LAN's address (networkd is ordered after it) and to failberryd.
+# The image's users were made with /usr by the build (the packages' postinst scripts), and
+# a package that adds one later runs sysusers itself.
+UPDATED_STAMPS = ("/etc/.updated", "/var/.updated")
+
+
+def mark_updated(tree: Tree) -> None:
+    """/etc/.updated and /var/.updated with /usr's time, as systemd-update-done leaves them.
+    systemd compares the times first and reads the file only when they differ in their
+    nanoseconds alone; they are equal here, and the build's clamping keeps them equal. So the
+    text carries no time stamp, and two builds of the same inputs stay the same. Last in the
+    build: a later change to /usr would be newer."""
+    usr = tree.host("/usr").stat().st_mtime_ns
+    text = ("# Written by failberry's build, as systemd-update-done would: /etc and /var were\n"
+            "# made with /usr (same time as /usr), so the boot-time update units have nothing\n"
+            "# to do.\n")
+    for path in UPDATED_STAMPS:
+        tree.write(path, text)
+        os.utime(tree.host(path), ns=(usr, usr), follow_symlinks=False)
 
 
 def configure_upkeep(tree: Tree, cfg: Config) -> None:
