@@ -131,7 +131,7 @@ def part_modules(cfg: Config, *, manage_network: bool = True) -> list[str]:
     """What building this config's real parts imports, one name each: the supervisor imports
     them one at a time before it builds the parts, answering /health in between (on a Pi
     they take seconds, and an import cannot yield). The lighter ones come first, so the
-    first gap comes early; pyroute2 (which loads every module it has: 5-6 s in QEMU) last.
+    first gap comes early; pyroute2's IPRoute (failberry.net.rtnl: 1-2 s in QEMU) last.
     A module that fails to import there fails again, with the part's own error, in its
     build."""
     from failberry.config import DnsProvider
@@ -145,5 +145,5 @@ def part_modules(cfg: Config, *, manage_network: bool = True) -> list[str]:
     if cfg.modem.enabled:
         names += ["failberry.modem.part"]
     if manage_network:
-        names += ["failberry.net.iptclib", "pyroute2", "failberry.net.part"]
+        names += ["failberry.net.iptclib", "failberry.net.rtnl", "failberry.net.part"]
     return names

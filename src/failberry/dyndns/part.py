@@ -318,11 +318,9 @@ def build(cfg: Config, seams: Seams, http: HttpClient | None = None, *,
     """The part with real providers for `cfg.dyndns`; its state file in `paths.state_dir`
     unless `state_path` says otherwise. `watch`: no network part runs, so read netlink
     itself."""
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
-
     from failberry.net.monitor import addresses
     from failberry.net.plan import uplinks
+    from failberry.net.rtnl import IPRoute, NetlinkError
 
     d = cfg.dyndns
     timing = Timing(check_interval=d.check_interval, retry_initial=d.retry_initial,

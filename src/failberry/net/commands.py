@@ -16,11 +16,10 @@ LOG = logging.getLogger(__name__)
 def clean(state_dir: Path) -> list[str]:
     """Remove every route, rule and chain (IPv4 and IPv6) failberry owns; restore saved
     sysctls."""
-    from pyroute2 import IPRoute
-
     from failberry.net.apply_routes import RouteApplier
     from failberry.net.firewall import IptcFirewall
     from failberry.net.firewall6 import DualStackFirewall, Ip6tcFirewall
+    from failberry.net.rtnl import IPRoute
     from failberry.net.sysctl import ProcSysctl, SysctlManager
 
     with IPRoute() as nl:
@@ -41,12 +40,11 @@ def cmd_net_clean(args: argparse.Namespace) -> int:
 
 def apply_once(cfg_path: Path, active: str | None, state_dir: Path) -> list[str]:
     """Observe the links and apply the plan for this active uplink once."""
-    from pyroute2 import IPRoute
-
     from failberry import config
     from failberry.net import plan
     from failberry.net.apply_routes import RouteApplier
     from failberry.net.firewall6 import dual_stack
+    from failberry.net.rtnl import IPRoute
     from failberry.net.sysctl import ProcSysctl, SysctlManager
 
     cfg = config.load(cfg_path)

@@ -75,7 +75,7 @@ def unnated_flows(flows: Iterable[Flow], lan: str, local: frozenset[str]) -> lis
 
 def local_addresses() -> frozenset[str]:
     """Every IPv4 address on this host's interfaces (this network namespace)."""
-    from pyroute2 import IPRoute
+    from failberry.net.rtnl import IPRoute
 
     with IPRoute() as ipr:
         found = set()

@@ -367,11 +367,10 @@ def build(cfg: Config, seams: PartSeams, state_dir: Path | None = None,
           usage_path: Path | None = None) -> NetworkPart:
     """The part with real seams: pyroute2, python-iptables, /proc/sys, conntrack, sockets.
     Its files go to `paths.run_dir` and `paths.state_dir` unless given."""
-    from pyroute2 import IPRoute
-
     from failberry.net.conntrack import NetlinkConntrack
     from failberry.net.firewall6 import dual_stack
     from failberry.net.prober import SocketProber
+    from failberry.net.rtnl import IPRoute
     from failberry.net.sysctl import ProcSysctl
 
     kept = seams.kept
