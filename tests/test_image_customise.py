@@ -310,6 +310,11 @@ def test_network_hostname_timezone(rootfs: Path, tmp_path: Path) -> None:
     assert os.readlink(rootfs / "etc/localtime") == "/usr/share/zoneinfo/Europe/Berlin"
     assert (rootfs / "etc/timezone").read_text() == "Europe/Berlin\n"
     assert "nameserver 1.1.1.1" in (rootfs / "etc/resolv.conf").read_text()
+    dropin = rootfs / "etc/systemd/system/systemd-networkd.service.d/50-failberry-boot.conf"
+    assert "[Service]\nStartupCPUWeight=1000\n" in dropin.read_text()
+    # The last step: /usr is not newer than the stamps, so sysusers skips at boot.
+    for stamp in ("etc/.updated", "var/.updated"):
+        assert (rootfs / stamp).stat().st_mtime_ns == (rootfs / "usr").stat().st_mtime_ns
 
 
 def test_no_identity_is_baked_in(rootfs: Path, tmp_path: Path) -> None:

@@ -239,8 +239,6 @@ def test_ifupdown_which_configures_nothing_is_off_the_boot_path(tmp_path: Path) 
     # The journal lives in RAM: nothing to flush to /var, and tmpfiles need not wait for it.
     assert (tmp_path / "etc/systemd/system/systemd-journal-flush.service").readlink() == Path(
         "/dev/null")
-    dropin = tmp_path / "etc/systemd/system/systemd-networkd.service.d/50-failberry-boot.conf"
-    assert "[Service]\nStartupCPUWeight=1000\n" in dropin.read_text()
     # Nothing the router uses: not the supervisor's own, the network's, SSH or the clock.
     for needed in ("systemd-networkd.service", "ssh.service", "systemd-timesyncd.service",
                    "systemd-udevd.service", "dev-mqueue.mount", "kmod-static-nodes.service"):

@@ -255,6 +255,8 @@ def configure_network(tree: Tree, cfg: Config) -> None:
                render.lan_network(cfg))
     enable_unit(tree, "systemd-networkd.service", SYSTEM_UNITS)
     enable_unit(tree, "systemd-networkd.socket", SYSTEM_UNITS, "sockets.target")
+    tree.write(f"{UNIT_DIR}/systemd-networkd.service.d/50-failberry-boot.conf",
+               render.networkd_boot_dropin())
     tree.symlink(f"{UNIT_DIR}/dbus-org.freedesktop.network1.service",
                  f"{SYSTEM_UNITS}/systemd-networkd.service")
     for unit in MASKED_UNITS:

@@ -151,17 +151,7 @@ def mask_slow_unused_units(tree: Tree) -> None:
         tree.symlink(f"{UNIT_DIR}/{unit}", "/dev/null")
     for generator in UNUSED_GENERATORS:
         tree.symlink(f"/etc/systemd/system-generators/{generator}", "/dev/null")
-    tree.write(f"{UNIT_DIR}/systemd-networkd.service.d/50-failberry-boot.conf",
-               networkd_boot_dropin())
 
-
-def networkd_boot_dropin() -> str:
-    """systemd-networkd gives the LAN its address, without which /health (and SSH) cannot be
-    reached; at boot it must not queue for the CPU behind the supervisor's own start, which
-    StartupCPUWeight favours. Seen under QEMU: the address came 3 s after failberryd listened,
-    networkd's start taking 6 s for 1.3 s of CPU."""
-    return ("# Written by failberry: the LAN's address is as urgent as the supervisor at boot.\n"
-            "[Service]\nStartupCPUWeight=1000\n")
 
 
 # systemd-sysusers runs at boot while /usr is newer than /etc/.updated (ConditionNeedsUpdate);
