@@ -153,7 +153,6 @@ def mask_slow_unused_units(tree: Tree) -> None:
         tree.symlink(f"/etc/systemd/system-generators/{generator}", "/dev/null")
 
 
-
 # systemd-sysusers runs at boot while /usr is newer than /etc/.updated (ConditionNeedsUpdate);
 # Debian ships no systemd-update-done to write that file, so it ran at every boot, one second
 # under QEMU on the way to the LAN's address (networkd is ordered after it) and to failberryd.

@@ -14,7 +14,6 @@ layout in a later release), the plain `import pyroute2` is used.
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import logging
 import sys
